@@ -1,0 +1,172 @@
+"""Small helpers shared by the checks, fixes and views: batches, RNG, model copies, ranks."""
+
+from __future__ import annotations
+
+import copy
+import random
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+if TYPE_CHECKING:  # pragma: no cover
+    import lightning.pytorch as pl
+
+__all__ = [
+    "any_rank",
+    "apply_to_tensors",
+    "batch_size",
+    "find_output_layer",
+    "first_tensor",
+    "is_sampled",
+    "model_copy",
+    "named_tensors",
+    "preserved_rng",
+    "split_batch",
+    "step_loss",
+]
+
+_INPUT_KEYS = ("x", "input", "inputs", "image", "images", "features", "input_ids", "data")
+_TARGET_KEYS = ("y", "target", "targets", "label", "labels")
+
+
+def is_sampled(step: int, every_n_steps: int) -> bool:
+    """Whether ``step`` is a sampled step (``every_n_steps <= 0`` never samples)."""
+    return every_n_steps > 0 and step % every_n_steps == 0
+
+
+def apply_to_tensors(obj: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
+    """Apply ``fn`` to every tensor of a nested tuple/list/dict, keeping the structure."""
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, Mapping):
+        return type(obj)({k: apply_to_tensors(v, fn) for k, v in obj.items()})  # type: ignore[call-arg]
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
+        return type(obj)(*(apply_to_tensors(v, fn) for v in obj))
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(apply_to_tensors(v, fn) for v in obj)
+    return obj
+
+
+def named_tensors(obj: Any, prefix: str = "batch") -> Iterator[tuple[str, torch.Tensor]]:
+    """``(field name, tensor)`` for every tensor of a nested batch: ``batch[0]``, ``batch['x']``."""
+    if isinstance(obj, torch.Tensor):
+        yield prefix, obj
+    elif isinstance(obj, Mapping):
+        for k, v in obj.items():
+            yield from named_tensors(v, f"{prefix}[{k!r}]")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from named_tensors(v, f"{prefix}[{i}]")
+
+
+def first_tensor(obj: Any) -> torch.Tensor | None:
+    """The first tensor of a nested structure, or ``None``."""
+    return next((t for _, t in named_tensors(obj)), None)
+
+
+def batch_size(batch: Any) -> int | None:
+    """The leading dimension of the batch's first tensor."""
+    t = first_tensor(batch)
+    return int(t.shape[0]) if t is not None and t.dim() > 0 else None
+
+
+def split_batch(batch: Any) -> tuple[Any, torch.Tensor] | None:
+    """``(inputs, targets)`` of a supervised batch, or ``None`` when the layout is not recognised.
+
+    Recognised: ``(x, y)`` / ``[x, y]`` with a tensor ``y``, and dicts with an input key
+    (``x``, ``input(s)``, ``image(s)``, …) and a target key (``y``, ``target(s)``, ``label(s)``).
+    """
+    if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[1], torch.Tensor):
+        return batch[0], batch[1]
+    if isinstance(batch, Mapping):
+        xk = next((k for k in _INPUT_KEYS if k in batch), None)
+        yk = next((k for k in _TARGET_KEYS if k in batch), None)
+        if xk is not None and yk is not None and isinstance(batch[yk], torch.Tensor):
+            return batch[xk], batch[yk]
+    return None
+
+
+def join_batch(batch: Any, inputs: Any, targets: torch.Tensor) -> Any:
+    """The batch with its inputs/targets replaced, in the layout :func:`split_batch` recognised."""
+    if isinstance(batch, (tuple, list)):
+        return type(batch)([inputs, targets]) if isinstance(batch, list) else (inputs, targets)
+    new = dict(batch)
+    xk = next(k for k in _INPUT_KEYS if k in batch)
+    yk = next(k for k in _TARGET_KEYS if k in batch)
+    new[xk], new[yk] = inputs, targets
+    return new
+
+
+@contextmanager
+def preserved_rng(devices: Sequence[torch.device] = ()) -> Iterator[None]:
+    """Restore the python, numpy, torch (and CUDA) RNG states on exit: pre-flight work is invisible."""
+    py, npy = random.getstate(), np.random.get_state()
+    cuda_devices = [d for d in devices if d.type == "cuda"]
+    with torch.random.fork_rng(devices=cuda_devices, enabled=True):
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(npy)
+
+
+def model_copy(module: nn.Module) -> nn.Module:
+    """A deep copy detached from the Trainer (a LightningModule drops its trainer reference)."""
+    return copy.deepcopy(module)
+
+
+def step_loss(module: pl.LightningModule, batch: Any, batch_idx: int = 0) -> torch.Tensor | str:
+    """Run the module's own ``training_step`` and return its loss, or a reason why there is none.
+
+    ``self.log`` calls inside ``training_step`` are silenced (the copy has no trainer).
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*self\.log.*")
+        warnings.filterwarnings("ignore", message=r".*trainer.*reference.*")
+        out = module.training_step(batch, batch_idx)
+    if isinstance(out, torch.Tensor):
+        return out if out.numel() == 1 else f"training_step returned a tensor of shape {tuple(out.shape)}"
+    if isinstance(out, Mapping) and isinstance(out.get("loss"), torch.Tensor):
+        return out["loss"]
+    if out is None:
+        return "training_step returned None"
+    return f"training_step returned a {type(out).__name__} without a 'loss' tensor"
+
+
+_OUTPUT_TYPES = (nn.Linear, nn.LazyLinear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def find_output_layer(module: nn.Module, name: str | None = None) -> tuple[str, nn.Module] | None:
+    """The output layer: ``name`` if given, else the last ``nn.Linear``/``LazyLinear``/1x1 conv
+    registered in the module tree (registration order, as ``named_modules``)."""
+    if name is not None:
+        return name, module.get_submodule(name)
+    found: tuple[str, nn.Module] | None = None
+    for n, m in module.named_modules():
+        if isinstance(m, (nn.Linear, nn.LazyLinear)):
+            found = (n, m)
+        elif isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and all(k == 1 for k in m.kernel_size):
+            found = (n, m)
+    return found
+
+
+def any_rank(trainer: pl.Trainer, flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on any rank (one collective)."""
+    return bool(trainer.strategy.reduce_boolean_decision(bool(flag), all=False))
+
+
+def all_ranks(trainer: pl.Trainer, flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on all ranks (one collective)."""
+    return bool(trainer.strategy.reduce_boolean_decision(bool(flag), all=True))
+
+
+def reduce_sum(trainer: pl.Trainer, tensor: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor across ranks (identity on one process); stays on its device."""
+    if trainer.world_size == 1:
+        return tensor
+    return trainer.strategy.reduce(tensor.clone(), reduce_op="sum")

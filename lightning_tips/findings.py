@@ -1,0 +1,544 @@
+"""Findings: the one channel every check, fix and view reports through.
+
+A :class:`Finding` is a verdict with a stable ``code`` (documented in :data:`CODES`), a
+:class:`Severity`, a message carrying the measured figures, advice citing tip ids from the
+project's ``TIPS.md``, and where it happened (step, module path). :func:`report` is the one
+function callbacks call: on rank zero it emits a :class:`TipWarning` in the exact form
+``[code] severity: message — advice``, logs the finding to every attached logger, and keeps it in
+a :class:`FindingsLog` for the end-of-fit summary. A finding is reported once per fit unless its
+figures change materially.
+
+Example:
+    >>> from lightning_tips.findings import Finding
+    >>> f = Finding("init-loss", "warning", "initial loss 9.21, expected 2.30 (log 10)")
+    >>> f.format().startswith("[init-loss] warning: initial loss 9.21")
+    True
+    >>> f.tips
+    ('R2.4', 'T13', 'P13')
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    import lightning.pytorch as pl
+
+__all__ = [
+    "CODES",
+    "CodeInfo",
+    "Finding",
+    "FindingsLog",
+    "Severity",
+    "TipError",
+    "TipWarning",
+    "explain",
+    "report",
+]
+
+
+class Severity(str, Enum):
+    """How serious a finding is: ``info`` < ``warning`` < ``error``."""
+
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+    @property
+    def rank(self) -> int:
+        return ("info", "warning", "error").index(self.value)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class TipWarning(UserWarning):
+    """The warning category of every finding; filter it like any ``UserWarning``.
+
+    Example:
+        >>> import warnings
+        >>> from lightning_tips import TipWarning
+        >>> warnings.filterwarnings("ignore", message=r"\\[no-seed\\]", category=TipWarning)
+        >>> warnings.filterwarnings("error", message=r"\\[nonfinite-loss\\]", category=TipWarning)
+    """
+
+
+class TipError(RuntimeError):
+    """Raised when a check must stop training; ``.code`` is the finding's code.
+
+    Example:
+        >>> err = TipError("nonfinite-loss", "loss is nan at step 12")
+        >>> err.code, str(err)
+        ('nonfinite-loss', 'loss is nan at step 12')
+    """
+
+    def __init__(self, code: str, message: str, finding: Finding | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.finding = finding
+
+
+@dataclass(frozen=True)
+class CodeInfo:
+    """The registry entry of one finding code: what it means, when it fires, which tips it implements."""
+
+    code: str
+    kind: str  # "check", "fix" or "view"
+    title: str  # one line
+    explanation: str  # one paragraph
+    thresholds: str
+    tips: tuple[str, ...]
+    advice: str  # the default advice attached to findings of this code
+
+    def render(self) -> str:
+        return (
+            f"{self.code} ({self.kind}): {self.title}\n\n{self.explanation}\n\n"
+            f"Thresholds: {self.thresholds}\nAdvice: {self.advice}\nTips: {', '.join(self.tips)}"
+        )
+
+
+def _entry(
+    code: str, kind: str, title: str, explanation: str, thresholds: str, tips: str, advice: str
+) -> CodeInfo:
+    return CodeInfo(code, kind, title, " ".join(explanation.split()), thresholds, tuple(tips.split()), advice)
+
+
+_ENTRIES = [
+    # --- non-finite values (T7-T9) -------------------------------------------------------------
+    _entry(
+        "nonfinite-loss", "check", "the loss is NaN/Inf",
+        """The training loss returned by `training_step` is NaN or infinite. The guard re-runs the
+        offending batch on a copy of the model under forward hooks and names the first module whose
+        output went non-finite. Typical causes: a learning rate far too high, log(0) or division by
+        zero in the loss, NaN in the data, exploding gradients in a long RNN.""",
+        "any non-finite element in the loss; checked every step with one on-device flag, synced on "
+        "sampled steps (or every step with `every_n_steps=1`)",
+        "T7 T8 T9",
+        "lower the learning rate (P10), clip gradients (T8), guard log/division with an epsilon, "
+        "check the data for NaN (T7)",
+    ),
+    _entry(
+        "nonfinite-gradient", "check", "a gradient is NaN/Inf",
+        """A parameter's gradient holds NaN or Inf after backward (AMP-unscaled). The finding names
+        the parameters. Under fp16 AMP the grad scaler legitimately produces inf gradients on steps it
+        then skips; those are not reported.""",
+        "any non-finite element in any gradient (on the steps the scaler does not skip)",
+        "T7 T8",
+        "clip the gradient norm (T8), lower the learning rate (P10), check custom backward code",
+    ),
+    _entry(
+        "nonfinite-input", "check", "a batch holds NaN/Inf",
+        """A tensor of the input batch holds NaN or Inf values. The finding names the field (tuple
+        index or dict key) and how many values.""",
+        "any non-finite element in a floating-point batch field",
+        "R1 T7",
+        "clean or impute the data before training; check the preprocessing for log(0) or 0/0 (R1, T7)",
+    ),
+    # --- gradients (T8, P11, P15) --------------------------------------------------------------
+    _entry(
+        "exploding-gradient", "check", "gradient norms grow by orders of magnitude or pass a bound",
+        """The total gradient norm grew by orders of magnitude over its recent history, or passed an
+        absolute bound. BatchNorm can hide this from the loss curve (P15); batch size 1 and no
+        BatchNorm exposes it (P11).""",
+        "latest total norm > `growth` (default 100) x the median of the earliest sampled norms, or "
+        "> `max_norm` (default 1e4)",
+        "T8 P11 P15",
+        "clip the gradient norm (T8, `GradientClipping`), lower the learning rate (P10), use "
+        "variance-scaling init (P5, `init_weights_`)",
+    ),
+    _entry(
+        "vanishing-gradient", "check", "early layers' gradients are orders of magnitude below the late ones",
+        """The gradient norm of the first layers is orders of magnitude below that of the last
+        layers, or practically zero: the early layers barely learn. Deep sigmoid/tanh stacks and bad
+        initialisation are the usual causes (P11, P15).""",
+        "first-to-last layer gradient-norm ratio < `min_ratio` (default 1e-4), or a layer's norm "
+        "< `floor` (default 1e-10)",
+        "P11 P15 T11",
+        "use ReLU hidden layers (P2), He/Xavier init (T11, P5), residual connections or normalisation",
+    ),
+    # --- activations (R4.12, T15, P2) ----------------------------------------------------------
+    _entry(
+        "dead-activation", "check", "ReLU-family units that never fire",
+        """A large fraction of a ReLU-family layer's units output zero for every sample of the
+        sampled batch: they get no gradient and stop learning. Very negative biases, a learning rate
+        too high, or bad init are the usual causes.""",
+        "fraction of units that never fire over the batch > `dead_fraction` (default 0.5)",
+        "R4.12 P2",
+        "lower the learning rate (P10), He init (T11, P5), check biases; consider LeakyReLU",
+    ),
+    _entry(
+        "saturated-activation", "check", "sigmoid/tanh units stuck in their flat tails",
+        """A large fraction of a sigmoid/tanh layer's outputs sit in the flat tails where the
+        gradient is ~0 (sigmoid outside ~[-4, 4] pre-activation, T15).""",
+        "fraction of outputs with sigmoid < 0.02 or > 0.98 (tanh |y| > 0.96) > `saturated_fraction` "
+        "(default 0.5)",
+        "T15 P2 R4.12",
+        "use ReLU in hidden layers (P2, T15), Xavier init for tanh/sigmoid (T11), normalise inputs (T12)",
+    ),
+    # --- pre-flight (R2.x) ---------------------------------------------------------------------
+    _entry(
+        "init-loss", "check", "the loss at init is far from what a well-initialised output gives",
+        """The first-batch loss on the untrained model is far from the value a well-initialised
+        output gives: log C for C-class cross-entropy, the prior's entropy for imbalanced classes,
+        the target variance for MSE regression. Large initial logits waste the first iterations
+        ("hockey stick" loss) and can mean too-large init weights (T9).""",
+        "|measured - expected| > max(0.5, 0.25 x expected) for cross-entropy; measured > 2 x variance "
+        "for MSE",
+        "R2.4 R2.5 T9 T13 P13",
+        "initialise the output layer small and its bias to the prior (R2.5, `OutputBiasInit`)",
+    ),
+    _entry(
+        "loss-reduction", "check", "the loss is summed, not averaged, over the batch",
+        """The initial loss scales with the batch size: the loss is a sum over samples, not a mean,
+        so the effective learning rate depends on the batch size (T13).""",
+        "loss on the full batch / loss on half the batch ~ 2 (within 25%) while per-sample losses are "
+        "comparable",
+        "T13 P13",
+        "use reduction='mean' (the default of torch losses) so gradients are averaged over the batch (T13)",
+    ),
+    _entry(
+        "output-activation", "check", "an activation on the output layer feeding a loss that expects logits",
+        """The model's output passes through ReLU, Softmax, LogSoftmax or Sigmoid before a loss that
+        expects raw logits (cross-entropy, BCE-with-logits). The loss then optimises the wrong
+        thing and gradients shrink (P3). Sigmoid followed by `BCELoss` is legitimate.""",
+        "outputs all non-negative (ReLU), rows summing to 1 (Softmax), rows of exp summing to 1 twice "
+        "(LogSoftmax), or all in (0, 1) (Sigmoid), on a real batch, with a logits loss",
+        "P3 P13",
+        "remove the activation after the last layer; the loss applies its own (P3)",
+    ),
+    _entry(
+        "batch-mixing", "check", "sample i's output depends on sample j's input",
+        """Backpropagating from one sample's output gives a non-zero gradient on other samples'
+        inputs: some operation mixes the batch dimension (a wrong reshape/permute/view, a
+        `batch_first` mistake). This silently corrupts training (R2.12, P12). Normalisation layers
+        run in eval mode for the check so BatchNorm is not a false alarm.""",
+        "any input-gradient on samples other than i with |g| > 1e-7 x max |g|",
+        "R2.12 P12",
+        "check the operations that reshape and permute tensor dimensions (view, transpose, "
+        "batch_first of RNNs) (P12)",
+    ),
+    _entry(
+        "input-independent", "check", "the model does as well with zeroed inputs as with the real ones",
+        """Trained briefly on real inputs and on zeroed inputs (on copies), the model does no
+        better on real inputs: either the forward ignores its input or the labels do not belong to
+        the inputs (shuffled apart) (R2.7).""",
+        "final loss with real inputs > 0.9 x final loss with zeroed inputs after the same short budget",
+        "R2.7",
+        "check that the forward uses its input and that labels stay aligned with inputs (R2.7)",
+    ),
+    _entry(
+        "not-learning", "check", "the loss does not go down; one batch cannot be overfitted",
+        """On a copy with a fresh optimizer of the user's type, one batch could not be overfitted
+        in a bounded number of steps (R2.8, P9), or the real training loss did not fall in the first
+        epochs (R2.9, T10).""",
+        "overfit: final/initial loss > 0.5 after `overfit_steps`; training: loss of the last epoch "
+        "> 0.98 x the first",
+        "R2.8 R2.9 P9 T10 T2",
+        "check the loss, the labels and the optimizer wiring; raise or lower the lr (P10); overfit "
+        "~10 samples first (T10)",
+    ),
+    _entry(
+        "lr-decay", "check", "the learning rate reaches ~0 long before training ends",
+        """A scheduler drives the learning rate below a small fraction of its initial value long
+        before training ends (e.g. a per-epoch schedule stepped per batch). Training then stops
+        making progress (R3.4, P7, P15).""",
+        "lr < `min_ratio` (default 1e-3) x initial before `by_fraction` (default 0.5) of the planned steps",
+        "R3.4 P7 P15",
+        "check the scheduler's interval ('step' vs 'epoch') and T_max/step_size; with Adam usually no "
+        "decay (P7)",
+    ),
+    _entry(
+        "optimizer-defaults", "check", "an unusual optimizer or learning rate at the start",
+        """The optimizer or its learning rate is far from the safe starting point of the recipe
+        (Adam with lr 3e-4, R3.2). Informational: it may be deliberate.""",
+        "Adam-family lr outside [1e-5, 1e-2], SGD lr outside [1e-4, 1.0]",
+        "R3.2 P1",
+        "start from Adam with lr 3e-4 and change one thing at a time (R3.2, R3.3)",
+    ),
+    # --- data (R1, T6, T12, T16, P6) -----------------------------------------------------------
+    _entry(
+        "unnormalized-input", "check", "inputs far from zero-mean/unit-scale, or a huge dynamic range",
+        """Floating-point input features are far from zero-mean, unit-variance (per feature or
+        channel), or span a huge dynamic range. Unnormalised inputs slow training and can cause
+        NaN (T9, T12, P6).""",
+        "|mean| > 3 x std or std outside [0.1, 10] per feature/channel; dynamic range (max |x| / "
+        "median |x|) > 1e4",
+        "T12 P6 T9",
+        "standardise inputs (subtract mean, divide by std), whiten (T12, P6); squash huge ranges "
+        "with tanh(x/C) (P6)",
+    ),
+    _entry(
+        "class-imbalance", "check", "skewed labels with no prior-bias init and no balancing",
+        """The class distribution is skewed and neither the output bias matches the prior (R2.5)
+        nor does the loader balance the classes (T6).""",
+        "max class frequency / min class frequency > 3 and output bias not within 0.5 of log prior",
+        "R2.5 T6",
+        "initialise the output bias to the log prior (R2.5, `OutputBiasInit`) or balance batches (T6, "
+        "`balanced_sampler`)",
+    ),
+    _entry(
+        "duplicate-data", "check", "duplicated samples in train, or samples shared by train and val",
+        """Samples appear more than once in the training data, or the same sample is in both the
+        training and the validation data (by content hash), inflating validation scores (R1).""",
+        "duplicate fraction within train > 1%; any train/val overlap",
+        "R1",
+        "deduplicate the data and split train/val after deduplication (R1)",
+    ),
+    _entry(
+        "unshuffled-data", "check", "the training loader does not shuffle",
+        """The training dataloader iterates in a fixed order: batches are correlated (often sorted by
+        class), which biases gradient steps (T16).""",
+        "the train loader's sampler is a SequentialSampler",
+        "T16",
+        "pass shuffle=True to the training DataLoader (T16)",
+    ),
+    _entry(
+        "no-seed", "check", "no global seed was set",
+        """No global random seed was set before fit (R2.1): runs cannot be reproduced and
+        comparisons between them are noisy.""",
+        "the PL_GLOBAL_SEED environment variable is unset (lightning.seed_everything sets it)",
+        "R2.1",
+        "call lightning.seed_everything(seed) before building the model (R2.1)",
+    ),
+    _entry(
+        "missing-bias", "check", "a layer without bias that no normalisation follows",
+        """A linear/conv layer has no bias and is not followed by a normalisation layer (which would
+        supply one). A bias in every layer is the rule of thumb (P4).""",
+        "bias=None on nn.Linear/nn.ConvNd whose next module is not a norm layer",
+        "P4",
+        "add a bias to the layer (P4)",
+    ),
+    _entry(
+        "overfitting", "check", "val loss rises while train loss falls",
+        """The validation loss has risen for `patience` consecutive checks while the training loss
+        kept falling: the model is overfitting (T2, R4.9).""",
+        "val loss above its best for `patience` checks (default 3) while train loss decreased",
+        "T2 R4.7 R4.8 R4.9",
+        "add dropout (R4.7) or weight decay (R4.8), get more data (R4.1), stop early (R4.9, `EarlyStopping`)",
+    ),
+    # --- fixes report what they did -------------------------------------------------------------
+    _entry(
+        "output-bias", "fix", "the output bias was set to the data's prior",
+        """`OutputBiasInit` set the output layer's bias so that the untrained model predicts the
+        data's prior (log p for softmax, log-odds for a single logit, target mean for regression).""",
+        "always reported when applied (info)",
+        "R2.5",
+        "none needed: the loss at init should now be the prior's entropy (R2.4)",
+    ),
+    _entry(
+        "forget-gate-bias", "fix", "LSTM forget-gate biases were set",
+        """`ForgetGateBias` set the forget-gate bias of every LSTM layer and direction (T17).""",
+        "always reported when applied (info)",
+        "T17",
+        "none needed",
+    ),
+    _entry(
+        "weight-init", "fix", "weights were (re)initialised by scheme",
+        """`init_weights_` initialised layers by the activation that follows them: He for ReLU,
+        Xavier for tanh/sigmoid, orthogonal for recurrent matrices, LeCun for SELU (T11, P5).""",
+        "always reported when applied (info)",
+        "T11 P5 P15",
+        "none needed",
+    ),
+    _entry(
+        "gradient-clipping", "fix", "how often gradients were clipped",
+        """`GradientClipping` clipped gradients on Lightning's clipping path (after AMP unscaling).
+        A clip rate near 100% means the bound is too low or the learning rate too high (T8).""",
+        "clip rate > 50% of steps is reported as a warning; otherwise info",
+        "T8 T5",
+        "if almost every step is clipped, raise max_norm or lower the learning rate (T8, P10)",
+    ),
+    _entry(
+        "snapshot-ensemble", "fix", "validation metric of the snapshot ensemble vs the single model",
+        """`SnapshotEnsemble` averaged the predictions of the last k snapshots and reports its
+        validation metric next to the single model's (R6.1, T19).""",
+        "reported after each evaluation once k snapshots exist (info)",
+        "R6.1 T19",
+        "if the ensemble is better, evaluate and ship the ensemble (R6.1)",
+    ),
+    _entry(
+        "view-skipped", "view", "a view could not be produced for this model",
+        """A view (filter grid, fixed-batch predictions, curves, …) could not apply to this model or
+        data, e.g. no conv layer, dict outputs; the message says which and why.""",
+        "reported once per view (info)",
+        "R4.11 R2.10 R2.11",
+        "none needed; see the message for what the view would need",
+    ),
+]
+
+CODES: dict[str, CodeInfo] = {e.code: e for e in _ENTRIES}
+"""Every finding code, in documentation order. The codes are the project's public contract."""
+
+
+def explain(code: str) -> str:
+    """The full registry entry of ``code``.
+
+    Raises:
+        ValueError: ``code`` is not a known finding code.
+    """
+    return _info(code).render()
+
+
+def _info(code: str) -> CodeInfo:
+    try:
+        return CODES[code]
+    except KeyError:
+        raise ValueError(
+            f"Unknown finding code {code!r}. Expected one of: {', '.join(CODES)}."
+        ) from None
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One verdict.
+
+    Args:
+        code: a key of :data:`CODES`.
+        severity: ``"info"``, ``"warning"`` or ``"error"`` (or a :class:`Severity`).
+        message: what was measured, with the figures.
+        advice: what to try, citing tip ids; defaults to the code's registry advice.
+        step: the global step it refers to, if any.
+        module: the module path (or parameter name / batch field) it refers to, if any.
+        figures: the measured numbers; a repeat of the same finding is reported again only when
+            these change materially.
+        tips: tip ids; default to the code's registry entry.
+    """
+
+    code: str
+    severity: Severity
+    message: str
+    advice: str = ""
+    step: int | None = None
+    module: str | None = None
+    figures: Mapping[str, float] = field(default_factory=dict)
+    tips: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        info = _info(self.code)
+        try:
+            severity = Severity(self.severity)
+        except ValueError:
+            raise ValueError(
+                f"Expected severity to be one of 'info', 'warning', 'error' but got {self.severity!r}."
+            ) from None
+        object.__setattr__(self, "severity", severity)
+        if not self.advice:
+            object.__setattr__(self, "advice", info.advice)
+        if not self.tips:
+            object.__setattr__(self, "tips", info.tips)
+        object.__setattr__(self, "figures", {k: float(v) for k, v in self.figures.items()})
+
+    def format(self) -> str:
+        """``[code] severity: message — advice``, the exact form of the warning."""
+        return f"[{self.code}] {self.severity.value}: {self.message} — {self.advice}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "severity": self.severity.value,
+            "message": self.message,
+            "advice": self.advice,
+            "step": self.step,
+            "module": self.module,
+            "figures": dict(self.figures),
+            "tips": list(self.tips),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Finding:
+        return cls(
+            code=d["code"],
+            severity=d["severity"],
+            message=d["message"],
+            advice=d.get("advice", ""),
+            step=d.get("step"),
+            module=d.get("module"),
+            figures=d.get("figures", {}),
+            tips=tuple(d.get("tips", ())),
+        )
+
+
+def _material_change(old: Mapping[str, float], new: Mapping[str, float], rel: float) -> bool:
+    """True when a shared figure moved by more than ``rel`` (relative), or the set of figures changed."""
+    if set(old) != set(new):
+        return True
+    for k, a in old.items():
+        b = new[k]
+        if math.isnan(a) != math.isnan(b):
+            return True
+        if math.isnan(a) or a == b:
+            continue
+        scale = max(abs(a), abs(b))
+        if math.isinf(scale) or abs(a - b) > rel * scale:
+            return True
+    return False
+
+
+class FindingsLog:
+    """The findings one callback reported this fit, with the de-duplication memory.
+
+    A finding with the same ``(code, module)`` as an earlier one is dropped unless its severity is
+    higher or one of its figures changed by more than ``rel_change`` (default 50%).
+    """
+
+    def __init__(self, rel_change: float = 0.5) -> None:
+        self.rel_change = rel_change
+        self.findings: list[Finding] = []
+        self._last: dict[tuple[str, str | None], Finding] = {}
+
+    def admit(self, finding: Finding) -> bool:
+        """Record ``finding`` if it is new or changed materially; return whether it was recorded."""
+        key = (finding.code, finding.module)
+        prev = self._last.get(key)
+        if prev is not None and finding.severity.rank <= prev.severity.rank:
+            if not _material_change(prev.figures, finding.figures, self.rel_change):
+                return False
+        self._last[key] = finding
+        self.findings.append(finding)
+        return True
+
+    def clear(self) -> None:
+        self.findings.clear()
+        self._last.clear()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"findings": [f.to_dict() for f in self.findings]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.clear()
+        for d in state.get("findings", []):
+            self.admit(Finding.from_dict(d))
+
+
+def report(finding: Finding, trainer: pl.Trainer | None = None, log: FindingsLog | None = None) -> bool:
+    """Report ``finding``: the one function every callback calls.
+
+    De-duplicates against ``log`` (and keeps the finding there), then on rank zero emits a
+    :class:`TipWarning` ``[code] severity: message — advice`` and logs the finding to every logger
+    attached to ``trainer``. Returns whether the finding was new (and so reported).
+
+    Example:
+        >>> import warnings
+        >>> log = FindingsLog()
+        >>> f = Finding("no-seed", "info", "no global seed was set")
+        >>> with warnings.catch_warnings(record=True) as w:
+        ...     warnings.simplefilter("always")
+        ...     report(f, log=log), report(f, log=log)
+        (True, False)
+        >>> str(w[0].message)
+        '[no-seed] info: no global seed was set — call lightning.seed_everything(seed) before building the model (R2.1)'
+    """
+    if log is not None and not log.admit(finding):
+        return False
+    if trainer is None or trainer.is_global_zero:
+        warnings.warn(finding.format(), category=TipWarning, stacklevel=2)
+        if trainer is not None:
+            from lightning_tips._loggers import log_finding
+
+            log_finding(trainer, finding)
+    return True

@@ -1,0 +1,53 @@
+"""Test set-up: one torch thread, W&B off (tests about W&B switch it to offline themselves),
+no network, a small-Trainer factory and a clean global seed per test."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+_WANDB_TMP = tempfile.mkdtemp(prefix="lt-wandb-")
+os.environ.setdefault("WANDB_MODE", "disabled")
+for _var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+    os.environ[_var] = _WANDB_TMP
+os.environ["WANDB_SILENT"] = "true"
+os.environ.pop("PL_GLOBAL_SEED", None)
+
+import lightning.pytorch as pl  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _clean_seed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`lightning.seed_everything` sets PL_GLOBAL_SEED; keep it from leaking between tests."""
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+
+
+@pytest.fixture
+def make_trainer(tmp_path: Path) -> Callable[..., pl.Trainer]:
+    """A small CPU Trainer: no logger, no checkpointing, no progress bar, 1 epoch (override any)."""
+
+    def factory(**kwargs: Any) -> pl.Trainer:
+        defaults: dict[str, Any] = {
+            "default_root_dir": tmp_path,
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_epochs": 1,
+            "logger": False,
+            "enable_checkpointing": False,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+        }
+        defaults.update(kwargs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return pl.Trainer(**defaults)
+
+    return factory
