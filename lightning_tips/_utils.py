@@ -170,3 +170,19 @@ def reduce_sum(trainer: pl.Trainer, tensor: torch.Tensor) -> torch.Tensor:
     if trainer.world_size == 1:
         return tensor
     return trainer.strategy.reduce(tensor.clone(), reduce_op="sum")
+
+
+def nonfinite_fields(batch: Any, prefix: str = "batch") -> list[tuple[str, int]]:
+    """``(field, count)`` for each floating-point tensor of ``batch`` holding NaN/Inf.
+
+    Syncs with the device (one ``.tolist()`` for all fields): call it on sampled steps or in pre-flight.
+
+    Example:
+        >>> nonfinite_fields((torch.tensor([1.0, float("nan")]), torch.tensor([1, 2])))
+        [('batch[0]', 1)]
+    """
+    fields = [(n, t) for n, t in named_tensors(batch, prefix) if t.is_floating_point() or t.is_complex()]
+    if not fields:
+        return []
+    counts = torch.stack([(~torch.isfinite(t)).sum() for _, t in fields]).tolist()
+    return [(n, int(c)) for (n, _), c in zip(fields, counts) if c]

@@ -1,0 +1,1 @@
+"""Checks: observe only. Each file holds pure verdict functions, then one thin Callback."""

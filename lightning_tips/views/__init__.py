@@ -1,0 +1,1 @@
+"""Views: pictures and tables for people, logged through the one logger adapter."""
