@@ -14,7 +14,7 @@ Example:
     >>> f.format().startswith("[init-loss] warning: initial loss 9.21")
     True
     >>> f.tips
-    ('R2.4', 'T13', 'P13')
+    ('R2.4', 'R2.5', 'T9', 'T13', 'P13')
 """
 
 from __future__ import annotations
