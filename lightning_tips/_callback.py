@@ -12,7 +12,7 @@ from lightning_tips._console import render_table
 from lightning_tips._loggers import log_table, log_text
 from lightning_tips.findings import Finding, FindingsLog, Severity, report
 
-__all__ = ["TipCallback", "summary_rows"]
+__all__ = ["TipCallback", "TipComposite", "summary_rows"]
 
 SUMMARY_COLUMNS = ["code", "severity", "step", "where", "message", "advice"]
 
@@ -95,3 +95,99 @@ class TipCallback(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._findings_log.load_state_dict(state_dict)
+
+
+_HOOKS = tuple(
+    name
+    for name, value in vars(Callback).items()
+    if callable(value) and (name.startswith("on_") or name in ("setup", "teardown"))
+    and name not in ("on_fit_end", "on_exception", "setup")
+)
+
+
+class TipComposite(TipCallback):
+    """A TipCallback made of child callbacks: every Lightning hook is forwarded to the children
+    that override it (in order), state is saved per child, findings are the children's.
+
+    ``Recipe`` and ``Preflight`` are composites, so the whole pack is one entry of
+    ``Trainer(callbacks=...)`` and one LightningCLI flag.
+    """
+
+    def __init__(self, children: list[Callback] | None = None) -> None:
+        super().__init__()
+        self._children: list[Callback] = []
+        self._by_hook: dict[str, list[Callback]] = {}
+        for child in children or []:
+            self.add_child(child)
+
+    def add_child(self, child: Callback) -> None:
+        self._children.append(child)
+        self._by_hook = {
+            hook: [c for c in self._children if getattr(type(c), hook) is not getattr(Callback, hook)]
+            for hook in (*_HOOKS, "setup", "on_fit_end", "on_exception")
+        }
+
+    @property
+    def children(self) -> list[Callback]:
+        """The composed callbacks, in the order their hooks run."""
+        return list(self._children)
+
+    @property
+    def findings(self) -> list[Finding]:
+        own = list(self._findings_log.findings)
+        return own + [f for c in self._children if isinstance(c, TipCallback) for f in c.findings]
+
+    def child(self, cls: type[Callback]) -> Callback | None:
+        """The first child that is an instance of ``cls`` (searching nested composites too)."""
+        for c in self._children:
+            if isinstance(c, cls):
+                return c
+            if isinstance(c, TipComposite) and (found := c.child(cls)) is not None:
+                return found
+        return None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        for c in self._by_hook["setup"]:
+            c.setup(trainer, pl_module, stage)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for c in self._by_hook["on_fit_end"]:
+            c.on_fit_end(trainer, pl_module)
+        super().on_fit_end(trainer, pl_module)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        for c in self._by_hook["on_exception"]:
+            c.on_exception(trainer, pl_module, exception)
+        super().on_exception(trainer, pl_module, exception)
+
+    def _child_key(self, index: int, child: Callback) -> str:
+        return f"{index}:{child.state_key}"
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["children"] = {self._child_key(i, c): c.state_dict() for i, c in enumerate(self._children)}
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        saved = state_dict.get("children", {})
+        for i, c in enumerate(self._children):
+            key = self._child_key(i, c)
+            if key in saved:
+                c.load_state_dict(saved[key])
+
+
+def _forwarder(hook: str) -> Any:
+    def forward(self: TipComposite, *args: Any, **kwargs: Any) -> None:
+        for c in self._by_hook[hook]:
+            getattr(c, hook)(*args, **kwargs)
+
+    forward.__name__ = hook
+    forward.__qualname__ = f"TipComposite.{hook}"
+    forward.__doc__ = f"Forward ``{hook}`` to the children that implement it."
+    return forward
+
+
+for _hook in _HOOKS:
+    setattr(TipComposite, _hook, _forwarder(_hook))

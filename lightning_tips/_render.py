@@ -58,8 +58,8 @@ def image_grid(
         scaled, lo, hi = normalize(arr, -m, m)
     else:
         scaled, lo, hi = normalize(arr)
-    ncols = ncols or int(math.ceil(math.sqrt(n)))
-    nrows = int(math.ceil(n / ncols))
+    ncols = ncols or math.ceil(math.sqrt(n))
+    nrows = math.ceil(n / ncols)
     grid = np.full((nrows * (h + pad) + pad, ncols * (w + pad) + pad, 3), 255, dtype=np.uint8)
     for i in range(n):
         r, col = divmod(i, ncols)

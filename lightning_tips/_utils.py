@@ -148,9 +148,7 @@ def find_output_layer(module: nn.Module, name: str | None = None) -> tuple[str, 
         return name, module.get_submodule(name)
     found: tuple[str, nn.Module] | None = None
     for n, m in module.named_modules():
-        if isinstance(m, (nn.Linear, nn.LazyLinear)):
-            found = (n, m)
-        elif isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and all(k == 1 for k in m.kernel_size):
+        if isinstance(m, (nn.Linear, nn.LazyLinear)) or (isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and all(k == 1 for k in m.kernel_size)):
             found = (n, m)
     return found
 

@@ -495,9 +495,12 @@ class FindingsLog:
         """Record ``finding`` if it is new or changed materially; return whether it was recorded."""
         key = (finding.code, finding.module)
         prev = self._last.get(key)
-        if prev is not None and finding.severity.rank <= prev.severity.rank:
-            if not _material_change(prev.figures, finding.figures, self.rel_change):
-                return False
+        if (
+            prev is not None
+            and finding.severity.rank <= prev.severity.rank
+            and not _material_change(prev.figures, finding.figures, self.rel_change)
+        ):
+            return False
         self._last[key] = finding
         self.findings.append(finding)
         return True

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import lightning.pytorch as pl
 import numpy as np
@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 
-@lru_cache(maxsize=None)
+@cache
 def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     """1797 8x8 images in [0, 16] and their labels 0-9."""
     from sklearn.datasets import load_digits
@@ -58,7 +58,7 @@ class DigitsDataModule(pl.LightningDataModule):
         return DataLoader(self.val, batch_size=self.batch_size)
 
 
-@lru_cache(maxsize=None)
+@cache
 def breast_cancer_arrays() -> tuple[np.ndarray, np.ndarray]:
     """569 samples x 30 raw features (huge dynamic range, not normalised) and binary labels."""
     from sklearn.datasets import load_breast_cancer

@@ -1,0 +1,84 @@
+"""The base callback and the composite: summary ownership, hook forwarding, state per child."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from lightning_tips import TipWarning
+from lightning_tips._callback import TipComposite
+from tests.helpers.data import DigitsDataModule
+from tests.helpers.models import Classifier, small_cnn
+from tests.helpers.reporting import Scripted
+
+
+class Counting(Callback):
+    def __init__(self) -> None:
+        self.batches = 0
+        self.calls: list[str] = []
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        self.calls.append("setup:fit" if stage == "fit" else "setup:other")
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        self.batches += 1
+
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        self.calls.append("fit_end")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"batches": self.batches}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.batches = state_dict["batches"]
+
+
+def test_summary_is_printed_once_by_the_first_tip_callback(make_trainer: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    a = Scripted({0: [("no-seed", "info", "no seed", {})]})
+    b = Scripted({1: [("dead-activation", "warning", "half dead", {})]})
+    with pytest.warns(TipWarning):
+        make_trainer(callbacks=[a, b], limit_train_batches=3, limit_val_batches=0).fit(
+            Classifier(small_cnn()), DigitsDataModule()
+        )
+    out = capsys.readouterr().out
+    assert out.count("lightning_tips: 2 finding(s)") == 1
+    # errors/warnings first
+    assert out.index("dead-activation") < out.index("no-seed")
+
+
+def test_summary_says_when_there_is_nothing(make_trainer: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    make_trainer(callbacks=[Scripted({})], limit_train_batches=2, limit_val_batches=0).fit(
+        Classifier(small_cnn()), DigitsDataModule()
+    )
+    assert "lightning_tips: 0 finding(s) — nothing to report." in capsys.readouterr().out
+
+
+def test_composite_forwards_hooks_collects_findings_and_saves_state_per_child(make_trainer: Any, tmp_path: Any,
+                                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    counting = Counting()
+    scripted = Scripted({1: [("init-loss", "warning", "too high", {"loss": 9.0})]})
+    comp = TipComposite([counting, scripted])
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    with pytest.warns(TipWarning):
+        make_trainer(callbacks=[comp, ckpt], limit_train_batches=4, limit_val_batches=0,
+                     enable_checkpointing=True).fit(Classifier(small_cnn()), DigitsDataModule())
+    assert counting.batches == 4 and counting.calls == ["setup:fit", "fit_end"]
+    assert [f.code for f in comp.findings] == ["init-loss"]
+    assert comp.child(Counting) is counting
+    assert "lightning_tips: 1 finding(s)" in capsys.readouterr().out
+    # resume: state of each child comes back; the finding is not reported again
+    counting2, scripted2 = Counting(), Scripted({1: [("init-loss", "warning", "too high", {"loss": 9.0})]})
+    comp2 = TipComposite([counting2, scripted2])
+    trainer = make_trainer(callbacks=[comp2], limit_train_batches=4, limit_val_batches=0, max_epochs=2)
+    trainer.fit(Classifier(small_cnn()), DigitsDataModule(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert counting2.batches == 8
+    assert [f.code for f in scripted2.findings] == ["init-loss"]
+
+
+def test_composite_only_calls_children_that_implement_a_hook() -> None:
+    comp = TipComposite([Counting(), Callback()])
+    assert len(comp._by_hook["on_train_batch_end"]) == 1 and len(comp._by_hook["on_before_backward"]) == 0
+    assert torch.nn.Module is not None
