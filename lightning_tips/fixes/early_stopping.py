@@ -1,0 +1,234 @@
+"""Early stopping with the recipe's defaults, best-weight restore, and the ``overfitting`` verdict (R4.9, T2, R4.7, R4.8).
+
+Lightning's :class:`~lightning.pytorch.callbacks.EarlyStopping` stops when the monitored metric has not
+improved for ``patience`` validation checks. This subclass keeps all of that (same arguments, same
+checkpoint state, same ``state_key``) and adds what the recipe asks for:
+
+- ``restore_best_weights``: a CPU copy of the module's ``state_dict`` is taken whenever the
+  monitored metric improves, and loaded back into the module when training ends (stopped early or
+  not) — the model ends with its best weights without needing a ``ModelCheckpoint``;
+- the ``overfitting`` finding when the validation metric has been worse than its best for
+  ``patience`` checks while the training loss kept falling
+  (:func:`lightning_tips.checks._curves.overfitting_verdict`), with advice: dropout (R4.7), weight
+  decay (R4.8), more data (R4.1);
+- the findings channel of every lightning_tips callback (it *is* a
+  :class:`~lightning_tips.TipCallback`: its findings appear in the end-of-fit summary).
+
+Example:
+    >>> import torch
+    >>> es = EarlyStopping()  # monitor="val_loss", patience=3, restore_best_weights=True
+    >>> es.monitor, es.patience, es.restore_best_weights
+    ('val_loss', 3, True)
+    >>> from lightning_tips import TipCallback
+    >>> from lightning.pytorch.callbacks import EarlyStopping as LightningEarlyStopping
+    >>> isinstance(es, TipCallback) and isinstance(es, LightningEarlyStopping)
+    True
+    >>> best_weights_copy(torch.nn.Linear(2, 1))["weight"].device
+    device(type='cpu')
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import EarlyStopping as _LightningEarlyStopping
+from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
+
+from lightning_tips._callback import TipCallback
+from lightning_tips._utils import any_rank
+from lightning_tips.checks._curves import overfitting_verdict
+
+__all__ = ["EarlyStopping", "best_weights_copy"]
+
+_ADVICE = (
+    "add dropout (R4.7) or weight decay (R4.8), get more or augmented data (R4.1-R4.3), or use a smaller "
+    "model (R4.5); early stopping keeps the best weights meanwhile (R4.9)"
+)
+
+
+def best_weights_copy(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of ``module.state_dict()`` (parameters and buffers)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+class EarlyStopping(_LightningEarlyStopping, TipCallback):
+    """Lightning's ``EarlyStopping`` with the recipe's defaults, best-weight restore and the ``overfitting`` finding.
+
+    All of Lightning's arguments keep their meaning; the defaults follow the recipe (R4.9): monitor
+    ``"val_loss"``, ``patience=3``. Stopping is Lightning's own decision, taken identically on every
+    rank (``reduce_boolean_decision``); a weight snapshot is taken on every rank when the metric
+    improved on any rank, so all ranks restore the same weights. Log the monitored metric with
+    ``sync_dist=True`` under DDP so every rank sees the same value.
+
+    Findings:
+        ``overfitting`` (``warning``): the monitored metric has been worse than its best for
+        ``patience`` checks while the training loss — ``trainer.callback_metrics[train_loss_key]`` at
+        the check, e.g. ``self.log("train_loss", loss, on_epoch=True)`` — fell below its value at the
+        best check. Figures: ``best_val``, ``val_now``, ``train_at_best``, ``train_now``,
+        ``checks_since_best``. If ``train_loss_key`` is never logged, one ``info`` ``overfitting``
+        finding says the verdict was skipped.
+
+    Checkpoint state: Lightning's (``wait_count``, ``stopped_epoch``, ``best_score``, ``patience``,
+    stopping reason) plus the findings, the per-check histories, and — only with
+    ``restore_best_weights`` — the best weights (a CPU copy of the ``state_dict``: the checkpoint
+    grows by one model's size). ``state_key`` distinguishes ``monitor`` and ``mode``, as Lightning's.
+
+    Args:
+        monitor: the metric to monitor.
+        min_delta: minimum change that counts as an improvement.
+        patience: validation checks with no improvement before stopping (also the overfitting window).
+        verbose: log Lightning's improvement/stop messages.
+        mode: ``"min"`` or ``"max"``.
+        strict: raise when ``monitor`` is missing.
+        check_finite: stop when the metric becomes NaN/inf.
+        stopping_threshold: stop once the metric reaches this value.
+        divergence_threshold: stop once the metric is worse than this value.
+        check_on_train_epoch_end: run the check at the end of the training epoch (``None``: Lightning decides).
+        log_rank_zero_only: log status on rank zero only.
+        restore_best_weights: load the best weights back into the module when training ends.
+        train_loss_key: the ``callback_metrics`` key of the training loss, for the ``overfitting`` verdict.
+
+    Example:
+        >>> es = EarlyStopping(monitor="val_acc", mode="max", patience=5)
+        >>> es.state_key
+        "EarlyStopping{'monitor': 'val_acc', 'mode': 'max'}"
+        >>> "best_weights" in EarlyStopping(restore_best_weights=False).state_dict()
+        False
+    """
+
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        min_delta: float = 0.0,
+        patience: int = 3,
+        verbose: bool = False,
+        mode: Literal["min", "max"] = "min",
+        strict: bool = True,
+        check_finite: bool = True,
+        stopping_threshold: float | None = None,
+        divergence_threshold: float | None = None,
+        check_on_train_epoch_end: bool | None = None,
+        log_rank_zero_only: bool = False,
+        restore_best_weights: bool = True,
+        train_loss_key: str = "train_loss",
+    ) -> None:
+        if mode not in ("min", "max"):
+            raise ValueError(f"Expected mode to be 'min' or 'max' but got {mode!r}.")
+        if not isinstance(patience, int) or patience < 1:
+            raise ValueError(f"Expected patience to be a positive int but got {patience!r}.")
+        if not isinstance(train_loss_key, str) or not train_loss_key:
+            raise TypeError(f"Expected train_loss_key to be a non-empty str but got {train_loss_key!r}.")
+        # Lightning's __init__ calls super().__init__(), which (by the MRO) is TipCallback.__init__
+        super().__init__(
+            monitor=monitor,
+            min_delta=min_delta,
+            patience=patience,
+            verbose=verbose,
+            mode=mode,
+            strict=strict,
+            check_finite=check_finite,
+            stopping_threshold=stopping_threshold,
+            divergence_threshold=divergence_threshold,
+            check_on_train_epoch_end=check_on_train_epoch_end,
+            log_rank_zero_only=log_rank_zero_only,
+        )
+        self.restore_best_weights = restore_best_weights
+        self.train_loss_key = train_loss_key
+        self._reset_history()
+        self.best_weights: dict[str, torch.Tensor] | None = None
+        self.best_epoch: int | None = None
+
+    def _reset_history(self) -> None:
+        self._val_history: list[float] = []  # the monitored metric per check, as reported
+        self._train_history: list[float] = []  # the training loss at the same checks
+        self._missing_train_reported = False
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        _LightningEarlyStopping.setup(self, trainer, pl_module, stage)
+        TipCallback.setup(self, trainer, pl_module, stage)
+        if stage == "fit":
+            self._reset_history()
+
+    def _run_early_stopping_check(self, trainer: pl.Trainer) -> None:
+        # Lightning's documented extension point: called once per check, after `_should_skip_check`
+        before = self.best_score
+        super()._run_early_stopping_check(trainer)
+        logs = trainer.callback_metrics
+        if getattr(trainer, "fast_dev_run", False) or self.monitor not in logs:
+            return
+        improved = self.best_score is not before  # Lightning rebinds best_score only on improvement
+        if self.restore_best_weights and any_rank(trainer, improved):
+            self.best_weights = best_weights_copy(trainer.lightning_module)
+            self.best_epoch = trainer.current_epoch
+        self._check_overfitting(trainer, float(logs[self.monitor].squeeze()))
+
+    def _check_overfitting(self, trainer: pl.Trainer, current: float) -> None:
+        train = trainer.callback_metrics.get(self.train_loss_key)
+        if train is None:
+            if not self._missing_train_reported:
+                self._missing_train_reported = True
+                available = ", ".join(sorted(trainer.callback_metrics)) or "none"
+                self.report(
+                    trainer,
+                    "overfitting",
+                    "info",
+                    f"overfitting verdict skipped: `{self.train_loss_key}` is not in trainer.callback_metrics "
+                    f"(available: {available})",
+                    advice=f"log the training loss with self.log({self.train_loss_key!r}, loss, on_epoch=True) "
+                    f"or pass EarlyStopping(train_loss_key=...)",
+                )
+            return
+        self._val_history.append(current)
+        self._train_history.append(float(train))
+        sign = 1.0 if self.mode == "min" else -1.0  # the verdict wants "lower is better"
+        verdict = overfitting_verdict(self._train_history, [sign * v for v in self._val_history], self.patience)
+        if verdict is None:
+            return
+        figures = dict(verdict)
+        figures["best_val"], figures["val_now"] = sign * verdict["best_val"], sign * verdict["val_now"]
+        if math.isnan(figures["val_now"]):
+            return
+        message = (
+            f"`{self.monitor}` has been worse than its best ({figures['best_val']:.4g}) for "
+            f"{int(figures['checks_since_best'])} checks (now {figures['val_now']:.4g}) while "
+            f"`{self.train_loss_key}` fell from {figures['train_at_best']:.4g} to {figures['train_now']:.4g}: "
+            f"the model is overfitting"
+        )
+        self.report(trainer, "overfitting", "warning", message, advice=_ADVICE, figures=figures)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.restore_best_weights or self.best_weights is None:
+            return
+        pl_module.load_state_dict(self.best_weights)  # copies in place: devices and dtypes are kept
+        best = float(self.best_score) if isinstance(self.best_score, torch.Tensor) else self.best_score
+        rank_zero_info(
+            f"EarlyStopping: restored the best weights ({self.monitor}={best:.4g}, epoch {self.best_epoch})."
+        )
+
+    # --- state -----------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        state = _LightningEarlyStopping.state_dict(self)
+        state.update(TipCallback.state_dict(self))
+        state.update(
+            val_history=list(self._val_history),
+            train_history=list(self._train_history),
+            missing_train_reported=self._missing_train_reported,
+            best_epoch=self.best_epoch,
+        )
+        if self.restore_best_weights and self.best_weights is not None:
+            state["best_weights"] = self.best_weights
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        _LightningEarlyStopping.load_state_dict(self, state_dict)
+        TipCallback.load_state_dict(self, state_dict)
+        self._val_history = [float(v) for v in state_dict.get("val_history", [])]
+        self._train_history = [float(v) for v in state_dict.get("train_history", [])]
+        self._missing_train_reported = bool(state_dict.get("missing_train_reported", False))
+        self.best_epoch = state_dict.get("best_epoch")
+        self.best_weights = state_dict.get("best_weights") if self.restore_best_weights else None
