@@ -1,0 +1,229 @@
+"""Weight init by the activation that follows each layer (T11, P5, P15).
+
+Variance scaling keeps the activations' scale from layer to layer: He (Kaiming) for the ReLU
+family (``std = gain / sqrt(fan_in)``, gain sqrt(2) or sqrt(2 / (1 + slope^2))), Xavier (Glorot)
+for tanh/sigmoid, LeCun normal (``std = 1 / sqrt(fan_in)``) for SELU, and orthogonal matrices for
+the recurrent weights ``weight_hh`` of RNN/LSTM/GRU (one orthogonal block per gate). P15 is the case
+study: a bad init hidden by BatchNorm, fixed by variance scaling.
+
+:func:`init_weights_` is the in-place function; :class:`WeightInit` applies it at fit start.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+import torch
+from torch import nn
+from torch.nn.parameter import UninitializedParameter
+
+from lightning_tips._callback import TipCallback
+from lightning_tips._utils import find_output_layer, preserved_rng
+
+if TYPE_CHECKING:  # pragma: no cover
+    import lightning.pytorch as pl
+
+__all__ = ["Scheme", "WeightInit", "init_weights_"]
+
+Scheme = Literal["auto", "he", "xavier", "orthogonal", "lecun"]
+
+_FEEDFORWARD = (
+    nn.Linear, nn.Bilinear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+)
+_RECURRENT = (nn.RNN, nn.LSTM, nn.GRU, nn.RNNCell, nn.LSTMCell, nn.GRUCell)
+_RELU_FAMILY = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+    nn.Hardswish, nn.Softplus,
+)
+_SQUASHING = (nn.Tanh, nn.Sigmoid, nn.Hardtanh, nn.Softsign, nn.Hardsigmoid, nn.LogSigmoid, nn.Tanhshrink)
+
+
+def _activation_scheme(act: nn.Module) -> tuple[str, float]:
+    """``(scheme, gain)`` for a layer followed by ``act``: He for ReLU-like, Xavier for squashing, LeCun for SELU."""
+    if isinstance(act, nn.SELU):
+        return "lecun", 1.0
+    if isinstance(act, nn.LeakyReLU):
+        return "he", nn.init.calculate_gain("leaky_relu", act.negative_slope)
+    if isinstance(act, nn.PReLU):
+        return "he", nn.init.calculate_gain("leaky_relu", float(act.weight.detach().mean()))
+    if isinstance(act, _RELU_FAMILY):
+        return "he", math.sqrt(2.0)
+    if isinstance(act, (nn.Tanh, nn.Hardtanh, nn.Tanhshrink, nn.Softsign)):
+        return "xavier", 5.0 / 3.0  # torch's calculate_gain("tanh")
+    return "xavier", 1.0  # sigmoid family
+
+
+def _following_activations(module: nn.Module) -> dict[str, nn.Module | None]:
+    """For each weight layer, the first activation module registered after it and before the next layer."""
+    following: dict[str, nn.Module | None] = {}
+    pending: str | None = None
+    for name, m in module.named_modules():
+        if isinstance(m, (*_FEEDFORWARD, *_RECURRENT)):
+            following[name] = None  # until an activation shows up before the next layer
+            pending = name
+        elif isinstance(m, (*_RELU_FAMILY, *_SQUASHING, nn.SELU)) and pending is not None:
+            following[pending], pending = m, None
+    return following
+
+
+def _gain(scheme: str, act: nn.Module | None) -> float:
+    """The gain of ``scheme`` when forced, taken from the following activation where it has one."""
+    if scheme == "lecun":
+        return 1.0
+    if act is not None:
+        auto_scheme, gain = _activation_scheme(act)
+        if auto_scheme == scheme or scheme == "orthogonal":
+            return gain
+    return math.sqrt(2.0) if scheme == "he" else 1.0
+
+
+def _init_matrix_(w: torch.Tensor, scheme: str, gain: float) -> None:
+    """Initialise one weight tensor (2-D or conv) in place with ``scheme``."""
+    fan_in = w[0].numel()  # in_features x receptive field, as torch's kaiming_normal_(mode="fan_in")
+    if scheme == "he":
+        nn.init.normal_(w, 0.0, gain / math.sqrt(fan_in))  # kaiming_normal_, fan_in, with this gain
+    elif scheme == "lecun":
+        nn.init.normal_(w, 0.0, 1.0 / math.sqrt(fan_in))
+    elif scheme == "xavier":
+        nn.init.xavier_uniform_(w, gain=gain)
+    else:
+        nn.init.orthogonal_(w, gain=gain)
+
+
+def _init_recurrent_(name: str, rnn: nn.Module, scheme: str, applied: dict[str, str]) -> None:
+    """weight_hh: orthogonal per gate block; weight_ih: Xavier (gated/tanh) or He (ReLU RNN) per gate block."""
+    gates = {nn.LSTM: 4, nn.LSTMCell: 4, nn.GRU: 3, nn.GRUCell: 3}.get(type(rnn), 1)
+    relu_rnn = getattr(rnn, "nonlinearity", "tanh") == "relu"
+    if scheme == "auto":
+        ih_scheme, ih_gain = ("he", math.sqrt(2.0)) if relu_rnn else ("xavier", 5.0 / 3.0 if gates == 1 else 1.0)
+    else:
+        ih_scheme = scheme
+        ih_gain = _gain(scheme, None)
+    for pname, p in rnn.named_parameters(recurse=False):
+        full = f"{name}.{pname}" if name else pname
+        if pname.startswith("bias"):
+            nn.init.zeros_(p)
+            continue
+        if not pname.startswith(("weight_ih", "weight_hh")) or isinstance(p, UninitializedParameter):
+            continue
+        hh = pname.startswith("weight_hh")
+        used = "orthogonal" if hh else ih_scheme
+        with torch.no_grad():
+            for block in p.chunk(gates, 0):  # one block per gate: (H, in) or (H, H)
+                _init_matrix_(block, used, 1.0 if hh else ih_gain)
+        applied[full] = used
+
+
+def init_weights_(module: nn.Module, scheme: Scheme = "auto") -> dict[str, str]:
+    """Initialise every layer's weights by the activation that follows it; zero biases but the output layer's (T11, P5).
+
+    ``auto``: He (normal, fan_in, ReLU/leaky gain) when a ReLU-family module follows the layer,
+    Xavier (uniform, gain 5/3 for tanh, 1 for sigmoid) for tanh/sigmoid, LeCun normal for SELU;
+    "follows" means the first activation module registered after the layer (``named_modules``
+    order) and before the next layer. A layer followed by no activation module (e.g. an activation
+    called functionally in ``forward``, or the output layer) gets He. Recurrent modules:
+    ``weight_hh`` orthogonal (per gate block; any ``scheme``), ``weight_ih`` Xavier (He for a ReLU
+    RNN; ``scheme`` when forced). Biases are zeroed, except the output layer's (the last
+    Linear/1x1 conv, the one :class:`~lightning_tips.fixes.output_bias.OutputBiasInit` sets).
+    Lazy layers not yet materialised are left alone. Uses the global torch RNG.
+
+    Returns:
+        ``{layer name: scheme applied}``; recurrent modules have one entry per weight matrix
+        (``"lstm.weight_ih_l0": "xavier"``, ``"lstm.weight_hh_l0": "orthogonal"``).
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2))
+        >>> init_weights_(net)
+        {'0': 'xavier', '2': 'he', '4': 'he'}
+        >>> float(net[0].bias.abs().max())
+        0.0
+    """
+    if scheme not in get_args(Scheme):
+        raise ValueError(f"Expected scheme to be one of {', '.join(map(repr, get_args(Scheme)))} but got {scheme!r}.")
+    output = find_output_layer(module)
+    output_layer = output[1] if output is not None else None
+    following = _following_activations(module)
+    applied: dict[str, str] = {}
+    for name, m in module.named_modules():
+        if isinstance(m, _RECURRENT):
+            _init_recurrent_(name, m, scheme, applied)
+            continue
+        if not isinstance(m, _FEEDFORWARD):
+            continue
+        weight = getattr(m, "weight", None)
+        if not isinstance(weight, torch.Tensor) or isinstance(weight, UninitializedParameter):
+            continue
+        act = following.get(name)
+        if scheme == "auto":
+            used, gain = _activation_scheme(act) if act is not None else ("he", math.sqrt(2.0))
+        else:
+            used, gain = scheme, _gain(scheme, act)
+        with torch.no_grad():
+            _init_matrix_(weight, used, gain)
+            bias = getattr(m, "bias", None)
+            if isinstance(bias, torch.Tensor) and not isinstance(bias, UninitializedParameter) and m is not output_layer:
+                bias.zero_()
+        applied[name] = used
+    return applied
+
+
+class WeightInit(TipCallback):
+    """Fix T11/P5/P15: at fit start, (re)initialise the weights with :func:`init_weights_`.
+
+    Applied in ``on_fit_start`` unless the fit resumes from a checkpoint (``trainer.ckpt_path``
+    set). The init draws from a private RNG seeded with rank zero's ``torch.initial_seed()``
+    (broadcast), so every DDP rank gets the same weights and the user's RNG streams are left as
+    they were. It zeroes biases (not the output layer's): put it BEFORE
+    :class:`~lightning_tips.fixes.forget_gate.ForgetGateBias` in the callbacks list.
+
+    Reports ``weight-init`` (info) with the number of layers per scheme (``he``, ``xavier``,
+    ``orthogonal``, ``lecun``); an ``info`` finding of the same code when there is no layer to
+    initialise.
+
+    Args:
+        scheme: ``"auto"`` (by the following activation) or one scheme for every feed-forward layer.
+
+    Example:
+        >>> WeightInit(scheme="xavier").scheme
+        'xavier'
+    """
+
+    def __init__(self, scheme: Scheme = "auto") -> None:
+        super().__init__()
+        if scheme not in get_args(Scheme):
+            raise ValueError(f"Expected scheme to be one of {', '.join(map(repr, get_args(Scheme)))} but got {scheme!r}.")
+        self.scheme = scheme
+        self.applied: dict[str, str] = {}  # what was applied (kept in the checkpoint)
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(scheme=self.scheme)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.ckpt_path is not None:
+            return  # resuming: the checkpoint's weights are the trained ones
+        seed = int(trainer.strategy.broadcast(torch.initial_seed() % 2**63, src=0))
+        with preserved_rng([pl_module.device]):
+            torch.manual_seed(seed)
+            applied = init_weights_(pl_module, self.scheme)
+        if not applied:
+            self.report(trainer, "weight-init", "info",
+                        f"skipped: {type(pl_module).__name__} has no Linear/conv/recurrent layer with initialised weights",
+                        advice="none needed; lazy layers are initialised by their first forward pass")
+            return
+        self.applied = applied
+        counts = Counter(applied.values())
+        summary = ", ".join(f"{k} {counts[k]}" for k in ("he", "xavier", "orthogonal", "lecun") if counts[k])
+        self.report(trainer, "weight-init", "info",
+                    f"initialised {len(applied)} weight tensor(s) by scheme ({self.scheme}): {summary}; biases zeroed "
+                    "except the output layer's",
+                    figures={k: float(counts[k]) for k in ("he", "xavier", "orthogonal", "lecun")})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "applied": dict(self.applied)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.applied = dict(state_dict.get("applied", {}))
