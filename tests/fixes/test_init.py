@@ -1,0 +1,235 @@
+"""init_weights_ / WeightInit (T11, P5, P15): statistics per scheme, the output bias left alone."""
+
+from __future__ import annotations
+
+import copy
+import math
+import pickle
+import warnings
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import nn
+
+from lightning_tips.fixes.forget_gate import ForgetGateBias
+from lightning_tips.fixes.init import WeightInit, init_weights_
+from lightning_tips.fixes.output_bias import OutputBiasInit
+from tests.helpers.data import digits_tensors
+from tests.helpers.fixes_models import LSTMNet, RNGProbe, Snapshot, digits_mlp, imbalanced_digits, loader
+from tests.helpers.models import Classifier, small_cnn
+
+
+def _std(w: torch.Tensor) -> float:
+    return float(w.detach().std())
+
+
+# --- the pure function: statistics ----------------------------------------------------------------
+
+
+def test_he_std_on_a_wide_relu_layer():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10))
+    assert init_weights_(net)["0"] == "he"
+    assert _std(net[0].weight) == pytest.approx(math.sqrt(2 / 1024), rel=0.02)
+    assert abs(float(net[0].weight.detach().mean())) < 1e-3
+
+
+def test_he_leaky_relu_gain_and_norm_between():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(512, 512), nn.BatchNorm1d(512), nn.LeakyReLU(0.2), nn.Linear(512, 2))
+    assert init_weights_(net)["0"] == "he"  # the activation after the BatchNorm counts
+    assert _std(net[0].weight) == pytest.approx(math.sqrt(2 / (1 + 0.2**2) / 512), rel=0.03)
+
+
+def test_xavier_for_tanh_and_sigmoid():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(512, 256), nn.Tanh(), nn.Linear(256, 256), nn.Sigmoid(), nn.Linear(256, 2))
+    applied = init_weights_(net)
+    assert applied == {"0": "xavier", "2": "xavier", "4": "he"}
+    assert _std(net[0].weight) == pytest.approx(5 / 3 * math.sqrt(2 / (512 + 256)), rel=0.03)
+    assert _std(net[2].weight) == pytest.approx(math.sqrt(2 / (256 + 256)), rel=0.03)
+    assert float(net[0].weight.detach().abs().max()) <= 5 / 3 * math.sqrt(6 / (512 + 256)) + 1e-6  # uniform
+
+
+def test_lecun_for_selu():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(800, 400), nn.SELU(), nn.Linear(400, 2))
+    assert init_weights_(net)["0"] == "lecun"
+    assert _std(net[0].weight) == pytest.approx(1 / math.sqrt(800), rel=0.03)
+
+
+def test_conv_he_uses_fan_in_with_the_receptive_field():
+    torch.manual_seed(0)
+    net = small_cnn(channels=64)
+    applied = init_weights_(net)
+    assert applied["0"] == "he" and applied["2"] == "he"
+    assert _std(net[2].weight) == pytest.approx(math.sqrt(2 / (64 * 9)), rel=0.03)
+
+
+def test_recurrent_weights_orthogonal_per_gate():
+    torch.manual_seed(0)
+    lstm = nn.LSTM(10, 32, num_layers=2, bidirectional=True)
+    applied = init_weights_(lstm)
+    assert applied["weight_hh_l1_reverse"] == "orthogonal" and applied["weight_ih_l0"] == "xavier"
+    for name, p in lstm.named_parameters():
+        if name.startswith("weight_hh"):
+            for block in p.detach().chunk(4, 0):  # W W^T = I per gate
+                assert torch.allclose(block @ block.T, torch.eye(32), atol=1e-5)
+        elif name.startswith("weight_ih"):
+            fan_in = p.shape[1]
+            assert _std(p) == pytest.approx(math.sqrt(2 / (fan_in + 32)), rel=0.1)
+        else:
+            assert torch.equal(p, torch.zeros_like(p))  # biases zeroed
+
+
+def test_gru_and_relu_rnn():
+    torch.manual_seed(0)
+    gru, rnn = nn.GRU(16, 64), nn.RNN(16, 64, nonlinearity="relu")
+    init_weights_(gru)
+    w = gru.weight_hh_l0.detach()
+    assert all(torch.allclose(b @ b.T, torch.eye(64), atol=1e-5) for b in w.chunk(3, 0))
+    assert init_weights_(rnn)["weight_ih_l0"] == "he"
+    assert torch.allclose(rnn.weight_hh_l0 @ rnn.weight_hh_l0.T, torch.eye(64), atol=1e-5)
+
+
+def test_biases_zeroed_except_the_output_layer():
+    torch.manual_seed(0)
+    net = digits_mlp()
+    out_bias = net[5].bias.detach().clone()
+    init_weights_(net)
+    assert float(net[1].bias.detach().abs().max()) == 0.0 and float(net[3].bias.detach().abs().max()) == 0.0
+    assert torch.equal(net[5].bias, out_bias)
+
+
+def test_output_bias_init_survives_weight_init():
+    _, y = imbalanced_digits()
+    net = digits_mlp()
+    from lightning_tips.fixes.output_bias import init_output_bias_
+
+    prior_bias = init_output_bias_(net[5], y)
+    init_weights_(net)
+    assert torch.equal(net[5].bias.detach(), prior_bias)
+
+
+def test_forced_schemes_and_unrecognised_activations():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 256), nn.Linear(256, 2))
+    assert init_weights_(net, "xavier") == {"0": "xavier", "2": "xavier", "3": "xavier"}
+    assert _std(net[0].weight) == pytest.approx(math.sqrt(2 / 512), rel=0.05)
+    assert init_weights_(net, "orthogonal")["0"] == "orthogonal"
+    w = net[2].weight.detach()
+    assert torch.allclose(w @ w.T, torch.eye(256), atol=1e-4)  # gain 1: no activation follows layer 2
+    assert init_weights_(net, "lecun")["3"] == "lecun"
+    # auto: layer 2 is followed by another layer, not an activation -> the He default
+    assert init_weights_(net)["2"] == "he"
+
+
+def test_lazy_layers_left_alone_and_bad_scheme():
+    net = nn.Sequential(nn.LazyLinear(4), nn.ReLU(), nn.Linear(4, 2))
+    assert init_weights_(net) == {"2": "he"}
+    with pytest.raises(ValueError, match="Expected scheme"):
+        init_weights_(net, "kaiming")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="Expected scheme"):
+        WeightInit("kaiming")  # type: ignore[arg-type]
+
+
+# --- the callback, through Trainer.fit ------------------------------------------------------------
+
+
+def _fit(make_trainer, model, callbacks, **kw):
+    x, y = digits_tensors(image=False)
+    trainer = make_trainer(max_steps=kw.pop("max_steps", 2), callbacks=callbacks, **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(model, train_dataloaders=loader(x[:512], y[:512]))
+    return trainer
+
+
+def test_callback_equals_function_and_keeps_the_rng(make_trainer):
+    pl.seed_everything(3, verbose=False)
+    net = nn.Sequential(nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10))
+    reference = copy.deepcopy(net)
+    torch.manual_seed(torch.initial_seed())  # what the callback does, on a private RNG
+    applied = init_weights_(reference)
+    probe, cb, snap = RNGProbe(), WeightInit(), Snapshot()
+    trainer = _fit(make_trainer, Classifier(net), [probe, cb, snap])
+    assert trainer.global_step == 2
+    for k, v in reference.state_dict().items():
+        assert torch.equal(snap.at_fit_start[f"net.{k}"], v)
+    assert torch.equal(probe.rng["fit_start"], snap.rng["fit_start"])  # the user's RNG stream untouched
+    assert cb.applied == {f"net.{k}": v for k, v in applied.items()}
+    f = cb.findings[0]
+    assert (f.code, f.severity.value) == ("weight-init", "info")
+    assert f.figures == {"he": 2.0, "xavier": 1.0, "orthogonal": 0.0, "lecun": 0.0}
+    assert "he 2, xavier 1" in f.message
+
+
+def test_weight_init_then_forget_gate_bias(make_trainer):
+    torch.manual_seed(0)
+    snap = Snapshot()
+    _fit(make_trainer, Classifier(LSTMNet(num_layers=2)), [WeightInit(), ForgetGateBias(), snap])
+    for k in ("l0", "l1"):
+        b_ih, b_hh = snap.at_fit_start[f"net.rnn.bias_ih_{k}"], snap.at_fit_start[f"net.rnn.bias_hh_{k}"]
+        assert torch.allclose(b_ih[16:32] + b_hh[16:32], torch.ones(16))
+        assert float(b_ih[:16].abs().max()) == 0.0  # the other gates zeroed by WeightInit
+        w = snap.at_fit_start[f"net.rnn.weight_hh_{k}"][:16]
+        assert torch.allclose(w @ w.T, torch.eye(16), atol=1e-5)
+
+
+def test_with_output_bias_init_the_prior_stays(make_trainer):
+    x, y = imbalanced_digits()
+    snap = Snapshot()
+    trainer = make_trainer(max_steps=2, callbacks=[WeightInit(), OutputBiasInit(), snap])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(Classifier(digits_mlp()), train_dataloaders=loader(x, y))
+    prior = torch.bincount(y, minlength=10).float() / len(y)
+    assert torch.allclose(torch.softmax(snap.at_train_start["net.5.bias"], 0), prior, atol=1e-5)
+
+
+def test_skip_model_without_layers(make_trainer):
+    class OnlyParams(Classifier):
+        def __init__(self) -> None:
+            super().__init__(nn.Identity())
+            self.w = nn.Parameter(torch.zeros(64, 10))
+
+        def forward(self, x):
+            return x @ self.w
+
+    cb = WeightInit()
+    trainer = _fit(make_trainer, OnlyParams(), [cb])
+    assert trainer.global_step == 2
+    assert len(cb.findings) == 1 and cb.findings[0].message.startswith("skipped: OnlyParams has no")
+    assert cb.applied == {}
+
+
+def test_resume_does_not_reapply_and_state_round_trips(make_trainer, tmp_path: Path):
+    torch.manual_seed(0)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    first = WeightInit()
+    _fit(make_trainer, Classifier(digits_mlp()), [first, ckpt], max_steps=3, enable_checkpointing=True)
+    saved = torch.load(ckpt.last_model_path, weights_only=False)["state_dict"]
+
+    second, snap = WeightInit(), Snapshot()
+    trainer = make_trainer(max_steps=5, max_epochs=5, callbacks=[second, snap])
+    x, y = digits_tensors(image=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(Classifier(digits_mlp()), train_dataloaders=loader(x[:512], y[:512]), ckpt_path=ckpt.last_model_path)
+    for k, v in saved.items():
+        assert torch.equal(snap.at_train_start[k], v)  # the checkpoint's weights, not re-initialised
+    assert second.applied == first.applied and len(second.findings) == 1
+
+
+def test_state_key_and_pickle():
+    a = WeightInit()
+    assert a.state_key != WeightInit("xavier").state_key
+    a.applied = {"net.0": "he"}
+    b = WeightInit()
+    b.load_state_dict(pickle.loads(pickle.dumps(a)).state_dict())
+    assert b.applied == {"net.0": "he"}
+    b.load_state_dict({})
+    assert b.applied == {}
