@@ -1,0 +1,362 @@
+"""Gradient statistics: per-layer gradient norms, ``exploding-gradient`` and ``vanishing-gradient``
+(tips T8, P11, P15).
+
+Pure functions first — :func:`grad_norms` (one fused on-device reduction), :func:`layer_groups`,
+:func:`layer_grad_norms`, :func:`exploding_verdict`, :func:`vanishing_verdict` — then
+:class:`GradientStats`, the thin callback that samples them every ``every_n_steps`` steps.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Linear(4, 8), nn.Sigmoid(), nn.Linear(8, 2))
+    >>> net(torch.randn(16, 4)).sum().backward()
+    >>> names, norms = layer_grad_norms(net)
+    >>> names, norms.shape
+    (['0', '2'], torch.Size([2]))
+    >>> exploding_verdict([1.0, 1.2, 0.9, 250.0], growth=100.0, max_norm=1e4)
+    {'total_norm': 250.0, 'baseline': 1.0, 'growth': 250.0, 'max_norm': 10000.0}
+    >>> vanishing_verdict(["0", "2", "4"], [1e-9, 1e-3, 0.5], min_ratio=1e-4, floor=1e-10)
+    {'first_norm': 1e-09, 'last_norm': 0.5, 'ratio': 2e-09, 'min_norm': 1e-09}
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+from torch import nn
+
+from lightning_tips._callback import TipCallback
+from lightning_tips._loggers import log_histogram, log_scalars
+from lightning_tips._utils import is_sampled, reduce_sum
+
+__all__ = [
+    "GradientStats",
+    "exploding_verdict",
+    "grad_norms",
+    "layer_grad_norms",
+    "layer_groups",
+    "vanishing_verdict",
+]
+
+_SHARDED = (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)
+
+
+def grad_norms(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The L2 norm of each tensor, as one float32 tensor on the first tensor's device; no host sync.
+
+    Uses ``torch._foreach_norm`` (one fused kernel per device and dtype on CUDA) and accumulates in
+    float32, so fp16/bf16 gradients do not overflow the norm. Sparse tensors are reduced one by one.
+
+    Example:
+        >>> grad_norms([torch.ones(4), torch.full((2, 2), 2.0)])
+        tensor([2., 4.])
+    """
+    if not tensors:
+        return torch.zeros(0)
+    out_device = tensors[0].device
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = defaultdict(list)
+    sparse: list[int] = []
+    for i, t in enumerate(tensors):
+        (sparse if t.is_sparse else groups[(t.device, t.dtype)]).append(i)
+    result: list[torch.Tensor | None] = [None] * len(tensors)
+    for idx in groups.values():
+        group = [tensors[i] for i in idx]
+        try:
+            norms = torch._foreach_norm(group, 2, dtype=torch.float32)
+        except (TypeError, RuntimeError):  # older torch without `dtype`, or a dtype foreach lacks
+            norms = tuple(torch.linalg.vector_norm(t.float()) for t in group)
+        for i, n in zip(idx, norms):
+            result[i] = n.to(out_device, torch.float32)
+    for i in sparse:
+        result[i] = torch.linalg.vector_norm(tensors[i].coalesce().values().float()).to(out_device)
+    return torch.stack([r for r in result if r is not None])
+
+
+def layer_groups(module: nn.Module, weights_only: bool = True) -> list[tuple[str, list[nn.Parameter]]]:
+    """``(layer name, parameters)`` for every module that directly owns trainable parameters, in
+    registration order (``named_modules``). With ``weights_only`` only parameters with ``ndim > 1``
+    count (weight matrices and kernels, not biases or norm scales), and layers without any are left out.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 2))
+        >>> [(n, len(ps)) for n, ps in layer_groups(net)]
+        [('0', 1), ('2', 1)]
+    """
+    groups: list[tuple[str, list[nn.Parameter]]] = []
+    for name, m in module.named_modules():
+        params = [
+            p for _, p in m.named_parameters(recurse=False) if p.requires_grad and (p.ndim > 1 or not weights_only)
+        ]
+        if params:
+            groups.append((name, params))
+    return groups
+
+
+def layer_grad_norms(
+    module: nn.Module, groups: Sequence[tuple[str, Sequence[nn.Parameter]]] | None = None
+) -> tuple[list[str], torch.Tensor]:
+    """Per-layer gradient norms (weights only) as one float32 device tensor; layers whose parameters
+    have no gradient (frozen, unused this step) are left out. No host sync."""
+    groups = layer_groups(module) if groups is None else groups
+    names: list[str] = []
+    grads: list[torch.Tensor] = []
+    owner: list[int] = []
+    for name, params in groups:
+        gs = [p.grad for p in params if p.grad is not None]
+        if gs:
+            owner.extend([len(names)] * len(gs))
+            names.append(name)
+            grads.extend(gs)
+    if not grads:
+        return [], torch.zeros(0)
+    sq = grad_norms(grads).square()
+    layer_sq = torch.zeros(len(names), device=sq.device).index_add_(0, torch.tensor(owner, device=sq.device), sq)
+    return names, layer_sq.sqrt()
+
+
+def exploding_verdict(
+    totals: Sequence[float], growth: float = 100.0, max_norm: float = 1e4, baseline_samples: int = 3
+) -> dict[str, float] | None:
+    """Figures when the latest total gradient norm passes ``max_norm``, or is more than ``growth`` x
+    the median of the first ``baseline_samples`` sampled norms (judged once more samples exist);
+    else ``None`` (T8, P15)."""
+    finite = [t for t in totals if math.isfinite(t)]
+    if not finite or not math.isfinite(totals[-1]):
+        return None
+    latest = totals[-1]
+    base = statistics.median(finite[:baseline_samples]) if len(finite) > baseline_samples else math.nan
+    grew = math.isfinite(base) and base > 0 and latest > growth * base
+    if latest > max_norm or grew:
+        return {
+            "total_norm": latest,
+            "baseline": base,
+            "growth": latest / base if math.isfinite(base) and base > 0 else math.nan,
+            "max_norm": max_norm,
+        }
+    return None
+
+
+def vanishing_verdict(
+    names: Sequence[str], norms: Sequence[float], min_ratio: float = 1e-4, floor: float = 1e-10
+) -> dict[str, float] | None:
+    """Figures when the first layer's gradient norm is below ``min_ratio`` x the last layer's, or any
+    layer's norm is below ``floor``; else ``None`` (P11, P15). Non-finite norms are not judged."""
+    if not norms or not all(math.isfinite(n) for n in norms):
+        return None
+    first, last = norms[0], norms[-1]
+    ratio = first / last if last > 0 else math.nan
+    low = min(norms)
+    if (len(norms) > 1 and last > 0 and ratio < min_ratio) or low < floor:
+        return {"first_norm": first, "last_norm": last, "ratio": ratio, "min_norm": low}
+    return None
+
+
+class GradientStats(TipCallback):
+    """Per-layer gradient norms on sampled steps, with ``exploding-gradient`` and
+    ``vanishing-gradient`` verdicts (tips T8, P11, P15).
+
+    Every ``every_n_steps`` steps, in ``on_before_optimizer_step`` (after backward and AMP
+    unscaling, *before* Lightning's gradient clipping, so the norms are the raw ones), it computes the
+    norm of each layer's weight gradients (each module that owns parameters with ``ndim > 1``, in
+    registration order) and the total norm over all parameters, as one device tensor reduced across
+    ranks, and brings them to the host with one ``.tolist()``. Unsampled steps cost nothing.
+
+    - ``exploding-gradient`` (warning): the total norm is > ``growth`` x the median of the first 3
+      sampled norms, or > ``max_norm``.
+    - ``vanishing-gradient`` (warning): the first layer's norm is < ``min_ratio`` x the last layer's,
+      or some layer's norm is < ``floor``. Frozen layers and layers without a gradient are ignored.
+
+    Norms are logged as ``tips/grad_norm/total`` and ``tips/grad_norm/<layer>``. With
+    ``log_histograms`` the gradients of each layer are also logged as ``tips/grad_hist/<layer>``:
+    that copies every gradient to the CPU on sampled steps — costly on large models, so off by
+    default. Steps where the scaler of fp16 AMP found inf gradients (and skips) are not recorded.
+    With DDP the gradients are already averaged, so ranks agree; with sharded strategies (FSDP,
+    DeepSpeed) the squared norms of the shards are summed across ranks. More than one optimizer:
+    an ``info`` finding, and the callback stays idle.
+
+    Args:
+        every_n_steps: sample every this many optimizer steps (``0`` never samples).
+        growth: ``exploding-gradient`` when the total norm grows more than this factor over the
+            median of the first 3 samples.
+        max_norm: ``exploding-gradient`` when the total norm passes this bound.
+        min_ratio: ``vanishing-gradient`` when first-layer / last-layer gradient norm falls below this.
+        floor: ``vanishing-gradient`` when a layer's gradient norm falls below this.
+        log_histograms: also log per-layer gradient histograms (costly, see above).
+        history: how many sampled total norms to keep (and checkpoint).
+
+    Example:
+        >>> import lightning.pytorch as pl
+        >>> cb = GradientStats(every_n_steps=25, log_histograms=False)
+        >>> cb.state_dict()["totals"]
+        []
+        >>> trainer = pl.Trainer(callbacks=[cb], logger=False)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 50,
+        growth: float = 100.0,
+        max_norm: float = 1e4,
+        min_ratio: float = 1e-4,
+        floor: float = 1e-10,
+        log_histograms: bool = False,
+        history: int = 100,
+    ) -> None:
+        super().__init__()
+        if not isinstance(every_n_steps, int) or isinstance(every_n_steps, bool) or every_n_steps < 0:
+            raise ValueError(f"Expected every_n_steps to be an int >= 0 but got {every_n_steps!r}.")
+        for name, value in (("growth", growth), ("max_norm", max_norm), ("min_ratio", min_ratio), ("floor", floor)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+                raise ValueError(f"Expected {name} to be a positive number but got {value!r}.")
+        if not isinstance(history, int) or isinstance(history, bool) or history < 4:
+            raise ValueError(f"Expected history to be an int >= 4 but got {history!r}.")
+        self.every_n_steps = every_n_steps
+        self.growth = float(growth)
+        self.max_norm = float(max_norm)
+        self.min_ratio = float(min_ratio)
+        self.floor = float(floor)
+        self.log_histograms = bool(log_histograms)
+        self.history = history
+        self._steps: list[int] = []
+        self._totals: list[float] = []
+        self._baseline: list[float] = []  # the first 3 sampled totals, kept beyond `history`
+        self._count = 0  # sampled steps recorded so far
+        self._groups: list[tuple[str, list[nn.Parameter]]] | None = None
+        self._idle = False
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(every_n_steps=self.every_n_steps)
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage != "fit":
+            return
+        self._groups = None
+        self._idle = False
+        self._steps, self._totals, self._baseline, self._count = [], [], [], 0  # a resumed fit reloads them
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if len(trainer.optimizers) > 1:
+            self._idle = True
+            self.report(
+                trainer, "exploding-gradient", "info",
+                f"gradient statistics skipped: the model has {len(trainer.optimizers)} optimizers; GradientStats "
+                "follows one optimizer's gradients",
+                advice="none needed; attach GradientStats to a model with one optimizer",
+            )
+
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        if self._idle or not is_sampled(trainer.global_step, self.every_n_steps):
+            return
+        if self._groups is None:
+            self._groups = layer_groups(pl_module)
+        names, layer_norms = layer_grad_norms(pl_module, self._groups)
+        all_grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        if not all_grads:
+            return
+        total = grad_norms(all_grads).square().sum().reshape(1)
+        sq = torch.cat([total, layer_norms.square().to(total.device)])
+        sq = reduce_sum(trainer, sq)
+        if trainer.world_size > 1 and not isinstance(trainer.strategy, _SHARDED):
+            sq = sq / trainer.world_size  # DDP: every rank holds the same averaged gradients
+        values = sq.sqrt().tolist()  # the one host sync of a sampled step
+        self._record(trainer, pl_module, trainer.global_step, values[0], names, values[1:])
+
+    # --- the verdicts ----------------------------------------------------------------------------
+    def _record(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int, total: float,
+        names: list[str], norms: list[float],
+    ) -> None:
+        if not math.isfinite(total):
+            # fp16 AMP: the scaler skips this step; otherwise NonFiniteGuard reports it. Not a norm to judge.
+            return
+        self._count += 1
+        self._steps.append(step)
+        self._totals.append(total)
+        if len(self._baseline) < 3:
+            self._baseline.append(total)
+        del self._steps[: -self.history], self._totals[: -self.history]
+        log_scalars(
+            trainer,
+            {"tips/grad_norm/total": total, **{f"tips/grad_norm/{n or 'root'}": v for n, v in zip(names, norms)}},
+            step=step,
+        )
+        if self.log_histograms and self._groups is not None:
+            for name, params in self._groups:
+                gs = [p.grad.detach().flatten() for p in params if p.grad is not None]
+                if gs:
+                    log_histogram(trainer, f"tips/grad_hist/{name or 'root'}", torch.cat(gs), step=step)
+        # the first 3 samples (kept beyond `history`) and the latest one
+        series = [*self._baseline, total] if self._count > len(self._baseline) else list(self._baseline)
+        exploding = exploding_verdict(series, self.growth, self.max_norm)
+        if exploding is not None:
+            why = (
+                f"passed max_norm={self.max_norm:g}" if total > self.max_norm
+                else f"is {exploding['growth']:.3g}x the median of the first 3 samples ({exploding['baseline']:.3g})"
+            )
+            self.report(
+                trainer, "exploding-gradient", "warning",
+                f"total gradient norm {total:.4g} at step {step} {why}" + _largest(names, norms),
+                figures={"total_norm": total, "growth": exploding["growth"]},
+                module=names[max(range(len(norms)), key=norms.__getitem__)] if norms else None,
+                step=step,
+            )
+        vanishing = vanishing_verdict(names, norms, self.min_ratio, self.floor)
+        if vanishing is not None:
+            low = min(range(len(norms)), key=norms.__getitem__)
+            if len(norms) > 1 and norms[-1] > 0 and vanishing["ratio"] < self.min_ratio:
+                msg = (
+                    f"the first layer `{names[0]}` gets a gradient norm of {norms[0]:.3g}, "
+                    f"{vanishing['ratio']:.2g}x that of the last layer `{names[-1]}` ({norms[-1]:.3g}) at step {step} "
+                    f"(threshold {self.min_ratio:g}): the early layers barely learn"
+                )
+                where = names[0]
+            else:
+                msg = (
+                    f"layer `{names[low]}` has a gradient norm of {norms[low]:.3g} at step {step}, "
+                    f"below floor={self.floor:g}: it does not learn"
+                )
+                where = names[low]
+            self.report(
+                trainer, "vanishing-gradient", "warning", msg,
+                figures={"ratio": vanishing["ratio"], "min_norm": vanishing["min_norm"]},
+                module=where or None, step=step,
+            )
+
+    # --- state -----------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state.update(
+            {
+                "steps": list(self._steps),
+                "totals": list(self._totals),
+                "baseline": list(self._baseline),
+                "count": self._count,
+            }
+        )
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._steps = [int(s) for s in state_dict.get("steps", [])]
+        self._totals = [float(t) for t in state_dict.get("totals", [])]
+        self._baseline = [float(t) for t in state_dict.get("baseline", self._totals[:3])]
+        self._count = int(state_dict.get("count", len(self._totals)))
+
+
+def _largest(names: Iterable[str], norms: Sequence[float]) -> str:
+    pairs = sorted(zip(norms, names), reverse=True)[:3]
+    if not pairs:
+        return ""
+    return "; largest layer norms: " + ", ".join(f"`{n or 'root'}` {v:.3g}" for v, n in pairs)
