@@ -58,7 +58,7 @@ class TipCallback(Callback):
         if step is None and trainer is not None:
             step = trainer.global_step
         finding = Finding(code, Severity(severity), message, advice, step, module, figures or {})
-        return finding if report(finding, trainer, self._findings_log) else None
+        return finding if report(finding, trainer, self._findings_log, stacklevel=3) else None
 
     # --- lifecycle -------------------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

@@ -518,12 +518,15 @@ class FindingsLog:
             self.admit(Finding.from_dict(d))
 
 
-def report(finding: Finding, trainer: pl.Trainer | None = None, log: FindingsLog | None = None) -> bool:
+def report(
+    finding: Finding, trainer: pl.Trainer | None = None, log: FindingsLog | None = None, stacklevel: int = 2
+) -> bool:
     """Report ``finding``: the one function every callback calls.
 
     De-duplicates against ``log`` (and keeps the finding there), then on rank zero emits a
     :class:`TipWarning` ``[code] severity: message — advice`` and logs the finding to every logger
-    attached to ``trainer``. Returns whether the finding was new (and so reported).
+    attached to ``trainer``. Returns whether the finding was new (and so reported). ``stacklevel``
+    is passed to ``warnings.warn`` (2: the warning points at the caller of ``report``).
 
     Example:
         >>> import warnings
@@ -539,7 +542,7 @@ def report(finding: Finding, trainer: pl.Trainer | None = None, log: FindingsLog
     if log is not None and not log.admit(finding):
         return False
     if trainer is None or trainer.is_global_zero:
-        warnings.warn(finding.format(), category=TipWarning, stacklevel=2)
+        warnings.warn(finding.format(), category=TipWarning, stacklevel=stacklevel)
         if trainer is not None:
             from lightning_tips._loggers import log_finding
 
