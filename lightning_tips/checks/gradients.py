@@ -308,7 +308,8 @@ class GradientStats(TipCallback):
             self.report(
                 trainer, "exploding-gradient", "warning",
                 f"total gradient norm {total:.4g} at step {step} {why}" + _largest(names, norms),
-                figures={"total_norm": total, "growth": exploding["growth"]},
+                # orders of magnitude: reported again only when the norm moves by 10x or more
+                figures={"total_norm_order": _order(total)},
                 module=names[max(range(len(norms)), key=norms.__getitem__)] if norms else None,
                 step=step,
             )
@@ -330,7 +331,7 @@ class GradientStats(TipCallback):
                 where = names[low]
             self.report(
                 trainer, "vanishing-gradient", "warning", msg,
-                figures={"ratio": vanishing["ratio"], "min_norm": vanishing["min_norm"]},
+                figures={"ratio_order": _order(vanishing["ratio"]), "min_norm_order": _order(vanishing["min_norm"])},
                 module=where or None, step=step,
             )
 
@@ -353,6 +354,11 @@ class GradientStats(TipCallback):
         self._totals = [float(t) for t in state_dict.get("totals", [])]
         self._baseline = [float(t) for t in state_dict.get("baseline", self._totals[:3])]
         self._count = int(state_dict.get("count", len(self._totals)))
+
+
+def _order(x: float) -> float:
+    """``x`` rounded to its power of ten (0 and non-finite values kept)."""
+    return 10.0 ** round(math.log10(x)) if x > 0 and math.isfinite(x) else x
 
 
 def _largest(names: Iterable[str], norms: Sequence[float]) -> str:
