@@ -269,9 +269,11 @@ class OutputBiasInit(TipCallback):
     At ``on_train_start`` (the train loader exists then) the callback finds the output layer (the
     last ``nn.Linear``/``LazyLinear``/1x1 conv, or ``layer``), measures the prior on up to
     ``max_batches`` batches of the train loader (targets via ``split_batch``; counts summed across
-    DDP ranks) unless ``prior`` is given, and applies :func:`init_output_bias_`. The scan restores
-    every RNG it touches (global and the loader's generators). Nothing happens when the fit resumes
-    from a checkpoint (``trainer.ckpt_path`` set): the checkpoint's bias stays.
+    DDP ranks) unless ``prior`` is given, and applies :func:`init_output_bias_`. The prior is the one
+    of the batches the model will see: with :func:`~lightning_tips.fixes.sampler.balanced_sampler`
+    it is ~uniform. The scan restores every RNG it touches (global and the loader's generators).
+    Nothing happens when the fit resumes from a checkpoint (``trainer.ckpt_path`` set): the
+    checkpoint's bias stays.
 
     Reports ``output-bias`` (info) with the prior applied (``prior_<c>``, ``entropy`` — the loss to
     expect at init — or ``mean``/``variance`` for regression), or an ``output-bias`` info finding

@@ -89,7 +89,7 @@ def test_binary_sigmoid_of_bias_is_p():
         layer = nn.Linear(30, 1)
         init_output_bias_(layer, targets)
         assert abs(float(torch.sigmoid(layer.bias.detach())) - p) < 1e-6
-        assert abs(float(layer.bias) - math.log(p / (1 - p))) < 1e-5
+        assert abs(float(layer.bias.detach()) - math.log(p / (1 - p))) < 1e-5
 
 
 def test_multilabel_per_label_log_odds():
@@ -107,7 +107,7 @@ def test_regression_bias_is_the_target_mean():
     assert torch.allclose(layer.bias, y.mean(0), atol=1e-5)
     single = nn.Linear(6, 1)
     init_output_bias_(single, y[:, 0])
-    assert abs(float(single.bias) - float(y[:, 0].mean())) < 1e-5
+    assert abs(float(single.bias.detach()) - float(y[:, 0].mean())) < 1e-5
 
 
 def test_conv_1x1_head_per_channel():
@@ -383,3 +383,49 @@ def test_state_key_and_pickle():
     assert c.applied_bias == [0.1, 0.2]
     c.load_state_dict({})  # tolerant defaults
     assert c.applied_bias is None and c.findings == []
+
+
+# --- DDP: counts reduced across ranks, same bias everywhere; Lightning shards the balanced sampler --
+
+
+@pytest.mark.ddp
+def test_ddp_counts_reduced_and_balanced_sampler_sharded(tmp_path: Path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
+
+    from lightning_tips.fixes.sampler import balanced_sampler
+    from tests.helpers.fixes_models import synthetic_9_to_1
+
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE")}
+    env["PYTHONPATH"] = str(root)
+    script = root / "tests" / "scripts" / "ddp_output_bias.py"
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path)], timeout=120, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+    # OutputBiasInit: the bias is the log prior of the targets scanned on BOTH ranks, identical on each
+    scanned = torch.tensor(ranks[0]["scanned_targets"] + ranks[1]["scanned_targets"])
+    assert len(scanned) == 2 * 4 * 40
+    expected = torch.bincount(scanned, minlength=2).float().div(len(scanned)).log()
+    assert ranks[0]["bias"] == ranks[1]["bias"]
+    assert torch.allclose(torch.tensor(ranks[0]["bias"]), expected, atol=1e-5)
+    assert "x 2 ranks" in ranks[0]["findings"][0]["message"]
+    # ForgetGateBias: both directions on both ranks
+    assert all(v == pytest.approx(1.0) for r in ranks for d in r["forget"] for v in d)
+
+    # balanced_sampler under Lightning's DistributedSamplerWrapper: one shared draw, disjoint shards
+    wrapper = ranks[0]["wrapper"]
+    assert wrapper["type"] == "DistributedSamplerWrapper"
+    _, y = synthetic_9_to_1(n=800, features=8)
+    for r, result in enumerate(ranks):
+        ref = DistributedSamplerWrapper(balanced_sampler(y, seed=3), num_replicas=2, rank=r,
+                                        shuffle=wrapper["shuffle"], seed=wrapper["seed"])
+        ref.set_epoch(0)
+        assert result["seen"] == list(ref)[: 3 * 40]
+    seen = ranks[0]["seen"] + ranks[1]["seen"]
+    assert float(y[seen].float().mean()) == pytest.approx(0.5, abs=0.1)
