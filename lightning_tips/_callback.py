@@ -25,12 +25,13 @@ def summary_rows(findings: list[Finding]) -> list[list[Any]]:
 
 class TipCallback(Callback):
     """Base class: keeps this callback's findings, de-duplicates them, checkpoints them, and — when
-    it is the first lightning_tips callback of the Trainer — prints the end-of-fit summary of every
+    it is the first lightning_tips callback of the Trainer — prints, at ``teardown`` of the fit
+    (after every callback's ``on_train_end``/``on_fit_end``), the end-of-fit summary of every
     lightning_tips callback's findings (a rich table in a terminal, plain text otherwise; also
     logged as a table to every logger).
 
-    Subclasses call :meth:`report`; when overriding ``setup``, ``state_dict`` or
-    ``load_state_dict`` they call ``super()``.
+    Subclasses call :meth:`report`; when overriding ``setup``, ``teardown``, ``on_exception``,
+    ``state_dict`` or ``load_state_dict`` they call ``super()``.
     """
 
     def __init__(self) -> None:
@@ -66,8 +67,10 @@ class TipCallback(Callback):
             self._findings_log.clear()
             self._summarised = False
 
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._summarise(trainer)
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # after every callback's on_train_end/on_fit_end: findings reported there are included
+        if stage == "fit":
+            self._summarise(trainer)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._summarise(trainer)
@@ -101,7 +104,7 @@ _HOOKS = tuple(
     name
     for name, value in vars(Callback).items()
     if callable(value) and (name.startswith("on_") or name in ("setup", "teardown"))
-    and name not in ("on_fit_end", "on_exception", "setup")
+    and name not in ("teardown", "on_exception", "setup")
 )
 
 
@@ -124,7 +127,7 @@ class TipComposite(TipCallback):
         self._children.append(child)
         self._by_hook = {
             hook: [c for c in self._children if getattr(type(c), hook) is not getattr(Callback, hook)]
-            for hook in (*_HOOKS, "setup", "on_fit_end", "on_exception")
+            for hook in (*_HOOKS, "setup", "teardown", "on_exception")
         }
 
     @property
@@ -151,10 +154,10 @@ class TipComposite(TipCallback):
         for c in self._by_hook["setup"]:
             c.setup(trainer, pl_module, stage)
 
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        for c in self._by_hook["on_fit_end"]:
-            c.on_fit_end(trainer, pl_module)
-        super().on_fit_end(trainer, pl_module)
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        for c in self._by_hook["teardown"]:
+            c.teardown(trainer, pl_module, stage)
+        super().teardown(trainer, pl_module, stage)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         for c in self._by_hook["on_exception"]:

@@ -29,6 +29,9 @@ class Counting(Callback):
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         self.calls.append("fit_end")
 
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        self.calls.append("teardown")
+
     def state_dict(self) -> dict[str, Any]:
         return {"batches": self.batches}
 
@@ -65,7 +68,7 @@ def test_composite_forwards_hooks_collects_findings_and_saves_state_per_child(ma
     with pytest.warns(TipWarning):
         make_trainer(callbacks=[comp, ckpt], limit_train_batches=4, limit_val_batches=0,
                      enable_checkpointing=True).fit(Classifier(small_cnn()), DigitsDataModule())
-    assert counting.batches == 4 and counting.calls == ["setup:fit", "fit_end"]
+    assert counting.batches == 4 and counting.calls == ["setup:fit", "fit_end", "teardown"]
     assert [f.code for f in comp.findings] == ["init-loss"]
     assert comp.child(Counting) is counting
     assert "lightning_tips: 1 finding(s)" in capsys.readouterr().out
