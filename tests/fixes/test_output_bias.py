@@ -415,7 +415,9 @@ def test_ddp_counts_reduced_and_balanced_sampler_sharded(tmp_path: Path):
     assert ranks[0]["bias"] == ranks[1]["bias"]
     assert torch.allclose(torch.tensor(ranks[0]["bias"]), expected, atol=1e-5)
     assert "x 2 ranks" in ranks[0]["findings"][0]["message"]
-    # ForgetGateBias: both directions on both ranks
+    # WeightInit: the same weights on every rank although each rank was seeded differently
+    assert ranks[0]["weights"] == ranks[1]["weights"] and len(ranks[0]["weights"]) == 5
+    # ForgetGateBias (after WeightInit zeroed the biases): both directions on both ranks
     assert all(v == pytest.approx(1.0) for r in ranks for d in r["forget"] for v in d)
 
     # balanced_sampler under Lightning's DistributedSamplerWrapper: one shared draw, disjoint shards

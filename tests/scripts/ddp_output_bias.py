@@ -1,13 +1,14 @@
-"""2-process gloo DDP run of OutputBiasInit + ForgetGateBias over a balanced_sampler loader.
+"""2-process gloo DDP run of WeightInit + ForgetGateBias + OutputBiasInit over a balanced_sampler loader.
 
 Usage: ``python tests/scripts/ddp_output_bias.py OUT_DIR`` (run by tests/fixes/test_output_bias.py).
 Each rank writes ``OUT_DIR/rank<r>.json``: the targets its OutputBiasInit scan saw, the output bias
-and forget-gate biases at train start, the sample indices it trained on, and the wrapper's settings.
+and forget-gate biases and the weights at train start (each rank seeded differently), the sample indices it trained on, and the wrapper's settings.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -19,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_tips.fixes.forget_gate import ForgetGateBias
+from lightning_tips.fixes.init import WeightInit
 from lightning_tips.fixes.output_bias import OutputBiasInit
 from lightning_tips.fixes.sampler import balanced_sampler
 from tests.helpers.fixes_models import synthetic_9_to_1
@@ -76,6 +78,7 @@ class ScanProbe(pl.Callback):
 class After(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.bias = pl_module.head.bias.tolist()
+        self.weights = {k: v.flatten()[:6].tolist() for k, v in pl_module.state_dict().items() if "weight" in k}
         r = pl_module.rnn
         self.forget = [
             (getattr(r, f"bias_ih_l0{d}")[8:16] + getattr(r, f"bias_hh_l0{d}")[8:16]).tolist() for d in ("", "_reverse")
@@ -84,6 +87,7 @@ class After(pl.Callback):
 
 def main(out_dir: Path) -> None:
     torch.set_num_threads(1)
+    torch.manual_seed(100 + int(os.environ.get("LOCAL_RANK", 0)))  # ranks disagree: WeightInit must not
     warnings.simplefilter("ignore")
     data = IndexedData()
     loader = DataLoader(data, batch_size=BATCH, sampler=balanced_sampler(data.y, seed=SEED))
@@ -92,7 +96,7 @@ def main(out_dir: Path) -> None:
     trainer = pl.Trainer(
         strategy="ddp", accelerator="cpu", devices=2, max_steps=3, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False,
-        callbacks=[ForgetGateBias(), probe, bias_cb, after],
+        callbacks=[WeightInit(), ForgetGateBias(), probe, bias_cb, after],
     )
     trainer.fit(model, train_dataloaders=loader)
     result = {
@@ -100,6 +104,7 @@ def main(out_dir: Path) -> None:
         "scanned_targets": probe.targets,
         "bias": after.bias,
         "forget": after.forget,
+        "weights": after.weights,
         "seen": model.seen,
         "wrapper": probe.wrapper,
         "findings": [f.to_dict() for f in bias_cb.findings],
