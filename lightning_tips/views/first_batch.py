@@ -1,0 +1,123 @@
+"""The first batch as it enters the net (tip R2.10: visualise exactly what goes into the network).
+
+:func:`describe_batch` lists every tensor field of a batch with its shape, dtype and value range;
+:func:`log_first_batch` prints that list once (rank zero) and logs the inputs under the key
+``tips/first_batch``: an image grid (up to 32 samples, one shared value range stated in the caption
+with the labels) for image-like inputs — ``(N, C, H, W)`` with ``C`` in {1, 3}, or ``(N, H, W)``,
+floating point or uint8, ``H, W >= 4`` — and a table (first 16 rows, first 20 columns, plus the label)
+otherwise. :class:`~lightning_tips.checks.data.DataChecks` calls it once, in pre-flight.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from lightning_tips._console import render_table
+from lightning_tips._loggers import log_image, log_table, log_text
+from lightning_tips._render import image_grid
+from lightning_tips._utils import first_tensor, named_tensors, split_batch
+
+__all__ = ["FIELD_COLUMNS", "describe_batch", "is_image_like", "log_first_batch"]
+
+FIELD_COLUMNS = ["field", "shape", "dtype", "min", "max"]
+KEY = "tips/first_batch"
+MAX_IMAGES = 32
+MAX_ROWS = 16
+MAX_COLUMNS = 20
+
+
+def describe_batch(batch: Any) -> list[tuple[str, tuple[int, ...], str, float, float]]:
+    """``(field, shape, dtype, min, max)`` for every tensor of a (nested) batch; ``nan`` for an empty
+    or complex tensor. Syncs once per field with the device: call it once, not per step.
+
+    Example:
+        >>> describe_batch((torch.tensor([[0.5, -1.0]]), torch.tensor([3])))
+        [('batch[0]', (1, 2), 'float32', -1.0, 0.5), ('batch[1]', (1,), 'int64', 3.0, 3.0)]
+    """
+    rows: list[tuple[str, tuple[int, ...], str, float, float]] = []
+    for name, t in named_tensors(batch):
+        lo = hi = math.nan
+        if t.numel() > 0 and not t.is_complex():
+            v = t.detach()
+            v = v.to(torch.uint8) if v.dtype == torch.bool else v
+            lo, hi = (float(a) for a in torch.stack([v.min(), v.max()]).float().cpu().tolist())
+        rows.append((name, tuple(int(s) for s in t.shape), str(t.dtype).removeprefix("torch."), lo, hi))
+    return rows
+
+
+def is_image_like(x: torch.Tensor) -> bool:
+    """``(N, C, H, W)`` with ``C`` in {1, 3}, or ``(N, H, W)``; floating point or uint8; ``H, W >= 4``.
+
+    Example:
+        >>> is_image_like(torch.zeros(2, 1, 8, 8)), is_image_like(torch.zeros(2, 30)), is_image_like(torch.zeros(2, 5, 8, 8))
+        (True, False, False)
+    """
+    if not (x.is_floating_point() or x.dtype == torch.uint8):
+        return False
+    if x.dim() == 4 and x.shape[1] in (1, 3):
+        return x.shape[2] >= 4 and x.shape[3] >= 4
+    return x.dim() == 3 and x.shape[1] >= 4 and x.shape[2] >= 4
+
+
+def _labels(targets: torch.Tensor | None, n: int, k: int) -> list[Any] | None:
+    if targets is None or targets.dim() == 0 or targets.shape[0] != n or targets[0].numel() != 1:
+        return None
+    vals = targets[:k].detach().reshape(k).cpu()
+    if vals.is_floating_point():
+        return [float(f"{v:.4g}") for v in vals.float().tolist()]
+    return [int(v) for v in vals.tolist()]
+
+
+def _cell(v: float, integral: bool) -> Any:
+    return int(v) if integral else float(f"{v:.4g}")
+
+
+def log_first_batch(trainer: pl.Trainer, batch: Any, step: int | None = None) -> str | None:
+    """Print the batch's fields once and log its inputs under ``tips/first_batch`` (rank zero only).
+
+    Returns ``None`` when done, or the reason the inputs could not be drawn (the caller reports a
+    ``view-skipped`` finding; the reason is the same on every rank).
+    """
+    split = split_batch(batch)
+    inputs, targets = split if split is not None else (batch, None)
+    x = inputs if isinstance(inputs, torch.Tensor) else first_tensor(inputs)
+    if x is None:
+        x, targets = first_tensor(batch), None
+    if x is None:
+        return "the batch holds no tensor"
+    if not trainer.is_global_zero:
+        return None
+    rows = [[f, str(list(shape)), dt, f"{lo:.4g}", f"{hi:.4g}"] for f, shape, dt, lo, hi in describe_batch(batch)]
+    title = "lightning_tips first batch"
+    print(render_table(title, FIELD_COLUMNS, rows), flush=True)
+    log_text(trainer, f"{KEY}_fields", render_table(title, FIELD_COLUMNS, rows, color=False), step=step)
+    if x.dim() == 0 or x.numel() == 0:
+        return None
+    n = int(x.shape[0])
+    if is_image_like(x):
+        k = min(n, MAX_IMAGES)
+        grid, lo, hi = image_grid(x[:k].detach().float().cpu())
+        caption = f"first batch as it enters the net: {k} of {n} samples, values in [{lo:.4g}, {hi:.4g}]"
+        labels = _labels(targets, n, k)
+        if labels is not None:
+            caption += "; labels: " + " ".join(str(v) for v in labels)
+        log_image(trainer, KEY, grid, step=step, caption=caption)
+        return None
+    k = min(n, MAX_ROWS)
+    integral = not (x.is_floating_point() or x.is_complex())
+    vals = x[:k].detach().reshape(k, -1)[:, :MAX_COLUMNS]
+    vals = vals.real if vals.is_complex() else vals
+    table = vals.cpu().double().tolist() if integral else vals.cpu().float().tolist()
+    width = int(x[0].numel())
+    columns = [f"x{j}" for j in range(min(width, MAX_COLUMNS))]
+    labels = _labels(targets, n, k)
+    rows_out: list[list[Any]] = [[_cell(v, integral) for v in r] for r in table]
+    if labels is not None:
+        columns.append("label")
+        rows_out = [[*r, lab] for r, lab in zip(rows_out, labels)]
+    log_table(trainer, KEY, columns, rows_out, step=step)
+    return None
