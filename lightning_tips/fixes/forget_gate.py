@@ -84,7 +84,7 @@ class ForgetGateBiasMixin:
         ...         self.head = nn.Linear(16, 10)
         ...         self.set_forget_gate_bias(1.0)
         >>> net = Net()
-        >>> float((net.rnn.bias_ih_l0[16:32] + net.rnn.bias_hh_l0[16:32]).min())
+        >>> float((net.rnn.bias_ih_l0[16:32] + net.rnn.bias_hh_l0[16:32]).detach().min())
         1.0
     """
 
