@@ -31,7 +31,7 @@ from lightning_tips._utils import find_output_layer, preserved_rng, reduce_sum, 
 if TYPE_CHECKING:  # pragma: no cover
     import lightning.pytorch as pl
 
-__all__ = ["OutputBiasInit", "OutputBiasInitMixin", "Task", "init_output_bias_", "target_stats"]
+__all__ = ["OutputBiasInit", "OutputBiasInitMixin", "Task", "infer_task", "init_output_bias_", "target_stats"]
 
 Task = Literal["auto", "multiclass", "binary", "multilabel", "regression"]
 _TASKS: tuple[str, ...] = ("multiclass", "binary", "multilabel", "regression")
