@@ -61,6 +61,9 @@ class TipCallback(Callback):
         finding = Finding(code, Severity(severity), message, advice, step, module, figures or {})
         return finding if report(finding, trainer, self._findings_log, stacklevel=3) else None
 
+    def _share_findings_log(self, log: FindingsLog) -> None:
+        self._findings_log = log
+
     # --- lifecycle -------------------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
@@ -124,7 +127,11 @@ class TipComposite(TipCallback):
             self.add_child(child)
 
     def add_child(self, child: Callback) -> None:
+        """Compose ``child``; a TipCallback child reports into this composite's findings log, so
+        the whole composite de-duplicates as one (two checks giving the same verdict speak once)."""
         self._children.append(child)
+        if isinstance(child, TipCallback):
+            child._share_findings_log(self._findings_log)
         self._by_hook = {
             hook: [c for c in self._children if getattr(type(c), hook) is not getattr(Callback, hook)]
             for hook in (*_HOOKS, "setup", "teardown", "on_exception")
@@ -135,10 +142,11 @@ class TipComposite(TipCallback):
         """The composed callbacks, in the order their hooks run."""
         return list(self._children)
 
-    @property
-    def findings(self) -> list[Finding]:
-        own = list(self._findings_log.findings)
-        return own + [f for c in self._children if isinstance(c, TipCallback) for f in c.findings]
+    def _share_findings_log(self, log: FindingsLog) -> None:
+        super()._share_findings_log(log)
+        for c in self._children:
+            if isinstance(c, TipCallback):
+                c._share_findings_log(log)
 
     def child(self, cls: type[Callback]) -> Callback | None:
         """The first child that is an instance of ``cls`` (searching nested composites too)."""
