@@ -60,7 +60,12 @@ def grad_norms(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """
     if not tensors:
         return torch.zeros(0)
-    out_device = tensors[0].device
+    out_device, dtype0 = tensors[0].device, tensors[0].dtype
+    if all(t.device == out_device and t.dtype == dtype0 and not t.is_sparse for t in tensors):
+        try:  # the common case: one fused call
+            return torch.stack(torch._foreach_norm(list(tensors), 2, dtype=torch.float32))
+        except (TypeError, RuntimeError):
+            pass
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = defaultdict(list)
     sparse: list[int] = []
     for i, t in enumerate(tensors):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -262,9 +263,8 @@ def test_bf16_mixed_is_checked_normally(make_trainer: Any) -> None:
 def test_one_host_sync_per_sampled_step_and_none_otherwise(make_trainer: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every Tensor.item/tolist/__bool__/__float__ called from the guard's modules is counted."""
     ours = {Path(nonfinite_mod.__file__).resolve(), Path(nonfinite_mod.grad_norms.__code__.co_filename).resolve()}
-    calls: list[int] = []
-    step = {"now": -1}
-    import sys
+    calls: list[Any] = []
+    step: dict[str, Any] = {"now": -1}
 
     for name in ("item", "tolist", "__bool__", "__float__"):
         original = getattr(torch.Tensor, name)
@@ -280,11 +280,15 @@ def test_one_host_sync_per_sampled_step_and_none_otherwise(make_trainer: Any, mo
         def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
             step["now"] = trainer.global_step
 
+        def on_train_end(self, trainer: pl.Trainer, *args: Any) -> None:
+            step["now"] = "end"
+
     pl.seed_everything(0)
     guard = NonFiniteGuard(every_n_steps=4)
-    trainer = make_trainer(callbacks=[Step(), guard], max_steps=12)
+    trainer = make_trainer(callbacks=[Step(), guard], max_steps=11)
     _fit(trainer, Classifier(mlp()), _digits_loader(n=384))
-    assert calls == [0, 4, 8]
+    # sampled steps 0, 4, 8, and once at the end for steps 9-10
+    assert calls == [0, 4, 8, "end"]
     assert guard.findings == []
 
 
@@ -330,3 +334,11 @@ def test_state_round_trip_through_a_checkpoint(make_trainer: Any, tmp_path: Path
     assert [f.step for f in resumed.findings] == [1]  # the second is counted, not re-reported
     assert math.isnan(resumed.findings[0].figures["value"])
     assert guard.state_key != NonFiniteGuard(action="stop").state_key
+
+
+def test_steps_after_the_last_sample_are_checked_at_the_end(make_trainer: Any) -> None:
+    pl.seed_everything(0)
+    guard = NonFiniteGuard(every_n_steps=50)
+    trainer = make_trainer(callbacks=[guard], max_steps=10)
+    _fit(trainer, NaNAtStep(mlp(), bad_step=7), _digits_loader())
+    assert [(f.code, f.step) for f in guard.findings] == [("nonfinite-loss", 7)]
