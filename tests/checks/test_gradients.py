@@ -263,3 +263,18 @@ def test_several_optimizers_are_skipped_with_an_info(make_trainer: Any) -> None:
     [f] = stats.findings
     assert (f.code, f.severity.value) == ("exploding-gradient", "info") and "2 optimizers" in f.message
     assert stats.state_dict()["totals"] == []
+
+
+def test_a_model_without_weight_matrices_is_not_judged_per_layer(make_trainer: Any) -> None:
+    class BiasOnly(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.shift = nn.Parameter(torch.zeros(10))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x[:, :10] + self.shift
+
+    stats = GradientStats(every_n_steps=1)
+    trainer = make_trainer(callbacks=[stats], max_steps=3)
+    assert _fit(trainer, Classifier(BiasOnly()), _digits_loader()) == []
+    assert len(stats.state_dict()["totals"]) == 3  # the total norm is still followed

@@ -342,3 +342,57 @@ def test_steps_after_the_last_sample_are_checked_at_the_end(make_trainer: Any) -
     trainer = make_trainer(callbacks=[guard], max_steps=10)
     _fit(trainer, NaNAtStep(mlp(), bad_step=7), _digits_loader())
     assert [(f.code, f.step) for f in guard.findings] == [("nonfinite-loss", 7)]
+
+
+class _DictBatches(Classifier):
+    """Dict batches ({'x', 'y', 'name'}) and a dict output from training_step."""
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        return {"loss": self.loss_fn(self(batch["x"]), batch["y"])}
+
+
+def _dict_loader(nan_at: int | None = None) -> DataLoader:
+    x, y = digits_tensors(image=False)
+    x = x[:128].clone()
+    if nan_at is not None:
+        x[nan_at, 5] = float("inf")
+    data = [{"x": x[i], "y": y[i], "name": f"s{i}"} for i in range(len(x))]
+    return DataLoader(data, batch_size=32, shuffle=False)  # type: ignore[arg-type]
+
+
+def test_dict_batches_with_strings_name_the_key(make_trainer: Any) -> None:
+    pl.seed_everything(0)
+    guard = NonFiniteGuard()
+    trainer = make_trainer(callbacks=[guard], max_steps=4)
+    _fit(trainer, _DictBatches(mlp()), _dict_loader(nan_at=70))
+    [f] = guard.findings
+    assert (f.code, f.step, f.module) == ("nonfinite-input", 2, "batch['x']")
+    healthy = NonFiniteGuard()
+    trainer = make_trainer(callbacks=[healthy], max_steps=4)
+    assert _fit(trainer, _DictBatches(mlp()), _dict_loader()) == []
+
+
+def test_a_training_step_that_cannot_rerun_on_a_copy_still_reports(make_trainer: Any) -> None:
+    class NeedsTrainer(Classifier):
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            loss = super().training_step(batch, batch_idx)
+            return loss * float("nan") if self.trainer.global_step == 1 else loss  # raises on a copy
+
+    pl.seed_everything(0)
+    guard = NonFiniteGuard()
+    trainer = make_trainer(callbacks=[guard], max_steps=4)
+    _fit(trainer, NeedsTrainer(mlp()), _digits_loader())
+    [f] = guard.findings
+    assert (f.code, f.step) == ("nonfinite-loss", 1) and "could not re-run the batch" in f.message
+    assert trainer.global_step == 2
+
+
+def test_locate_false_does_not_copy_the_model(make_trainer: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    copies: list[Any] = []
+    monkeypatch.setattr(nonfinite_mod, "model_copy", lambda m: copies.append(m) or m)
+    pl.seed_everything(0)
+    guard = NonFiniteGuard(locate=False)
+    trainer = make_trainer(callbacks=[guard], max_steps=10)
+    _fit(trainer, Classifier(LogNet(), lr=1e6, optimizer="sgd"), _cancer_loader(normalize=False))
+    [f] = guard.findings
+    assert (f.code, f.step, f.module) == ("nonfinite-loss", 1, None) and copies == []
