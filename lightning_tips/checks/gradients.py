@@ -310,9 +310,14 @@ class GradientStats(TipCallback):
                 f"passed max_norm={self.max_norm:g}" if total > self.max_norm
                 else f"is {exploding['growth']:.3g}x the median of the first 3 samples ({exploding['baseline']:.3g})"
             )
+            clip = trainer.gradient_clip_val
+            clipped = (
+                f"; gradient_clip_val={clip:g} bounds the update, but these raw (pre-clipping) gradients explode"
+                if clip else ""
+            )
             self.report(
                 trainer, "exploding-gradient", "warning",
-                f"total gradient norm {total:.4g} at step {step} {why}" + _largest(names, norms),
+                f"total gradient norm {total:.4g} at step {step} {why}" + _largest(names, norms) + clipped,
                 # orders of magnitude: reported again only when the norm moves by 10x or more
                 figures={"total_norm_order": _order(total)},
                 module=names[max(range(len(norms)), key=norms.__getitem__)] if norms else None,

@@ -278,3 +278,13 @@ def test_a_model_without_weight_matrices_is_not_judged_per_layer(make_trainer: A
     trainer = make_trainer(callbacks=[stats], max_steps=3)
     assert _fit(trainer, Classifier(BiasOnly()), _digits_loader()) == []
     assert len(stats.state_dict()["totals"]) == 3  # the total norm is still followed
+
+
+def test_clipping_does_not_hide_the_raw_norms(make_trainer: Any) -> None:
+    """Lightning clips after on_before_optimizer_step: the callback sees (and reports) the raw norms."""
+    pl.seed_everything(0)
+    stats = GradientStats(every_n_steps=2)
+    trainer = make_trainer(callbacks=[stats], max_steps=2, gradient_clip_val=1.0)
+    _fit(trainer, Classifier(RNNClassifierNet(recurrent_scale=4.0)), sequence_loaders())
+    [f] = stats.findings
+    assert f.code == "exploding-gradient" and "gradient_clip_val=1 bounds the update" in f.message
