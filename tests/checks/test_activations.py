@@ -1,0 +1,327 @@
+"""ActivationStats: dead ReLUs and saturated sigmoids, planted and healthy, views, costs, state."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lightning_tips.checks import activations as act_mod
+from lightning_tips.checks.activations import (
+    ActivationStats,
+    _Recorder,
+    _specs,
+    activation_findings,
+    activation_spec,
+    activation_stats,
+    activations_over_time,
+)
+from tests.helpers.activation_models import (
+    FunctionalReLUNet,
+    SharedReLUNet,
+    TupleReLUNet,
+    dead_relu_mlp,
+    deep_stack,
+)
+from tests.helpers.data import DigitsDataModule
+from tests.helpers.models import Classifier, mlp
+
+Factory = Callable[..., pl.Trainer]
+
+
+def _fit(make_trainer: Factory, net: nn.Module, cb: pl.Callback | None, *, batches: int = 4, val: int = 0,
+         seed: int = 0, extra: list[pl.Callback] | None = None, **trainer_kwargs: Any) -> tuple[pl.Trainer, Classifier]:
+    pl.seed_everything(seed, verbose=False)
+    model = Classifier(net)
+    callbacks = ([cb] if cb is not None else []) + (extra or [])
+    kwargs: dict[str, Any] = {"limit_train_batches": batches, "limit_val_batches": val, "num_sanity_val_steps": 0,
+                              "callbacks": callbacks, "deterministic": True}
+    ckpt_path = trainer_kwargs.pop("ckpt_path", None)
+    kwargs.update(trainer_kwargs)
+    trainer = make_trainer(**kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(model, datamodule=DigitsDataModule(batch_size=64, limit=64 * batches, val_limit=64), ckpt_path=ckpt_path)
+    return trainer, model
+
+
+def _codes(cb: ActivationStats) -> list[tuple[str, str, str | None]]:
+    return [(f.code, f.severity.value, f.module) for f in cb.findings]
+
+
+# --- pure functions ------------------------------------------------------------------------------
+def test_activation_spec_covers_families() -> None:
+    assert activation_spec(nn.ReLU6()) is not None and activation_spec(nn.ReLU6()).high == 6.0  # type: ignore[union-attr]
+    for m in (nn.ReLU(), nn.LeakyReLU(), nn.ELU(), nn.GELU(), nn.SiLU()):
+        assert activation_spec(m).kind == "relu"  # type: ignore[union-attr]
+    for m in (nn.Sigmoid(), nn.Tanh(), nn.Hardtanh(-2, 2), nn.Hardsigmoid()):
+        assert activation_spec(m).kind == "squash"  # type: ignore[union-attr]
+    assert activation_spec(nn.Hardtanh(-2, 2)).sat_high == 2.0  # type: ignore[union-attr]
+    assert activation_spec(nn.Softmax(dim=1)) is None and activation_spec(nn.Linear(2, 2)) is None
+
+
+def test_layer_figures_match_a_reference() -> None:
+    # unit 0 fires on both samples, unit 1 on none (y = 0), unit 2 on none (LeakyReLU-negative)
+    y = torch.tensor([[1.0, 0.0, -0.5], [2.0, 0.0, -1.5]])
+    net = nn.Sequential(nn.Identity(), nn.ReLU())
+    net[0].register_forward_hook(lambda m, i, o: y)  # the ReLU sees y, returns relu(y)
+    s = activation_stats(net, torch.zeros(2, 3), bins=4)["1"]
+    out = torch.relu(y)
+    assert s.n_units == 3 and s.n_samples == 2 and s.n_values == 6
+    assert s.dead_fraction == pytest.approx(2 / 3)
+    assert s.mean == pytest.approx(out.mean().item()) and s.std == pytest.approx(out.std().item(), rel=1e-5)
+    # bins of [-1, 3]: [-1,0) [0,1) [1,2) [2,3]: four zeros, a 1 and a 2
+    assert s.histogram == [0.0, 4.0, 1.0, 1.0]
+    assert math.isnan(s.saturated_fraction)
+
+
+def test_saturation_and_units_convention() -> None:
+    # NCHW: units are channels; (N, T, C): units are the last dim; (N,): one unit
+    conv = nn.Sequential(nn.Conv2d(1, 5, 3), nn.Sigmoid())
+    with torch.no_grad():
+        conv[0].weight.fill_(10.0)
+    s = activation_stats(conv, torch.ones(2, 1, 6, 6))["1"]
+    assert (s.n_units, s.n_samples, s.saturated_fraction) == (5, 2 * 16, 1.0)
+    seq = activation_stats(nn.Sequential(nn.Linear(4, 7), nn.Tanh()), torch.zeros(3, 9, 4))["1"]
+    assert (seq.n_units, seq.n_samples, seq.saturated_fraction) == (7, 27, 0.0)
+    flat = activation_stats(nn.Sequential(nn.ReLU()), torch.tensor([-1.0, 2.0]))["0"]
+    assert (flat.n_units, flat.dead_fraction) == (1, 0.0)
+
+
+def test_bf16_autocast_is_measured_in_float32() -> None:
+    net = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 16), nn.Sigmoid(), nn.Linear(16, 2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        stats = activation_stats(net, torch.randn(32, 8))
+    assert set(stats) == {"1", "3"}
+    assert all(math.isfinite(s.mean) and s.std > 0 and sum(s.histogram) == s.n_values for s in stats.values())
+
+
+def test_dead_over_the_global_batch_is_reduced_across_ranks() -> None:
+    """Rank A's unit 0 fires and unit 1 does not; rank B the opposite: no unit is dead globally."""
+    net = nn.Sequential(nn.ReLU())
+    specs, outputs = _specs(net)
+
+    def record(x: torch.Tensor) -> _Recorder:
+        rec = _Recorder(specs, outputs, bins=8, keep_values=False)
+        rec.hook("0", net[0], net(x))
+        return rec
+
+    a, b = record(torch.tensor([[1.0, -1.0]] * 3)), record(torch.tensor([[-1.0, 1.0]] * 5))
+    assert a.finalize()["0"].dead_fraction == 0.5  # locally half dead
+    other = torch.cat(b.records + b.units)
+    glob = a.finalize(reduce=lambda t: t + other)["0"]
+    assert glob.dead_fraction == 0.0 and glob.n_samples == 8 and glob.mean == pytest.approx(1.0 * 8 / 16)
+    assert activation_findings({"0": glob}) == []
+
+
+def test_odd_outputs_are_skipped_not_crashed() -> None:
+    assert activation_stats(mlp(), torch.zeros(0, 64)) == {}  # zero-size batch: no sample
+    assert activation_stats(TupleReLUNet(), torch.randn(4, 64)) == {}  # tuple output: skipped
+    shared = activation_stats(SharedReLUNet(), torch.randn(4, 64))
+    assert {k: s.n_units for k, s in shared.items()} == {"act": 32, "act[1]": 16}  # one module, two calls
+
+
+def test_output_activation_gets_no_verdict() -> None:
+    net = nn.Sequential(nn.Linear(4, 1), nn.Sigmoid())  # a sigmoid feeding BCELoss
+    with torch.no_grad():
+        net[0].weight.fill_(20.0)
+    stats = activation_stats(net, torch.ones(8, 4))
+    assert stats["1"].is_output and stats["1"].saturated_fraction == 1.0
+    assert activation_findings(stats) == []
+
+
+def test_over_time_image_states_its_range() -> None:
+    img, caption = activations_over_time([[0, 2], [1, 1], [2, 0]], -1.0, 3.0, steps=[0, 5, 10])
+    assert img.shape == (2 * 4, 3 * 16, 3) and img.dtype.name == "uint8"
+    assert "[-1, 3]" in caption and "viridis" in caption and "0 -> 1" in caption
+    # the top row is the high bin: step 0 has all its values there (viridis' top), step 10 none (its bottom)
+    from lightning_tips._render import colorize
+
+    ends = colorize(np.array([[1.0, 0.0]]))[0]
+    assert (img[0, 0] == ends[0]).all() and (img[0, -1] == ends[1]).all() and (img[-1, 0] == ends[1]).all()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [({"every_n_steps": 0}, ValueError), ({"every_n_steps": 2.0}, TypeError), ({"dead_fraction": 1.5}, ValueError),
+     ({"bins": 1}, ValueError), ({"history": 0}, ValueError), ({"log_histograms": "yes"}, TypeError)],
+)
+def test_bad_arguments(kwargs: dict[str, Any], error: type[Exception]) -> None:
+    with pytest.raises(error, match="Expected"):
+        ActivationStats(**kwargs)
+
+
+# --- through Trainer.fit -------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("net_fn", "expected"),
+    [
+        (dead_relu_mlp, ("dead-activation", "net.2")),
+        (lambda: mlp(hidden=32, depth=2), None),
+        (lambda: deep_stack(nn.Sigmoid, gain=10.0), ("saturated-activation", None)),
+        (lambda: deep_stack(nn.ReLU, gain=math.sqrt(2)), None),
+    ],
+    ids=["dead-relu", "healthy-relu", "saturated-sigmoid", "relu-twin"],
+)
+def test_planted_bugs_and_healthy_twins(make_trainer: Factory, net_fn: Callable[[], nn.Module],
+                                        expected: tuple[str, str | None] | None) -> None:
+    cb = ActivationStats(every_n_steps=2)
+    _fit(make_trainer, net_fn(), cb)
+    found = [c for c in _codes(cb) if c[1] == "warning"]
+    if expected is None:
+        assert found == []
+    else:
+        code, module = expected
+        assert any(c == code and (module is None or m == module) for c, _, m in found), found
+        assert all(c == code for c, _, _ in found)
+        if code == "dead-activation":
+            msg = next(f.message for f in cb.findings if f.module == "net.2")
+            assert msg.startswith("100% of the units of `net.2` (ReLU, 32/32 units) never fired")
+
+
+def test_functional_activations_report_a_skip_once(make_trainer: Factory) -> None:
+    cb = ActivationStats(every_n_steps=1)
+    _fit(make_trainer, FunctionalReLUNet(), cb)
+    assert _codes(cb) == [("dead-activation", "info", None)]
+    assert "torch.nn.functional cannot be hooked" in cb.findings[0].message
+
+
+def test_hooks_that_never_run_report_a_skip(make_trainer: Factory) -> None:
+    class Unused(FunctionalReLUNet):  # an activation module that forward never calls (as in a compiled model)
+        def __init__(self) -> None:
+            super().__init__()
+            self.act = nn.ReLU()
+
+    cb = ActivationStats(every_n_steps=1)
+    _fit(make_trainer, Unused(), cb)
+    assert _codes(cb) == [("dead-activation", "info", None)]
+    assert "did not run" in cb.findings[0].message
+
+
+def test_scripted_model_reports_a_skip(make_trainer: Factory) -> None:
+    cb = ActivationStats(every_n_steps=1)
+    _fit(make_trainer, torch.jit.script(mlp()), cb, batches=2)
+    assert _codes(cb) == [("dead-activation", "info", None)] and "TorchScript" in cb.findings[0].message
+
+
+class _HookProbe(pl.Callback):
+    """Placed after ActivationStats: sees hooks during sampled steps, none after them."""
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.during: list[int] = []
+        self.after: list[int] = []
+
+    @staticmethod
+    def count(module: nn.Module) -> int:
+        return sum(len(m._forward_hooks) for m in module.modules())
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, i: int) -> None:
+        self.during.append(self.count(pl_module))
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, out: Any, batch: Any, i: int) -> None:
+        self.after.append(self.count(pl_module))
+
+
+def test_hooks_live_only_on_sampled_steps(make_trainer: Factory) -> None:
+    probe = _HookProbe(3)
+    _, model = _fit(make_trainer, mlp(depth=2), ActivationStats(every_n_steps=3), batches=7, extra=[probe])
+    assert probe.during == [2, 0, 0, 2, 0, 0, 2]  # two ReLUs hooked on steps 0, 3, 6
+    assert probe.after == [0] * 7
+    assert _HookProbe.count(model) == 0
+
+
+def test_pure_observer_bit_identical_weights(make_trainer: Factory) -> None:
+    nets = [deep_stack(nn.Sigmoid, gain=10.0) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    init = {k: v.clone() for k, v in nets[0].state_dict().items()}
+    _, plain = _fit(make_trainer, nets[0], None, seed=3, batches=6)
+    _, observed = _fit(make_trainer, nets[1], ActivationStats(every_n_steps=1), seed=3, batches=6)
+    assert not torch.equal(plain.net[1].weight, init["1.weight"])  # it did train
+    for (n, a), (_, b) in zip(plain.named_parameters(), observed.named_parameters()):
+        assert torch.equal(a, b), n
+
+
+def test_one_sync_per_sampled_step_only(make_trainer: Factory, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    real = act_mod._to_host
+    monkeypatch.setattr(act_mod, "_to_host", lambda t: calls.append(t.numel()) or real(t))
+    seen: list[int] = []
+    orig_tolist, orig_item = torch.Tensor.tolist, torch.Tensor.item
+
+    def spy(orig: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapped(self: torch.Tensor, *a: Any) -> Any:
+            import inspect
+
+            if inspect.stack()[1].filename == act_mod.__file__:
+                seen.append(1)
+            return orig(self, *a)
+        return wrapped
+
+    monkeypatch.setattr(torch.Tensor, "tolist", spy(orig_tolist))
+    monkeypatch.setattr(torch.Tensor, "item", spy(orig_item))
+    _fit(make_trainer, mlp(depth=2), ActivationStats(every_n_steps=3, log_histograms=False), batches=10)
+    assert len(calls) == 4  # steps 0, 3, 6, 9
+    assert len(seen) == 4  # and no other .tolist()/.item() from the module
+
+
+def test_views_as_files_without_logger(make_trainer: Factory, tmp_path: Path) -> None:
+    _fit(make_trainer, dead_relu_mlp(), ActivationStats(every_n_steps=1), batches=3, val=1)
+    tips = tmp_path / "tips"
+    pngs = sorted(p.name for p in tips.glob("tips_activations_over_time_net.2_step*.png"))
+    assert pngs, sorted(p.name for p in tips.iterdir())
+    caption = (tips / pngs[-1].replace(".png", ".txt")).read_text()
+    assert "net.2 (ReLU)" in caption and "[-1, 3]" in caption and "colormap viridis" in caption
+    assert (tips / "tips_activations_net.2_histogram.csv").exists()
+    scalars = (tips / "scalars.csv").read_text()
+    assert "tips/dead_fraction/net.2,1.0" in scalars and "tips/activation_std/net.4" in scalars
+
+
+def test_views_in_tensorboard(make_trainer: Factory, tmp_path: Path) -> None:
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    _fit(make_trainer, mlp(depth=2), ActivationStats(every_n_steps=1), batches=3, logger=logger)
+    logger.experiment.flush()
+    acc = EventAccumulator(logger.log_dir, size_guidance={"histograms": 0, "images": 0, "scalars": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    assert {"tips/activations/net.2", "tips/activations/net.4"} <= set(tags["histograms"])
+    assert {"tips/activations_over_time/net.2", "tips/activations_over_time/net.4"} <= set(tags["images"])
+    assert "tips/dead_fraction/net.2" in tags["scalars"]
+    assert [e.step for e in acc.Histograms("tips/activations/net.2")] == [0, 1, 2]
+
+
+def test_state_round_trip_through_a_checkpoint(make_trainer: Factory, tmp_path: Path) -> None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    ckpt_dir = tmp_path / "ckpt"
+    cb = ActivationStats(every_n_steps=1, log_histograms=False)
+    _fit(make_trainer, dead_relu_mlp(), cb, batches=2, enable_checkpointing=True,
+         extra=[ModelCheckpoint(dirpath=ckpt_dir, save_last=True)])
+    assert cb._history["net.2"]["steps"] == [0, 1]
+    ckpt = next(ckpt_dir.glob("last*.ckpt"))
+    state = torch.load(ckpt, weights_only=False)["callbacks"][cb.state_key]
+    assert state["history"]["net.2"]["dead_fraction"] == [1.0, 1.0]
+
+    resumed = ActivationStats(every_n_steps=1, log_histograms=False)
+    _fit(make_trainer, dead_relu_mlp(), resumed, batches=2, enable_checkpointing=True, max_epochs=2,
+         extra=[ModelCheckpoint(dirpath=tmp_path / "ckpt2")], ckpt_path=str(ckpt))
+    assert resumed._history["net.2"]["steps"] == [0, 1, 2, 3]  # continued, not restarted
+    assert [f.code for f in resumed.findings].count("dead-activation") == 1  # restored, not repeated
+
+
+def test_pickle_and_state_key() -> None:
+    import pickle
+
+    cb = pickle.loads(pickle.dumps(ActivationStats(every_n_steps=7)))
+    assert cb.every_n_steps == 7
+    assert ActivationStats(dead_fraction=0.3).state_key != ActivationStats().state_key
