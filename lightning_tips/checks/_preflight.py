@@ -13,8 +13,8 @@ Pre-flight does not run again when the fit resumes from a checkpoint (the model 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import lightning.pytorch as pl
@@ -22,9 +22,18 @@ import lightning.pytorch as pl
 from lightning_tips._callback import TipCallback
 from lightning_tips._console import render_table
 from lightning_tips._loggers import log_text
-from lightning_tips._utils import preserved_rng
+from lightning_tips._utils import any_rank, preserved_rng
 
-__all__ = ["CardLine", "PreflightCheck", "first_train_batch", "print_card", "run_preflight"]
+__all__ = [
+    "CardLine",
+    "CheckSkipped",
+    "PreflightCheck",
+    "Verdict",
+    "first_train_batch",
+    "print_card",
+    "run_preflight",
+    "settle",
+]
 
 CARD_COLUMNS = ["check", "result", "figures", "seconds"]
 
@@ -78,12 +87,15 @@ def run_preflight(
         batch = first_train_batch(trainer, pl_module)
     start = time.perf_counter()
     lines: list[CardLine] = []
+    # every rank takes the same branch (a check's collectives must run on all ranks or none)
+    no_batch = any_rank(trainer, batch is None)
     for check in checks:
         t0 = time.perf_counter()
-        if batch is None:
+        check._deadline = start + budget_s
+        if no_batch:
             check.report(trainer, check.code, "info", f"{check.title}: skipped, the training dataloader gave no batch")
             line = CardLine(check.title, "skipped", "no training batch")
-        elif t0 - start > budget_s:
+        elif any_rank(trainer, t0 - start > budget_s):
             check.report(
                 trainer, check.code, "info",
                 f"{check.title}: skipped, the pre-flight budget of {budget_s:g}s was spent "
@@ -107,12 +119,87 @@ def run_preflight(
     return lines
 
 
+class CheckSkipped(Exception):
+    """Raised by a check's measurement when the check cannot apply; the message says why."""
+
+
+@dataclass
+class Verdict:
+    """One rank's conclusion for one finding code, before the ranks agree (see :func:`settle`).
+
+    ``severity=None`` means the check passed for this code; ``skipped`` marks an ``info`` saying
+    the check could not apply.
+    """
+
+    code: str
+    severity: Literal["info", "warning", "error"] | None = None
+    message: str = ""
+    figures: dict[str, float] = field(default_factory=dict)
+    module: str | None = None
+    advice: str = ""
+    skipped: bool = False
+
+
+_RANK = {"info": 0, "warning": 1, "error": 2}
+_SKIP_ADVICE = "none needed: the check could not apply to this model or batch (see the message)"
+
+
+def settle(
+    check: PreflightCheck,
+    trainer: pl.Trainer,
+    measure: Callable[[], tuple[list[Verdict], str]],
+) -> CardLine:
+    """Run ``measure`` (local work, no collectives) and turn its verdicts into findings and a card line.
+
+    ``measure`` returns ``(verdicts, card detail)``; a :class:`CheckSkipped` it raises becomes an
+    ``info`` finding with the reason, any other exception an ``info`` finding naming it. Then, for each
+    of the check's codes, the ranks agree (two collectives per code, the same on every rank) whether
+    any rank has a warning/error, else any info; every rank reports the agreed finding (rank zero
+    speaks), with its own figures or, when only another rank found it, a note saying so.
+    """
+    try:
+        verdicts, detail = measure()
+    except CheckSkipped as err:
+        verdicts, detail = [Verdict(check.code, "info", f"{check.title}: skipped, {err}", skipped=True)], str(err)
+    except Exception as err:  # a check must never crash training
+        reason = f"{type(err).__name__}: {err}"
+        verdicts = [Verdict(check.code, "info", f"{check.title}: skipped, the check could not run on this model "
+                            f"({reason})", skipped=True)]
+        detail = reason
+    codes = check.codes or (check.code,)
+    flagged = skipped = reported = False
+    for code in codes:
+        mine = [v for v in verdicts if v.code == code and v.severity is not None]
+        worst = max(mine, key=lambda v: _RANK[v.severity or "info"], default=None)
+        bad_here = worst is not None and worst.severity != "info"
+        if any_rank(trainer, bad_here):
+            chosen = worst if bad_here else Verdict(
+                code, "warning", f"{check.title}: another rank's data gave a `{code}` finding")
+        elif any_rank(trainer, worst is not None):
+            chosen = worst if worst is not None else Verdict(
+                code, "info", f"{check.title}: another rank's data gave a `{code}` note", skipped=True)
+        else:
+            continue
+        assert chosen is not None and chosen.severity is not None
+        advice = chosen.advice or (_SKIP_ADVICE if chosen.skipped else "")
+        check.report(trainer, code, chosen.severity, chosen.message, advice=advice,
+                     module=chosen.module, figures=chosen.figures)
+        reported = True
+        flagged = flagged or not chosen.skipped
+        skipped = skipped or chosen.skipped
+    status: Literal["pass", "finding", "skipped"] = (
+        "finding" if flagged else "skipped" if skipped and reported else "pass"
+    )
+    return CardLine(check.title, status, detail)
+
+
 class PreflightCheck(TipCallback):
     """Base class of the pre-flight checks. Subclasses set ``title`` and ``code`` and implement
     :meth:`run_check`; findings go through ``self.report`` as usual."""
 
     title: ClassVar[str] = "pre-flight check"
     code: ClassVar[str] = "view-skipped"
+    codes: ClassVar[tuple[str, ...]] = ()  # every code the check reports (default: ``(code,)``)
 
     def __init__(self, budget_s: float = 3.0) -> None:
         super().__init__()
@@ -121,6 +208,7 @@ class PreflightCheck(TipCallback):
         self.budget_s = budget_s
         self._composed = False  # True when a composite (Preflight, Recipe) runs this check
         self._done = False
+        self._deadline: float | None = None  # perf_counter() time the pre-flight budget ends (set by run_preflight)
 
     def run_check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> CardLine:
         """Look at the model and one batch; report findings; return the card line."""
