@@ -1,0 +1,223 @@
+"""Pre-flight: sample i's output must depend only on sample i's input (tips R2.12, P12).
+
+Backpropagate from one sample's output (a fixed random weighting of it, so that outputs summing to a
+constant, like softmax rows, still carry a gradient) and look at the gradient on the inputs of
+every *other* sample: any ``|g| > 1e-7 x max |g|`` means an operation mixes the batch dimension — a
+``view``/``reshape`` across samples, a transpose, an RNN or transformer fed ``(N, T, C)`` while
+expecting ``(T, N, C)`` (``batch_first``). Reported as ``batch-mixing`` (error: it silently
+corrupts training).
+
+On a copy: BatchNorm layers (which legitimately mix samples in training mode) and dropout run in
+eval mode (BatchNorm without running statistics gets neutral ones); GroupNorm / LayerNorm are per
+sample and stay as they are. Inputs are ``split_batch(batch)[0]`` (every floating tensor of a
+tuple/dict is checked); integer inputs (token ids) are checked at the output of each
+``nn.Embedding``. The real batch (and so the real batch size) is used; sample ``i = n // 2``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from lightning_tips._utils import (
+    apply_to_tensors,
+    batch_size,
+    first_tensor,
+    join_batch,
+    model_copy,
+    named_tensors,
+    split_batch,
+)
+from lightning_tips.checks._preflight import CardLine, CheckSkipped, PreflightCheck, Verdict, settle
+from lightning_tips.checks.output_activation import eval_dropout, trace_training_step
+
+__all__ = ["BatchMixingCheck", "batch_mixing", "batch_mixing_verdict"]
+
+MIXING_THRESHOLD = 1e-7
+
+
+def _neutral_batchnorm(model: nn.Module) -> None:
+    """BatchNorm layers to eval mode; those without running statistics get neutral ones (on a copy)."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            if m.running_mean is None and m.num_features:
+                p = next(iter(m.parameters()), None)
+                dev = p.device if p is not None else None
+                m.register_buffer("running_mean", torch.zeros(m.num_features, device=dev))
+                m.register_buffer("running_var", torch.ones(m.num_features, device=dev))
+                m.track_running_stats = True
+            m.eval()
+
+
+def _batch_dim(shape: torch.Size, n: int) -> int | None:
+    if len(shape) and shape[0] == n:
+        return 0
+    dims = [d for d, s in enumerate(shape) if s == n]
+    return dims[0] if len(dims) == 1 else None
+
+
+def _call(module: nn.Module, inputs: Any) -> Any:
+    if isinstance(inputs, Mapping):
+        return module(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return module(*inputs)
+    return module(inputs)
+
+
+def batch_mixing(module: nn.Module, batch: Any, sample: int | None = None) -> dict[str, Any]:
+    """Gradient of sample ``sample``'s output on every sample's input (on a copy of ``module``).
+
+    A LightningModule (automatic optimization) runs its own ``training_step`` and its forward output
+    is used; any other module is called on ``split_batch(batch)[0]`` (or ``batch``). Returns
+    ``{"leak": max |g| on other samples, "total": max |g|, "sample": i, "field": where the leak is
+    largest, "fields": inputs checked}``.
+
+    Raises:
+        CheckSkipped: the check cannot apply (batch of one, no gradient reaching the inputs, no
+            batch dimension in the output).
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(3, 2))
+        >>> batch_mixing(net, torch.randn(6, 3))["leak"]
+        0.0
+        >>> class Mixer(nn.Module):
+        ...     def forward(self, x):
+        ...         return x.reshape(x.shape[1], -1).softmax(1).reshape(x.shape)  # a view across samples
+        >>> batch_mixing(Mixer(), torch.randn(6, 3))["leak"] > 0
+        True
+    """
+    n = batch_size(batch)
+    if n is None or n < 2:
+        raise CheckSkipped(f"needs a batch of at least 2 samples, got {n}")
+    i = n // 2 if sample is None else sample
+    model = model_copy(module)
+    eval_dropout(model)
+    _neutral_batchnorm(model)
+    model.zero_grad(set_to_none=True)
+
+    def leaf(t: torch.Tensor) -> torch.Tensor:
+        if t.is_floating_point() and t.dim() > 0 and t.shape[0] == n:
+            return t.detach().clone().requires_grad_(True)
+        return t
+
+    split = split_batch(batch)
+    if split is not None:
+        inputs = apply_to_tensors(split[0], leaf)
+        new_batch = join_batch(batch, inputs, split[1])
+        leaves = [(name, t, 0) for name, t in named_tensors(inputs, "input") if t.requires_grad]
+    else:
+        inputs = new_batch = apply_to_tensors(batch, leaf)
+        leaves = [(name, t, 0) for name, t in named_tensors(new_batch, "batch") if t.requires_grad]
+
+    handles: list[RemovableHandle] = []
+    embedded: list[tuple[str, torch.Tensor, int]] = []
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Embedding, nn.EmbeddingBag)):
+
+            def hook(_m: nn.Module, _inp: Any, out: Any, _name: str = name) -> Any:
+                if not isinstance(out, torch.Tensor):
+                    return None
+                bdim = _batch_dim(out.shape, n)
+                if bdim is None:
+                    return None
+                new = out.detach().requires_grad_(True)
+                embedded.append((f"{_name} (embedding output)", new, bdim))
+                return new
+
+            handles.append(m.register_forward_hook(hook))
+    try:
+        with torch.enable_grad():
+            if isinstance(model, pl.LightningModule) and getattr(model, "automatic_optimization", True):
+                trace = trace_training_step(model, new_batch)
+                out = trace.output
+            else:
+                out = first_tensor(_call(model, inputs))
+    finally:
+        for h in handles:
+            h.remove()
+    leaves += embedded
+    if not leaves:
+        raise CheckSkipped("the inputs hold no floating-point tensor and no nn.Embedding was called")
+    if out is None or not out.is_floating_point() or not out.requires_grad:
+        raise CheckSkipped("the model's output does not depend on its inputs through a gradient")
+    bdim = _batch_dim(out.shape, n)
+    if bdim is None:
+        raise CheckSkipped(f"no batch dimension of size {n} in the output of shape {tuple(out.shape)}")
+    picked = out.select(bdim, i).float()
+    g = torch.Generator(device="cpu").manual_seed(0)
+    weight = torch.randn(picked.shape, generator=g).to(picked.device)
+    grads = torch.autograd.grad((picked * weight).sum(), [t for _, t, _ in leaves], allow_unused=True)
+    total = torch.zeros((), device=picked.device)
+    leaks: list[torch.Tensor] = []
+    for (_, t, d), gr in zip(leaves, grads):
+        if gr is None:
+            leaks.append(torch.zeros((), device=picked.device))
+            continue
+        a = gr.detach().float().abs()
+        total = torch.maximum(total, a.max())
+        others = torch.cat([a.narrow(d, 0, i), a.narrow(d, i + 1, t.shape[d] - i - 1)], d)
+        leaks.append(others.max() if others.numel() else torch.zeros((), device=a.device))
+    values = torch.stack([total, *leaks]).tolist()  # one host sync
+    total_v, leak_vs = values[0], values[1:]
+    worst = max(range(len(leak_vs)), key=lambda k: leak_vs[k])
+    return {"leak": leak_vs[worst], "total": total_v, "sample": i, "field": leaves[worst][0],
+            "fields": [name for name, _, _ in leaves]}
+
+
+def batch_mixing_verdict(result: dict[str, Any], threshold: float = MIXING_THRESHOLD) -> Verdict:
+    """``batch-mixing`` error when the leak exceeds ``threshold x`` the largest gradient.
+
+    Example:
+        >>> batch_mixing_verdict({"leak": 0.3, "total": 1.0, "sample": 32, "field": "input"}).severity
+        'error'
+    """
+    code = "batch-mixing"
+    leak, total, i = float(result["leak"]), float(result["total"]), int(result["sample"])
+    if total <= 0:
+        raise CheckSkipped(f"no gradient reached the inputs from sample {i}'s output (see input-independent)")
+    rel = leak / total
+    figures = {"leak": leak, "max_gradient": total, "relative": rel, "sample": float(i)}
+    text = f"output of sample {i}: max input-gradient on other samples {leak:.3g} = {rel:.2g} x max |g|"
+    if rel > threshold:
+        return Verdict(
+            code, "error",
+            f"{text} ({result['field']}): the model mixes data across the batch dimension, so each sample's "
+            "gradient update depends on the others",
+            figures, module=str(result["field"]),
+        )
+    return Verdict(code, None, text, figures)
+
+
+class BatchMixingCheck(PreflightCheck):
+    """Pre-flight check ``batch-mixing`` (tips R2.12, P12): backprop from sample ``i``'s output and
+    require zero gradient on every other sample's input (``|g| <= 1e-7 x max |g|``), on a copy with
+    BatchNorm and dropout in eval mode. Float inputs of tuple/dict batches and ``nn.Embedding``
+    outputs (for token ids) are checked; the real batch size is used.
+
+    Args:
+        budget_s: the pre-flight time budget when this check runs alone.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv1d(2, 4, 3), nn.BatchNorm1d(4), nn.Flatten(), nn.Linear(4 * 6, 3))
+        >>> batch_mixing_verdict(batch_mixing(net, torch.randn(8, 2, 8))).severity is None
+        True
+        >>> BatchMixingCheck().code
+        'batch-mixing'
+    """
+
+    title: ClassVar[str] = "batch independence"
+    code: ClassVar[str] = "batch-mixing"
+
+    def run_check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> CardLine:
+        def measure() -> tuple[list[Verdict], str]:
+            v = batch_mixing_verdict(batch_mixing(pl_module, batch))
+            f = v.figures
+            return [v], (f"sample {int(f['sample'])}: gradient on other samples {f['leak']:.3g} "
+                         f"({f['relative']:.2g} x max {f['max_gradient']:.3g})")
+
+        return settle(self, trainer, measure)

@@ -1,0 +1,106 @@
+"""BatchMixingCheck: sample i's output must not depend on sample j's input (R2.12, P12)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_tips.checks._preflight import CheckSkipped
+from lightning_tips.checks.batch_mixing import BatchMixingCheck, batch_mixing, batch_mixing_verdict
+from tests.helpers.models import Classifier, small_cnn
+from tests.helpers.preflight_models import (
+    ManualClassifier,
+    ReshapeMixer,
+    RowsLSTM,
+    RowsTransformer,
+    TokenBag,
+    bn_cnn,
+    codes,
+    digit_rows_loader,
+    digit_tokens_loader,
+    digits_loader,
+    fit,
+)
+
+# --- pure function ---------------------------------------------------------------------------------
+
+
+def test_pure_function_on_plain_modules() -> None:
+    x = torch.randn(6, 1, 8, 8)
+    assert batch_mixing(small_cnn(), x)["leak"] == 0.0
+    mixed = batch_mixing(ReshapeMixer(), x)
+    assert mixed["leak"] > 0 and batch_mixing_verdict(mixed).severity == "error"
+    # BatchNorm in training mode mixes samples; the check runs it in eval mode (and leaves the module as it was)
+    net = bn_cnn()
+    assert batch_mixing(net, x)["leak"] == 0.0
+    assert net.training and net[1].training
+    # BatchNorm without running statistics still is not a false alarm
+    net2 = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4, track_running_stats=False), nn.Flatten())
+    assert batch_mixing(net2, x)["leak"] == 0.0
+
+
+def test_softmax_output_still_has_a_gradient() -> None:
+    """Rows of a softmax sum to 1: a plain sum would give no gradient; the random weighting does."""
+    res = batch_mixing(nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.Softmax(1)), torch.randn(8, 1, 8, 8))
+    assert res["total"] > 0 and res["leak"] == 0.0
+
+
+def test_dict_inputs_and_embeddings() -> None:
+    class Two(nn.Module):
+        def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return a * 2 + b.mean(0, keepdim=True)  # b is mixed across the batch
+
+    batch = {"inputs": (torch.randn(5, 3), torch.randn(5, 3)), "y": torch.zeros(5)}
+    res = batch_mixing(Two(), batch)
+    assert res["field"] == "input[1]" and res["leak"] > 0
+    tokens = torch.randint(0, 17, (6, 64))
+    assert batch_mixing(TokenBag(), tokens)["leak"] == 0.0
+    mixed = batch_mixing(TokenBag(mix=True), tokens)
+    assert mixed["leak"] > 0 and "embed" in mixed["field"]
+
+
+def test_unusable_batches_raise_skip() -> None:
+    with pytest.raises(CheckSkipped, match="at least 2"):
+        batch_mixing(small_cnn(), torch.randn(1, 1, 8, 8))
+
+    class Ignores(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.zeros(x.shape[0], 3)
+
+    with pytest.raises(CheckSkipped, match="does not depend"):
+        batch_mixing(Ignores(), torch.randn(4, 3))
+
+
+# --- through Trainer.fit ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("net", "loader"),
+    [(ReshapeMixer, digits_loader), (lambda: RowsLSTM(batch_first=False), digit_rows_loader),
+     (lambda: RowsTransformer(batch_first=False), digit_rows_loader)],
+    ids=["reshape-across-batch", "lstm-batch-first", "transformer-batch-first"],
+)
+def test_planted_mixing_is_flagged(make_trainer, net, loader) -> None:
+    check = BatchMixingCheck()
+    fit(make_trainer, Classifier(net()), loader(), check)
+    assert codes(check) == ["batch-mixing:error"]
+    assert check.findings[0].figures["relative"] > 1e-7
+
+
+@pytest.mark.parametrize(
+    ("net", "loader"),
+    [(bn_cnn, digits_loader), (lambda: RowsLSTM(batch_first=True), digit_rows_loader),
+     (lambda: RowsTransformer(batch_first=True), digit_rows_loader), (TokenBag, digit_tokens_loader)],
+    ids=["cnn-batchnorm", "lstm", "transformer", "embedding"],
+)
+def test_healthy_twins_are_silent(make_trainer, net, loader) -> None:
+    check = BatchMixingCheck()
+    fit(make_trainer, Classifier(net()), loader(), check)
+    assert codes(check) == []
+
+
+def test_manual_optimization_uses_forward(make_trainer) -> None:
+    check = BatchMixingCheck()
+    fit(make_trainer, ManualClassifier(ReshapeMixer()), digits_loader(), check)
+    assert codes(check) == ["batch-mixing:error"]
