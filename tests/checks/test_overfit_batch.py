@@ -1,0 +1,120 @@
+"""OverfitBatchCheck: one small batch must be overfittable (R2.8, P9, T10)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from lightning_tips.checks._preflight import CheckSkipped
+from lightning_tips.checks.overfit_batch import (
+    OverfitBatchCheck,
+    fit_batch,
+    fresh_optimizer,
+    overfit_batch,
+    overfit_verdict,
+)
+from tests.helpers.models import Classifier, small_cnn
+from tests.helpers.preflight_models import (
+    DetachedHead,
+    ManualClassifier,
+    codes,
+    digits_loader,
+    fit,
+    frozen_cnn,
+)
+
+
+def _batch() -> tuple[torch.Tensor, torch.Tensor]:
+    return next(iter(digits_loader(shuffle=False)))
+
+
+def _adam(model: torch.nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.Adam(model.parameters(), lr=1e-3)
+
+
+def test_fresh_optimizer_keeps_groups_and_base_lr() -> None:
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+    opt = torch.optim.AdamW([{"params": net[0].parameters(), "lr": 0.1}, {"params": net[1].parameters()}],
+                            lr=0.01, weight_decay=0.3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.0)  # warm-up from 0: base lr is what counts
+    assert opt.param_groups[0]["lr"] == 0.0 and sched is not None
+    copy = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+    new = fresh_optimizer(opt, net, copy)
+    assert type(new) is torch.optim.AdamW
+    assert [g["lr"] for g in new.param_groups] == [0.1, 0.01]
+    assert new.param_groups[1]["weight_decay"] == 0.3
+    assert new.param_groups[0]["params"][0] is copy[0].weight
+    assert not new.state
+
+
+def test_pure_overfit_healthy_and_planted() -> None:
+    healthy = overfit_batch(Classifier(small_cnn()), _batch(), _adam)
+    assert healthy["samples"] == 16 and healthy["steps"] == 50 and healthy["ratio"] < 0.5
+    assert overfit_verdict(healthy, 50).severity is None
+    lr0 = overfit_batch(Classifier(small_cnn()), _batch(), lambda m: torch.optim.Adam(m.parameters(), lr=0.0))
+    v = overfit_verdict(lr0, 50)
+    assert v.severity == "warning" and "no parameter changed" in v.message
+
+    class FullyDetached(Classifier):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x).detach()
+
+    detached = overfit_batch(FullyDetached(small_cnn()), _batch(), _adam)
+    assert detached["requires_grad"] == 0.0
+    assert "does not require grad" in overfit_verdict(detached, 50).message
+
+
+def test_deadline_stops_early_and_is_inconclusive() -> None:
+    model = Classifier(small_cnn())
+    fig = fit_batch(model, _batch(), _adam(model), steps=1000, deadline=time.perf_counter() + 0.05)
+    assert 1 <= fig["steps"] < 1000
+    slow = {**fig, "lr": 1e-3, "samples": 64.0, "ratio": 0.9}
+    with pytest.raises(CheckSkipped, match="budget"):
+        overfit_verdict(slow, 1000)
+
+
+# --- through Trainer.fit ---------------------------------------------------------------------------
+
+
+def test_healthy_cnn_passes(make_trainer) -> None:
+    check = OverfitBatchCheck()
+    fit(make_trainer, Classifier(small_cnn()), digits_loader(), check)
+    assert codes(check) == []
+
+
+@pytest.mark.parametrize(
+    "model",
+    [lambda: Classifier(small_cnn(), lr=0.0), lambda: Classifier(DetachedHead()), lambda: Classifier(frozen_cnn())],
+    ids=["lr-zero", "detached-output", "frozen"],
+)
+def test_planted_bugs_are_not_learning(make_trainer, model) -> None:
+    check = OverfitBatchCheck()
+    fit(make_trainer, model(), digits_loader(), check)
+    assert codes(check) == ["not-learning:warning"]
+    f = check.findings[0]
+    assert {"start", "end", "steps"} <= set(f.figures)
+    assert "overfit one batch" in f.message
+
+
+def test_sgd_user_optimizer_is_used(make_trainer) -> None:
+    check = OverfitBatchCheck(steps=5)
+    fit(make_trainer, Classifier(small_cnn(), optimizer="sgd", lr=1e-6), digits_loader(), check)
+    assert codes(check) == ["not-learning:warning"]
+    assert check.findings[0].figures["lr"] == pytest.approx(1e-6)
+
+
+def test_manual_optimization_is_info(make_trainer) -> None:
+    check = OverfitBatchCheck()
+    fit(make_trainer, ManualClassifier(small_cnn()), digits_loader(), check)
+    assert codes(check) == ["not-learning:info"]
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="Expected max_batch >= 1"):
+        OverfitBatchCheck(max_batch=0)
+    with pytest.raises(TypeError, match="Expected steps to be an int"):
+        OverfitBatchCheck(steps="50")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="Expected budget_s > 0"):
+        OverfitBatchCheck(budget_s=0)
