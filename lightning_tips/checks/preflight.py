@@ -1,0 +1,140 @@
+"""``Preflight``: every pre-flight check on one batch, within one time budget, one report card.
+
+Before the first real step (``on_train_start``), on copies of the model and inside
+``preserved_rng``, so training stays bit-for-bit what it would have been:
+
+========================  ==========================================  ===================
+check                     finding codes                               tips
+========================  ==========================================  ===================
+data (``DataChecks``)     nonfinite-input, duplicate-data,            R1 R2.1 R2.10 T6
+                          class-imbalance, unnormalized-input,        T12 T16 P6
+                          unshuffled-data, no-seed
+initial loss              init-loss, loss-reduction                   R2.4 R2.5 T9 T13 P13
+output activation         output-activation                           P3 P13
+batch independence        batch-mixing                                R2.12 P12
+input-independent         input-independent                           R2.7
+overfit one batch         not-learning                                R2.8 P9 T10
+========================  ==========================================  ===================
+
+It does not run again when the fit resumes from a checkpoint.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+
+from lightning_tips._callback import TipComposite
+from lightning_tips.checks._preflight import CardLine, PreflightCheck, first_train_batch, print_card, run_preflight
+from lightning_tips.checks.batch_mixing import BatchMixingCheck
+from lightning_tips.checks.init_loss import InitialLossCheck
+from lightning_tips.checks.input_independence import InputIndependenceCheck
+from lightning_tips.checks.output_activation import OutputActivationCheck
+from lightning_tips.checks.overfit_batch import OverfitBatchCheck
+
+__all__ = ["Preflight"]
+
+
+def _data_checks() -> PreflightCheck | None:
+    try:
+        from lightning_tips.checks.data import DataChecks
+    except ImportError:  # pragma: no cover - the data checks ship with the package
+        return None
+    return DataChecks()
+
+
+class Preflight(TipComposite):
+    """The pre-flight checks as one callback: one batch, one budget, one report card (tips R2.4-R2.12,
+    P3, P9, P12, P13, T10, T13).
+
+    In ``on_train_start`` (not when resuming from a checkpoint) it fetches the first training batch,
+    runs each enabled check on it — data checks, initial loss, output activation, batch independence,
+    input-independent baseline, overfit one batch — until ``budget_s`` seconds are spent (checks that
+    would start later are skipped with an ``info``), and prints one card on rank zero. Every check works
+    on copies; the user's model, optimizer, scheduler and RNG streams are untouched. Its ``findings``
+    are its checks' findings.
+
+    Args:
+        init_loss: ``init-loss`` and ``loss-reduction`` (:class:`InitialLossCheck`).
+        output_activation: ``output-activation`` (:class:`OutputActivationCheck`).
+        batch_mixing: ``batch-mixing`` (:class:`BatchMixingCheck`).
+        input_independence: ``input-independent`` (:class:`InputIndependenceCheck`).
+        overfit_batch: ``not-learning`` on one batch (:class:`OverfitBatchCheck`).
+        data: the data checks (``DataChecks``).
+        budget_s: seconds for all checks together.
+
+    Example:
+        >>> pre = Preflight(data=False, overfit_batch=False)
+        >>> [c.title for c in pre.checks]
+        ['initial loss', 'output activation', 'batch independence', 'input-independent baseline']
+    """
+
+    def __init__(
+        self,
+        init_loss: bool = True,
+        output_activation: bool = True,
+        batch_mixing: bool = True,
+        input_independence: bool = True,
+        overfit_batch: bool = True,
+        data: bool = True,
+        budget_s: float = 3.0,
+    ) -> None:
+        flags = {"init_loss": init_loss, "output_activation": output_activation, "batch_mixing": batch_mixing,
+                 "input_independence": input_independence, "overfit_batch": overfit_batch, "data": data}
+        for name, v in flags.items():
+            if not isinstance(v, bool):
+                raise TypeError(f"Expected {name} to be a bool but got {type(v).__name__}.")
+        if isinstance(budget_s, bool) or not isinstance(budget_s, int | float) or not budget_s > 0:
+            raise ValueError(f"Expected budget_s > 0 but got {budget_s!r}.")
+        checks: list[PreflightCheck] = []
+        if data and (dc := _data_checks()) is not None:
+            checks.append(dc)
+        for enabled, cls in (
+            (init_loss, InitialLossCheck), (output_activation, OutputActivationCheck),
+            (batch_mixing, BatchMixingCheck), (input_independence, InputIndependenceCheck),
+            (overfit_batch, OverfitBatchCheck),
+        ):  # fmt: skip
+            if enabled:
+                checks.append(cls())
+        for c in checks:
+            c._composed = True
+        super().__init__(list(checks))
+        self.budget_s = float(budget_s)
+        self._composed = False  # True when a larger composite (Recipe) runs the pre-flight itself
+        self._done = False
+        self.card: list[CardLine] = []
+
+    @property
+    def checks(self) -> list[PreflightCheck]:
+        """The pre-flight checks, in the order they run."""
+        return [c for c in self.children if isinstance(c, PreflightCheck)]
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(checks=[c.title for c in self.checks], budget_s=self.budget_s)
+
+    def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any | None = None) -> list[CardLine]:
+        """Run the checks on ``batch`` (default: the first training batch) within the budget; the card lines."""
+        if batch is None:
+            batch = first_train_batch(trainer, pl_module)
+        self.card = run_preflight(trainer, pl_module, self.checks, self.budget_s, batch)
+        self._done = True
+        return self.card
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage == "fit":
+            self._done = False
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._composed or self._done or trainer.ckpt_path is not None:
+            return
+        print_card(trainer, self.run(trainer, pl_module))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "done": self._done}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._done = bool(state_dict.get("done", False))

@@ -1,0 +1,172 @@
+"""Preflight: all model checks (and the data checks) on one batch, one budget, one card; pure observer."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import nn
+
+from lightning_tips.checks._preflight import PreflightCheck, first_train_batch, run_preflight
+from lightning_tips.checks.preflight import Preflight
+from tests.helpers.data import DigitsDataModule
+from tests.helpers.models import Classifier, small_cnn
+from tests.helpers.preflight_models import ReshapeMixer, big_init, bn_cnn, digits_loader, fit, with_output
+
+REPO = Path(__file__).resolve().parents[2]
+MODEL_CODES = {"init-loss", "loss-reduction", "output-activation", "batch-mixing", "input-independent", "not-learning"}
+
+
+def test_children_and_arguments() -> None:
+    pre = Preflight()
+    titles = [c.title for c in pre.checks]
+    assert titles == ["data", "initial loss", "output activation", "batch independence",
+                      "input-independent baseline", "overfit one batch"]
+    assert all(c._composed for c in pre.checks)
+    assert Preflight(data=False, batch_mixing=False).checks[0].title == "initial loss"
+    with pytest.raises(TypeError, match="Expected init_loss to be a bool"):
+        Preflight(init_loss=1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="Expected budget_s > 0"):
+        Preflight(budget_s=0.0)
+
+
+def test_healthy_cnn_all_pass_within_budget(make_trainer) -> None:
+    pl.seed_everything(0)
+    pre = Preflight()
+    fit(make_trainer, Classifier(small_cnn()), DigitsDataModule(batch_size=64).train_dataloader(), pre)
+    assert [line.status for line in pre.card] == ["pass"] * 6
+    assert not [f for f in pre.findings if f.severity.value != "info"]
+    assert sum(line.seconds for line in pre.card) < 3.0
+    assert all(line.detail for line in pre.card)
+
+
+def test_planted_bugs_reach_the_composite_findings(make_trainer) -> None:
+    pre = Preflight(data=False)
+    fit(make_trainer, Classifier(with_output(big_init(ReshapeMixer()), nn.Softmax(1))), digits_loader(), pre)
+    found = {f.code for f in pre.findings}
+    assert {"batch-mixing", "output-activation"} <= found
+    assert {line.check: line.status for line in pre.card}["batch independence"] == "finding"
+    # the end-of-fit summary sees them: Preflight is the trainer's TipCallback
+    assert found <= MODEL_CODES
+
+
+def test_budget_skips_later_checks(make_trainer) -> None:
+    pre = Preflight(data=False, budget_s=1e-4)
+    fit(make_trainer, Classifier(small_cnn()), digits_loader(), pre)
+    statuses = [line.status for line in pre.card]
+    assert statuses[0] == "pass" and statuses[-1] == "skipped"
+    assert any("budget" in f.message for f in pre.findings)
+
+
+def test_no_optimizer_is_info(make_trainer) -> None:
+    class NoOpt(Classifier):
+        def configure_optimizers(self) -> None:  # type: ignore[override]
+            return None
+
+    pre = Preflight(data=False)
+    fit(make_trainer, NoOpt(small_cnn()), digits_loader(), pre)
+    info = {f.code for f in pre.findings if f.severity.value == "info"}
+    assert {"input-independent", "not-learning"} <= info
+    assert any("none of the model's parameters" in f.message for f in pre.findings)
+
+
+def test_pure_observer_bit_identical(make_trainer) -> None:
+    """Same seed, deterministic: 10 steps with and without Preflight give identical weights and buffers."""
+
+    def train(callbacks: list) -> dict[str, torch.Tensor]:
+        pl.seed_everything(7)
+        model = Classifier(bn_cnn(dropout=0.3))
+        trainer = make_trainer(limit_train_batches=10, limit_val_batches=0, deterministic=True, callbacks=callbacks)
+        trainer.fit(model, train_dataloaders=digits_loader(n=640, batch_size=32))
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    with_pre = train([Preflight()])
+    without = train([])
+    assert with_pre.keys() == without.keys()
+    assert all(torch.equal(with_pre[k], without[k]) for k in without), [
+        k for k in without if not torch.equal(with_pre[k], without[k])]
+
+
+def test_real_model_untouched_by_checks(make_trainer) -> None:
+    """Run the checks directly on a model: its weights, modes, grads and BN statistics stay as they were."""
+    model = Classifier(bn_cnn(dropout=0.3))
+    trainer = make_trainer(limit_train_batches=1, limit_val_batches=0, max_epochs=1)
+    trainer.fit(model, train_dataloaders=digits_loader())
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    modes = [m.training for m in model.modules()]
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 0.5)
+    batch = first_train_batch(trainer, model)
+    pre = Preflight(data=False)
+    lines = run_preflight(trainer, model, pre.checks, 10.0, batch)
+    assert [line.status for line in lines] == ["pass"] * 5
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert [m.training for m in model.modules()] == modes
+    assert all(p.grad is not None and bool((p.grad == 0.5).all()) for p in model.parameters())
+
+
+def test_resume_does_not_rerun_and_keeps_findings(make_trainer, tmp_path: Path) -> None:
+    ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    pre = Preflight(data=False)
+    model = Classifier(big_init(small_cnn(), 30.0))
+    fit(make_trainer, model, digits_loader(), pre, enable_checkpointing=True, callbacks=[pre, ckpt])
+    assert "init-loss" in {f.code for f in pre.findings}
+    state = pre.state_dict()
+    assert state["done"] is True and len(state["children"]) == 5
+
+    pre2 = Preflight(data=False)
+    trainer = make_trainer(limit_train_batches=2, limit_val_batches=0, max_epochs=2, enable_checkpointing=True,
+                           callbacks=[pre2, ModelCheckpoint(dirpath=tmp_path)])
+    trainer.fit(Classifier(small_cnn()), train_dataloaders=digits_loader(), ckpt_path=str(tmp_path / "last.ckpt"))
+    assert pre2.card == []  # not re-run on resume
+    assert "init-loss" in {f.code for f in pre2.findings}  # restored with the composite's state
+
+
+def test_single_check_runs_alone(make_trainer) -> None:
+    from lightning_tips.checks.batch_mixing import BatchMixingCheck
+
+    check: PreflightCheck = BatchMixingCheck()
+    fit(make_trainer, Classifier(ReshapeMixer()), digits_loader(), check)
+    assert check._done and [f.code for f in check.findings] == ["batch-mixing"]
+
+
+def test_timing_small_cnn_digits_one_thread() -> None:
+    """The measured pre-flight cost (all checks incl. data, batch 64, 1 thread) stays under the 3 s budget."""
+    pl.seed_everything(0)
+    model = Classifier(small_cnn())
+    pre = Preflight()
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=1, limit_val_batches=0,
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[pre])
+    t0 = time.perf_counter()
+    trainer.fit(model, DigitsDataModule(batch_size=64))
+    assert time.perf_counter() - t0 < 10
+    total = sum(line.seconds for line in pre.card)
+    print(f"pre-flight seconds: {total:.2f} ({', '.join(f'{c.check} {c.seconds:.2f}' for c in pre.card)})")
+    assert total < 3.0 and all(line.status == "pass" for line in pre.card)
+
+
+@pytest.mark.ddp
+def test_ddp_ranks_agree(tmp_path: Path) -> None:
+    """Rank 1's targets are unnormalised, rank 0's are not: both ranks report init-loss, nobody hangs."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "PL_GLOBAL_SEED")}
+    env["PYTHONPATH"] = str(REPO)
+    env["OMP_NUM_THREADS"] = "1"
+    out = tmp_path / "ranks.json"
+    proc = subprocess.run([sys.executable, str(REPO / "tests/helpers/preflight_models.py"), "ddp", str(out)],
+                          cwd=REPO, env=env, timeout=120, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads(Path(f"{out}.{r}").read_text()) for r in (0, 1)]
+    for r in ranks:
+        assert "init-loss" in r["codes"], r
+        assert r["card"] == ranks[0]["card"]
