@@ -325,3 +325,29 @@ def test_pickle_and_state_key() -> None:
     cb = pickle.loads(pickle.dumps(ActivationStats(every_n_steps=7)))
     assert cb.every_n_steps == 7
     assert ActivationStats(dead_fraction=0.3).state_key != ActivationStats().state_key
+
+
+def test_gradient_accumulation_samples_each_step_once(make_trainer: Factory) -> None:
+    cb = ActivationStats(every_n_steps=1, log_histograms=False)
+    _fit(make_trainer, mlp(depth=2), cb, batches=4, accumulate_grad_batches=2)
+    assert cb._history["net.2"]["steps"] == [0, 1]  # 4 batches, 2 optimizer steps, one sample each
+
+
+def test_hooks_removed_when_training_raises(make_trainer: Factory) -> None:
+    class Boom(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = mlp(depth=1)
+            self.calls = 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            out = self.net(x)  # the hooked ReLU has run
+            if self.calls == 2:
+                raise RuntimeError("boom")
+            return out
+
+    boom = Boom()
+    with pytest.raises(RuntimeError, match="boom"):
+        _fit(make_trainer, boom, ActivationStats(every_n_steps=1), batches=3)
+    assert _HookProbe.count(boom) == 0
