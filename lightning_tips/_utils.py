@@ -23,8 +23,11 @@ __all__ = [
     "find_output_layer",
     "first_tensor",
     "is_sampled",
+    "loader_samplers",
     "model_copy",
     "named_tensors",
+    "preserved_generators",
+    "preserved_loader_rng",
     "preserved_rng",
     "split_batch",
     "step_loss",
@@ -113,6 +116,53 @@ def preserved_rng(devices: Sequence[torch.device] = ()) -> Iterator[None]:
         finally:
             random.setstate(py)
             np.random.set_state(npy)
+
+
+def loader_samplers(loader: Any) -> list[Any]:
+    """The sampler objects of a loader: batch sampler, sampler, their inner samplers, and the sampler
+    Lightning's ``DistributedSamplerWrapper`` wraps."""
+    from torch.utils.data import DistributedSampler
+
+    found: list[Any] = []
+    todo = [getattr(loader, "batch_sampler", None), getattr(loader, "sampler", None)]
+    while todo and len(found) < 16:
+        s = todo.pop(0)
+        if s is None or any(s is f for f in found):
+            continue
+        found.append(s)
+        todo.append(getattr(s, "sampler", None))
+        wrapped = getattr(getattr(s, "dataset", None), "_sampler", None)  # DistributedSamplerWrapper
+        if isinstance(s, DistributedSampler) and wrapped is not None:
+            todo.append(wrapped)
+    return found
+
+
+@contextmanager
+def preserved_generators(loader: Any) -> Iterator[None]:
+    """Restore every ``torch.Generator`` the loader and its samplers own (``DataLoader(generator=g)``,
+    ``RandomSampler(generator=g)``): reading from the loader leaves its future order unchanged.
+    ``loader`` may also be a list or dict of loaders (several training loaders)."""
+    loaders = list(loader.values()) if isinstance(loader, Mapping) else (
+        list(loader) if isinstance(loader, (list, tuple)) else [loader]
+    )
+    gens: list[torch.Generator] = []
+    for obj in [o for ld in loaders for o in (ld, *loader_samplers(ld))]:
+        g = getattr(obj, "generator", None)
+        if isinstance(g, torch.Generator) and not any(g is h for h in gens):
+            gens.append(g)
+    states = [g.get_state() for g in gens]
+    try:
+        yield
+    finally:
+        for g, state in zip(gens, states):
+            g.set_state(state)
+
+
+@contextmanager
+def preserved_loader_rng(loader: Any, devices: Sequence[torch.device] = ()) -> Iterator[None]:
+    """:func:`preserved_rng` and :func:`preserved_generators` together: a scan of ``loader`` is invisible."""
+    with preserved_rng(devices), preserved_generators(loader):
+        yield
 
 
 def model_copy(module: nn.Module) -> nn.Module:

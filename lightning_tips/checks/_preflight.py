@@ -22,7 +22,7 @@ import lightning.pytorch as pl
 from lightning_tips._callback import TipCallback
 from lightning_tips._console import render_table
 from lightning_tips._loggers import log_text
-from lightning_tips._utils import any_rank, preserved_rng
+from lightning_tips._utils import any_rank, preserved_loader_rng, preserved_rng
 
 __all__ = [
     "CardLine",
@@ -53,11 +53,11 @@ class CardLine:
 
 def first_train_batch(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any | None:
     """The first batch of the training dataloader, on the module's device, without touching the
-    user's RNG (the sampler's seed draw is undone). ``None`` when there is no loader or it is empty."""
+    user's RNG (the sampler's seed draw and the loader's own generators are restored). ``None`` when there is no loader or it is empty."""
     loader = trainer.train_dataloader
     if loader is None:
         return None
-    with preserved_rng([pl_module.device]):
+    with preserved_loader_rng(loader, [pl_module.device]):
         try:
             batch = next(iter(loader))
         except StopIteration:

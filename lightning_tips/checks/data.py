@@ -50,7 +50,6 @@ import math
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -71,8 +70,10 @@ from torch.utils.data import (
 from lightning_tips._utils import (
     batch_size,
     find_output_layer,
+    loader_samplers,
     named_tensors,
     nonfinite_fields,
+    preserved_generators,
     preserved_rng,
     reduce_sum,
     split_batch,
@@ -339,23 +340,6 @@ def normalization_verdict(mean: torch.Tensor, std: torch.Tensor) -> tuple[list[i
 
 
 # --- pure functions: samplers (T6, T16) ------------------------------------------------------------
-def _samplers(loader: Any) -> list[Any]:
-    """The sampler objects of a loader: batch sampler, sampler, and the sampler Lightning's
-    ``DistributedSamplerWrapper`` wraps."""
-    found: list[Any] = []
-    todo = [getattr(loader, "batch_sampler", None), getattr(loader, "sampler", None)]
-    while todo and len(found) < 16:
-        s = todo.pop(0)
-        if s is None or any(s is f for f in found):
-            continue
-        found.append(s)
-        todo.append(getattr(s, "sampler", None))
-        wrapped = getattr(getattr(s, "dataset", None), "_sampler", None)  # DistributedSamplerWrapper
-        if isinstance(s, DistributedSampler) and wrapped is not None:
-            todo.append(wrapped)
-    return found
-
-
 def _is_wrapper(s: Any) -> bool:
     return isinstance(s, DistributedSampler) and hasattr(getattr(s, "dataset", None), "_sampler")
 
@@ -369,7 +353,7 @@ def sampler_shuffles(loader: Any) -> bool | None:
         >>> sampler_shuffles(DataLoader(range(4))), sampler_shuffles(DataLoader(range(4), shuffle=True))
         (False, True)
     """
-    for s in _samplers(loader):
+    for s in loader_samplers(loader):
         if isinstance(s, (RandomSampler, WeightedRandomSampler, SubsetRandomSampler)):
             return True
         if isinstance(s, SequentialSampler):
@@ -381,23 +365,7 @@ def sampler_shuffles(loader: Any) -> bool | None:
 
 def sampler_balances(loader: Any) -> bool:
     """Whether the loader draws with a ``WeightedRandomSampler`` (class balancing, T6)."""
-    return any(isinstance(s, WeightedRandomSampler) for s in _samplers(loader))
-
-
-@contextmanager
-def _preserved_generators(loader: Any) -> Iterator[None]:
-    """Restore the state of every ``torch.Generator`` the loader's samplers own."""
-    gens: list[torch.Generator] = []
-    for obj in [loader, *_samplers(loader)]:
-        g = getattr(obj, "generator", None)
-        if isinstance(g, torch.Generator) and not any(g is h for h in gens):
-            gens.append(g)
-    states = [g.get_state() for g in gens]
-    try:
-        yield
-    finally:
-        for g, s in zip(gens, states):
-            g.set_state(s)
+    return any(isinstance(s, WeightedRandomSampler) for s in loader_samplers(loader))
 
 
 def _iter_batches(loader: Any) -> Iterator[tuple[Any, list[int] | None]]:
@@ -490,7 +458,7 @@ def _scan(loaders: Sequence[tuple[str, Any]], max_batches: int, deadline: float,
         prefix = "batch" if len(loaders) == 1 else f"{name} batch"
         count = 0
         try:
-            with _preserved_generators(loader):
+            with preserved_generators(loader):
                 for batch, indices in _iter_batches(loader):
                     out.add(name, batch, indices, prefix, train_keys)
                     count += 1
@@ -596,13 +564,6 @@ class DataChecks(PreflightCheck):
         self.max_batches = max_batches
         self.max_scan_s = max_scan_s
         self.first_batch = first_batch
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # the pre-flight's own first-batch read must not advance a generator the loader owns either
-        with ExitStack() as stack:
-            for _, loader in _named_loaders(trainer.train_dataloader, "train"):
-                stack.enter_context(_preserved_generators(loader))
-            super().on_train_start(trainer, pl_module)
 
     def run_check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> CardLine:
         start = time.perf_counter()

@@ -17,8 +17,7 @@ Three ways to use it, all with the same result:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import torch
@@ -26,7 +25,7 @@ from torch import Tensor, nn
 from torch.nn.parameter import UninitializedParameter
 
 from lightning_tips._callback import TipCallback
-from lightning_tips._utils import find_output_layer, preserved_rng, reduce_sum, split_batch
+from lightning_tips._utils import find_output_layer, preserved_loader_rng, reduce_sum, split_batch
 
 if TYPE_CHECKING:  # pragma: no cover
     import lightning.pytorch as pl
@@ -238,31 +237,6 @@ class OutputBiasInitMixin:
         return init_output_bias_(found[1], targets_or_counts, task, center)
 
 
-def _generators(loader: Any) -> list[torch.Generator]:
-    """The torch generators a DataLoader iteration advances (its own, its sampler's, its batch sampler's)."""
-    objs = [loader, getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)]
-    objs.append(getattr(objs[-1], "sampler", None))
-    found: list[torch.Generator] = []
-    for obj in objs:
-        g = getattr(obj, "generator", None)
-        if isinstance(g, torch.Generator) and all(g is not f for f in found):
-            found.append(g)
-    return found
-
-
-@contextmanager
-def _preserved_loader_rng(loader: Any) -> Iterator[None]:
-    """Restore the global RNGs and the loader's own generators: the scan leaves the training order as it was."""
-    gens = _generators(loader)
-    states = [g.get_state() for g in gens]
-    with preserved_rng():
-        try:
-            yield
-        finally:
-            for g, s in zip(gens, states):
-                g.set_state(s)
-
-
 class OutputBiasInit(TipCallback):
     """Fix R2.5: at fit start, set the output layer's bias so the untrained model predicts the prior.
 
@@ -334,7 +308,7 @@ class OutputBiasInit(TipCallback):
             return f"the train dataloader is {type(loader).__name__}, not a single DataLoader"
         task: str = self.task
         sums, sumsq, n, batches = torch.zeros(width), torch.zeros(width), 0, 0
-        with _preserved_loader_rng(loader):
+        with preserved_loader_rng(loader):
             for batch in loader:
                 if batches >= self.max_batches:
                     break
