@@ -14,6 +14,7 @@ output activation         output-activation                           P3 P13
 batch independence        batch-mixing                                R2.12 P12
 input-independent         input-independent                           R2.7
 overfit one batch         not-learning                                R2.8 P9 T10
+missing bias              missing-bias                                P4
 ========================  ==========================================  ===================
 
 It does not run again when the fit resumes from a checkpoint.
@@ -30,6 +31,7 @@ from lightning_tips.checks._preflight import CardLine, PreflightCheck, first_tra
 from lightning_tips.checks.batch_mixing import BatchMixingCheck
 from lightning_tips.checks.init_loss import InitialLossCheck
 from lightning_tips.checks.input_independence import InputIndependenceCheck
+from lightning_tips.checks.missing_bias import MissingBiasCheck
 from lightning_tips.checks.output_activation import OutputActivationCheck
 from lightning_tips.checks.overfit_batch import OverfitBatchCheck
 
@@ -62,12 +64,13 @@ class Preflight(TipComposite):
         input_independence: ``input-independent`` (:class:`InputIndependenceCheck`).
         overfit_batch: ``not-learning`` on one batch (:class:`OverfitBatchCheck`).
         data: the data checks (``DataChecks``).
+        missing_bias: ``missing-bias`` (:class:`~lightning_tips.checks.missing_bias.MissingBiasCheck`, P4).
         budget_s: seconds for all checks together.
 
     Example:
         >>> pre = Preflight(data=False, overfit_batch=False)
         >>> [c.title for c in pre.checks]
-        ['initial loss', 'output activation', 'batch independence', 'input-independent baseline']
+        ['initial loss', 'output activation', 'batch independence', 'input-independent baseline', 'missing bias']
     """
 
     def __init__(
@@ -78,10 +81,12 @@ class Preflight(TipComposite):
         input_independence: bool = True,
         overfit_batch: bool = True,
         data: bool = True,
+        missing_bias: bool = True,
         budget_s: float = 3.0,
     ) -> None:
         flags = {"init_loss": init_loss, "output_activation": output_activation, "batch_mixing": batch_mixing,
-                 "input_independence": input_independence, "overfit_batch": overfit_batch, "data": data}
+                 "input_independence": input_independence, "overfit_batch": overfit_batch, "data": data,
+                 "missing_bias": missing_bias}
         for name, v in flags.items():
             if not isinstance(v, bool):
                 raise TypeError(f"Expected {name} to be a bool but got {type(v).__name__}.")
@@ -93,7 +98,7 @@ class Preflight(TipComposite):
         for enabled, cls in (
             (init_loss, InitialLossCheck), (output_activation, OutputActivationCheck),
             (batch_mixing, BatchMixingCheck), (input_independence, InputIndependenceCheck),
-            (overfit_batch, OverfitBatchCheck),
+            (overfit_batch, OverfitBatchCheck), (missing_bias, MissingBiasCheck),
         ):  # fmt: skip
             if enabled:
                 checks.append(cls())
