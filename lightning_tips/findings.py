@@ -116,8 +116,8 @@ _ENTRIES = [
         offending batch on a copy of the model under forward hooks and names the first module whose
         output went non-finite. Typical causes: a learning rate far too high, log(0) or division by
         zero in the loss, NaN in the data, exploding gradients in a long RNN.""",
-        "any non-finite element in the loss; checked every step with one on-device flag, synced on "
-        "sampled steps (or every step with `every_n_steps=1`)",
+        "any non-finite element in the loss; an on-device flag every step, synced every `every_n_steps` "
+        "(default 1, so the bad update is dropped before it spreads)",
         "T7 T8 T9",
         "lower the learning rate (P10), clip gradients (T8), guard log/division with an epsilon, "
         "check the data for NaN (T7)",
@@ -127,7 +127,8 @@ _ENTRIES = [
         """A parameter's gradient holds NaN or Inf after backward (AMP-unscaled). The finding names
         the parameters. Under fp16 AMP the grad scaler legitimately produces inf gradients on steps it
         then skips; those are not reported.""",
-        "any non-finite element in any gradient (on the steps the scaler does not skip)",
+        "any non-finite element in any gradient after AMP unscaling; not checked while a grad scaler "
+        "(fp16 AMP) is active",
         "T7 T8",
         "clip the gradient norm (T8), lower the learning rate (P10), check custom backward code",
     ),
@@ -135,7 +136,8 @@ _ENTRIES = [
         "nonfinite-input", "check", "a batch holds NaN/Inf",
         """A tensor of the input batch holds NaN or Inf values. The finding names the field (tuple
         index or dict key) and how many values.""",
-        "any non-finite element in a floating-point batch field",
+        "any non-finite element in a floating-point batch field (pre-flight scan of up to 20 batches; "
+        "at runtime every `every_n_steps`)",
         "R1 T7",
         "clean or impute the data before training; check the preprocessing for log(0) or 0/0 (R1, T7)",
     ),
@@ -145,8 +147,8 @@ _ENTRIES = [
         """The total gradient norm grew by orders of magnitude over its recent history, or passed an
         absolute bound. BatchNorm can hide this from the loss curve (P15); batch size 1 and no
         BatchNorm exposes it (P11).""",
-        "latest total norm > `growth` (default 100) x the median of the earliest sampled norms, or "
-        "> `max_norm` (default 1e4)",
+        "latest total norm > `growth` (default 100) x the median of the first 3 sampled norms, or "
+        "> `max_norm` (default 1e4); sampled every `every_n_steps` (default 50, Recipe 100)",
         "T8 P11 P15",
         "clip the gradient norm (T8, `GradientClipping`), lower the learning rate (P10), use "
         "variance-scaling init (P5, `init_weights_`)",
@@ -167,7 +169,8 @@ _ENTRIES = [
         """A large fraction of a ReLU-family layer's units output zero for every sample of the
         sampled batch: they get no gradient and stop learning. Very negative biases, a learning rate
         too high, or bad init are the usual causes.""",
-        "fraction of units that never fire over the batch > `dead_fraction` (default 0.5)",
+        "fraction of units with output <= 0 for every sample of the (global) sampled batch > "
+        "`dead_fraction` (default 0.5); output activations get no verdict",
         "R4.12 P2",
         "lower the learning rate (P10), He init (T11, P5), check biases; consider LeakyReLU",
     ),
@@ -175,8 +178,8 @@ _ENTRIES = [
         "saturated-activation", "check", "sigmoid/tanh units stuck in their flat tails",
         """A large fraction of a sigmoid/tanh layer's outputs sit in the flat tails where the
         gradient is ~0 (sigmoid outside ~[-4, 4] pre-activation, T15).""",
-        "fraction of outputs with sigmoid < 0.02 or > 0.98 (tanh |y| > 0.96) > `saturated_fraction` "
-        "(default 0.5)",
+        "fraction of outputs with sigmoid <= 0.02 or >= 0.98 (tanh |y| >= 0.96, hardtanh at its bounds) "
+        "> `saturated_fraction` (default 0.5)",
         "T15 P2 R4.12",
         "use ReLU in hidden layers (P2, T15), Xavier init for tanh/sigmoid (T11), normalise inputs (T12)",
     ),
@@ -187,8 +190,8 @@ _ENTRIES = [
         output gives: log C for C-class cross-entropy, the prior's entropy for imbalanced classes,
         the target variance for MSE regression. Large initial logits waste the first iterations
         ("hockey stick" loss) and can mean too-large init weights (T9).""",
-        "|measured - expected| > max(0.5, 0.25 x expected) for cross-entropy; measured > 2 x variance "
-        "for MSE",
+        "|measured - e| > max(0.5, 0.25 x e) for both e = log C and e = prior entropy (CE, NLL, BCE); "
+        "measured > 2 x target variance (MSE)",
         "R2.4 R2.5 T9 T13 P13",
         "initialise the output layer small and its bias to the prior (R2.5, `OutputBiasInit`)",
     ),
@@ -196,8 +199,8 @@ _ENTRIES = [
         "loss-reduction", "check", "the loss is summed, not averaged, over the batch",
         """The initial loss scales with the batch size: the loss is a sum over samples, not a mean,
         so the effective learning rate depends on the batch size (T13).""",
-        "loss on the full batch / loss on half the batch ~ 2 (within 25%) while per-sample losses are "
-        "comparable",
+        "`reduction='sum'` seen in the loss call, or loss(full batch) / loss(half batch) within 25% of "
+        "n / n_half",
         "T13 P13",
         "use reduction='mean' (the default of torch losses) so gradients are averaged over the batch (T13)",
     ),
@@ -206,8 +209,9 @@ _ENTRIES = [
         """The model's output passes through ReLU, Softmax, LogSoftmax or Sigmoid before a loss that
         expects raw logits (cross-entropy, BCE-with-logits). The loss then optimises the wrong
         thing and gradients shrink (P3). Sigmoid followed by `BCELoss` is legitimate.""",
-        "outputs all non-negative (ReLU), rows summing to 1 (Softmax), rows of exp summing to 1 twice "
-        "(LogSoftmax), or all in (0, 1) (Sigmoid), on a real batch, with a logits loss",
+        "the loss input is a Softmax/Sigmoid/ReLU output (traced activation call, last module, values: "
+        "rows summing to 1, all in (0, 1), all >= 0) and the loss expects logits; LogSoftmax before "
+        "cross-entropy is info",
         "P3 P13",
         "remove the activation after the last layer; the loss applies its own (P3)",
     ),
@@ -227,7 +231,8 @@ _ENTRIES = [
         """Trained briefly on real inputs and on zeroed inputs (on copies), the model does no
         better on real inputs: either the forward ignores its input or the labels do not belong to
         the inputs (shuffled apart) (R2.7).""",
-        "final loss with real inputs > 0.9 x final loss with zeroed inputs after the same short budget",
+        "an output unchanged by zeroed inputs; or, trained 50 steps on one half of the batch (split by "
+        "class), held-out loss with real inputs >= 0.9 x with zeroed inputs",
         "R2.7",
         "check that the forward uses its input and that labels stay aligned with inputs (R2.7)",
     ),
@@ -236,8 +241,8 @@ _ENTRIES = [
         """On a copy with a fresh optimizer of the user's type, one batch could not be overfitted
         in a bounded number of steps (R2.8, P9), or the real training loss did not fall in the first
         epochs (R2.9, T10).""",
-        "overfit: final/initial loss > 0.5 after `overfit_steps`; training: loss of the last epoch "
-        "> 0.98 x the first",
+        "overfit one batch (16 samples, 50 steps): final/initial loss > 0.5, a detached loss, or no "
+        "parameter changed; training: no epoch loss below 0.98 x the first within 3 epochs",
         "R2.8 R2.9 P9 T10 T2",
         "check the loss, the labels and the optimizer wiring; raise or lower the lr (P10); overfit "
         "~10 samples first (T10)",
@@ -247,7 +252,8 @@ _ENTRIES = [
         """A scheduler drives the learning rate below a small fraction of its initial value long
         before training ends (e.g. a per-epoch schedule stepped per batch). Training then stops
         making progress (R3.4, P7, P15).""",
-        "lr < `min_ratio` (default 1e-3) x initial before `by_fraction` (default 0.5) of the planned steps",
+        "lr < `min_ratio` (default 1e-3) x its running peak before `by_fraction` (default 0.5) of the "
+        "planned steps (schedulers replayed on a copy before training, re-checked every `every_n_steps`)",
         "R3.4 P7 P15",
         "check the scheduler's interval ('step' vs 'epoch') and T_max/step_size; with Adam usually no "
         "decay (P7)",
@@ -266,8 +272,8 @@ _ENTRIES = [
         """Floating-point input features are far from zero-mean, unit-variance (per feature or
         channel), or span a huge dynamic range. Unnormalised inputs slow training and can cause
         NaN (T9, T12, P6).""",
-        "|mean| > 3 x std or std outside [0.1, 10] per feature/channel; dynamic range (max |x| / "
-        "median |x|) > 1e4",
+        "|mean| > 3 x std or std outside [0.1, 10] per feature/channel (constant features ignored); "
+        "dynamic range (max |x| / median of non-zero |x|) > 1e4",
         "T12 P6 T9",
         "standardise inputs (subtract mean, divide by std), whiten (T12, P6); squash huge ranges "
         "with tanh(x/C) (P6)",
@@ -276,7 +282,8 @@ _ENTRIES = [
         "class-imbalance", "check", "skewed labels with no prior-bias init and no balancing",
         """The class distribution is skewed and neither the output bias matches the prior (R2.5)
         nor does the loader balance the classes (T6).""",
-        "max class frequency / min class frequency > 3 and output bias not within 0.5 of log prior",
+        "max / min class frequency > 3, the output bias not within 0.5 of the log prior, and no "
+        "WeightedRandomSampler",
         "R2.5 T6",
         "initialise the output bias to the log prior (R2.5, `OutputBiasInit`) or balance batches (T6, "
         "`balanced_sampler`)",
@@ -293,7 +300,7 @@ _ENTRIES = [
         "unshuffled-data", "check", "the training loader does not shuffle",
         """The training dataloader iterates in a fixed order: batches are correlated (often sorted by
         class), which biases gradient steps (T16).""",
-        "the train loader's sampler is a SequentialSampler",
+        "the train loader's sampler is a SequentialSampler (or a DistributedSampler with shuffle=False)",
         "T16",
         "pass shuffle=True to the training DataLoader (T16)",
     ),
