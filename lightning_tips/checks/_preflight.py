@@ -193,7 +193,37 @@ def settle(
     return CardLine(check.title, status, detail)
 
 
-class PreflightCheck(TipCallback):
+class _OncePerFit(TipCallback):
+    """Runs its card once per fit at ``on_train_start`` — not when a composite runs it, not again
+    after it ran, not when resuming from a checkpoint — and keeps that "done" in its state."""
+
+    def __init__(self, *args: Any) -> None:  # args: a composite's children
+        super().__init__(*args)
+        self._composed = False  # True when a composite (Preflight, Recipe) runs this itself
+        self._done = False
+
+    def _run_card(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[CardLine]:
+        raise NotImplementedError
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage == "fit":
+            self._done = False
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._composed or self._done or trainer.ckpt_path is not None:
+            return
+        print_card(trainer, self._run_card(trainer, pl_module))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "done": self._done}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._done = bool(state_dict.get("done", False))
+
+
+class PreflightCheck(_OncePerFit):
     """Base class of the pre-flight checks. Subclasses set ``title`` and ``code`` and implement
     :meth:`run_check`; findings go through ``self.report`` as usual."""
 
@@ -206,27 +236,11 @@ class PreflightCheck(TipCallback):
         if budget_s <= 0:
             raise ValueError(f"Expected budget_s > 0 but got {budget_s}.")
         self.budget_s = budget_s
-        self._composed = False  # True when a composite (Preflight, Recipe) runs this check
-        self._done = False
         self._deadline: float | None = None  # perf_counter() time the pre-flight budget ends (set by run_preflight)
 
     def run_check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> CardLine:
         """Look at the model and one batch; report findings; return the card line."""
         raise NotImplementedError
 
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
-        if stage == "fit":
-            self._done = False
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._composed or self._done or trainer.ckpt_path is not None:
-            return
-        print_card(trainer, run_preflight(trainer, pl_module, [self], self.budget_s))
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "done": self._done}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        self._done = bool(state_dict.get("done", False))
+    def _run_card(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[CardLine]:
+        return run_preflight(trainer, pl_module, [self], self.budget_s)

@@ -27,7 +27,7 @@ from typing import Any
 import lightning.pytorch as pl
 
 from lightning_tips._callback import TipComposite
-from lightning_tips.checks._preflight import CardLine, PreflightCheck, first_train_batch, print_card, run_preflight
+from lightning_tips.checks._preflight import CardLine, PreflightCheck, _OncePerFit, first_train_batch, run_preflight
 from lightning_tips.checks.batch_mixing import BatchMixingCheck
 from lightning_tips.checks.init_loss import InitialLossCheck
 from lightning_tips.checks.input_independence import InputIndependenceCheck
@@ -46,7 +46,7 @@ def _data_checks() -> PreflightCheck | None:
     return DataChecks()
 
 
-class Preflight(TipComposite):
+class Preflight(_OncePerFit, TipComposite):
     """The pre-flight checks as one callback: one batch, one budget, one report card (tips R2.4-R2.12,
     P3, P9, P12, P13, T10, T13).
 
@@ -106,8 +106,6 @@ class Preflight(TipComposite):
             c._composed = True
         super().__init__(list(checks))
         self.budget_s = float(budget_s)
-        self._composed = False  # True when a larger composite (Recipe) runs the pre-flight itself
-        self._done = False
         self.card: list[CardLine] = []
 
     @property
@@ -127,19 +125,5 @@ class Preflight(TipComposite):
         self._done = True
         return self.card
 
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
-        if stage == "fit":
-            self._done = False
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._composed or self._done or trainer.ckpt_path is not None:
-            return
-        print_card(trainer, self.run(trainer, pl_module))
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "done": self._done}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        self._done = bool(state_dict.get("done", False))
+    def _run_card(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[CardLine]:
+        return self.run(trainer, pl_module)

@@ -29,7 +29,7 @@ def test_children_and_arguments() -> None:
     pre = Preflight()
     titles = [c.title for c in pre.checks]
     assert titles == ["data", "initial loss", "output activation", "batch independence",
-                      "input-independent baseline", "overfit one batch"]
+                      "input-independent baseline", "overfit one batch", "missing bias"]
     assert all(c._composed for c in pre.checks)
     assert Preflight(data=False, batch_mixing=False).checks[0].title == "initial loss"
     with pytest.raises(TypeError, match="Expected init_loss to be a bool"):
