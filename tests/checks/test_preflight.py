@@ -42,7 +42,7 @@ def test_healthy_cnn_all_pass_within_budget(make_trainer) -> None:
     pl.seed_everything(0)
     pre = Preflight()
     fit(make_trainer, Classifier(small_cnn()), DigitsDataModule(batch_size=64).train_dataloader(), pre)
-    assert [line.status for line in pre.card] == ["pass"] * 6
+    assert [line.status for line in pre.card] == ["pass"] * 7
     assert not [f for f in pre.findings if f.severity.value != "info"]
     assert sum(line.seconds for line in pre.card) < 3.0
     assert all(line.detail for line in pre.card)
@@ -108,7 +108,7 @@ def test_real_model_untouched_by_checks(make_trainer) -> None:
     batch = first_train_batch(trainer, model)
     pre = Preflight(data=False)
     lines = run_preflight(trainer, model, pre.checks, 10.0, batch)
-    assert [line.status for line in lines] == ["pass"] * 5
+    assert [line.status for line in lines] == ["pass"] * 6
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert [m.training for m in model.modules()] == modes
     assert all(p.grad is not None and bool((p.grad == 0.5).all()) for p in model.parameters())
@@ -121,7 +121,7 @@ def test_resume_does_not_rerun_and_keeps_findings(make_trainer, tmp_path: Path) 
     fit(make_trainer, model, digits_loader(), pre, enable_checkpointing=True, callbacks=[pre, ckpt])
     assert "init-loss" in {f.code for f in pre.findings}
     state = pre.state_dict()
-    assert state["done"] is True and len(state["children"]) == 5
+    assert state["done"] is True and len(state["children"]) == 6
 
     pre2 = Preflight(data=False)
     trainer = make_trainer(limit_train_batches=2, limit_val_batches=0, max_epochs=2, enable_checkpointing=True,
