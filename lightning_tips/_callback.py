@@ -122,7 +122,7 @@ class TipComposite(TipCallback):
     def __init__(self, children: list[Callback] | None = None) -> None:
         super().__init__()
         self._children: list[Callback] = []
-        self._by_hook: dict[str, list[Callback]] = {}
+        self._by_hook: dict[str, list[Callback]] = {hook: [] for hook in (*_HOOKS, "setup", "teardown", "on_exception")}
         for child in children or []:
             self.add_child(child)
 
