@@ -1,0 +1,521 @@
+"""The contract every public callback keeps, checked for each one found in ``lightning_tips.__all__``.
+
+- LightningCLI can build it from ``{"class_path": ..., "init_args": ...}`` (jsonargparse, type hints only);
+- it pickles, and ``state_dict`` -> ``load_state_dict`` round-trips;
+- its state survives a REAL checkpoint: a new Trainer with a new instance resumes with exactly the
+  saved state, does not re-apply fixes, does not repeat findings, and its counters go on;
+- checks and views (everything but the fixes) are pure observers: same seed, ``deterministic=True``,
+  a shuffled loader with its own generator, BatchNorm and Dropout — every parameter and buffer ends
+  bit-for-bit equal with or without the callback.
+
+New callbacks are covered automatically: the list is discovered from ``lightning_tips.__all__``.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+import os
+import pickle
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import torch.nn.functional as F
+from jsonargparse import ArgumentParser
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import lightning_tips as lt
+from lightning_tips.checks._preflight import PreflightCheck
+from lightning_tips.findings import Finding, FindingsLog, TipWarning
+from tests.helpers.data import digits_tensors
+
+
+def _public_callbacks() -> list[type[Callback]]:
+    found = []
+    for name in lt.__all__:
+        obj = getattr(lt, name)
+        if isinstance(obj, type) and issubclass(obj, Callback):
+            found.append(obj)
+    return found
+
+
+CALLBACKS = _public_callbacks()
+# The fixes change the model or the loop on purpose; everything else must be a pure observer.
+# (EarlyStopping restores the best weights at the end; LRDecayGuard is an observer unless floor= is set.)
+FIXES = {"OutputBiasInit", "ForgetGateBias", "WeightInit", "GradientClipping", "EarlyStopping"}
+OBSERVERS = [c for c in CALLBACKS if c.__name__ not in FIXES]
+
+# constructor args, only where a class needs them for the fit to exercise it
+KWARGS: dict[str, dict[str, Any]] = {
+    "SnapshotEnsemble": {"k": 2},  # an ensemble forms within 2 epochs
+    "EarlyStopping": {"patience": 100},  # never stops in these short fits: wait_count must carry over
+}
+# findings the contract model produces on every fit (planted) ...
+PLANTED_CODES = {"optimizer-defaults", "dead-activation", "vanishing-gradient"}
+# ... of which these have constant figures: after a resume they must not be reported at all
+PERSISTENT_CODES = {"optimizer-defaults", "dead-activation"}
+
+
+def kwargs_for(cls: type[Callback]) -> dict[str, Any]:
+    """The table's args, plus ``every_n_steps=2`` (and ``view_every_n_steps=2``) so sampled steps really happen."""
+    kw = dict(KWARGS.get(cls.__name__, {}))
+    params = inspect.signature(cls.__init__).parameters
+    for name in ("every_n_steps", "view_every_n_steps"):
+        if name in params:
+            kw.setdefault(name, 2)
+    return kw
+
+
+# --- the contract model and data ----------------------------------------------------------------
+class ContractNet(pl.LightningModule):
+    """A digits classifier with BatchNorm, Dropout, an LSTM branch (rows as a sequence: the forget-gate
+    fix has a gate to set) and a planted dead-ReLU side branch; Adam at lr 0.02 (outside R3.2's range).
+    So checks have something to say (dead-activation, vanishing-gradient, optimizer-defaults) while
+    training still goes on. ``nan_at_step`` makes the loss NaN at that global step."""
+
+    def __init__(self, lr: float = 0.02, nan_at_step: int | None = None) -> None:
+        super().__init__()
+        self.lr = lr
+        self.nan_at_step = nan_at_step
+        self.conv = nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Dropout(0.25), nn.Flatten()
+        )
+        self.lstm = nn.LSTM(8, 8, batch_first=True)
+        self.dead = nn.Sequential(nn.Linear(64, 16), nn.ReLU())
+        with torch.no_grad():
+            self.dead[0].bias.fill_(-100.0)  # never fires: dead units, zero gradient upstream
+        self.head = nn.Linear(8 * 64 + 8 + 16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, (h, _) = self.lstm(x.flatten(1, 2))  # (N, 1, 8, 8) -> 8 rows of 8
+        return self.head(torch.cat([self.conv(x), h[-1], self.dead(x.flatten(1))], dim=1))
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        if self.nan_at_step is not None and self._trainer is not None and self.trainer.global_step == self.nan_at_step:
+            loss = loss * float("nan")
+        self.log("train_loss", loss, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x)
+        self.log("val_loss", F.cross_entropy(logits, y))
+        self.log("val_acc", (logits.argmax(1) == y).float().mean())
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+
+def _loaders() -> tuple[DataLoader, DataLoader]:
+    x, y = digits_tensors()
+    g = torch.Generator().manual_seed(1234)  # the loader's own generator: observers must not advance it
+    train = DataLoader(TensorDataset(x[:1500], y[:1500]), batch_size=32, shuffle=True, generator=g)
+    val = DataLoader(TensorDataset(x[1500:], y[1500:]), batch_size=64)
+    return train, val
+
+
+def _fit(
+    callbacks: list[Callback],
+    root: Path,
+    *,
+    max_epochs: int = 2,
+    ckpt_path: Path | None = None,
+    checkpoint_dir: Path | None = None,
+    model_kw: Mapping[str, Any] | None = None,
+) -> tuple[pl.Trainer, ContractNet, list[str]]:
+    """Seed, build, fit 6 train / 2 val batches per epoch; the TipWarnings emitted during the fit."""
+    pl.seed_everything(0, verbose=False)
+    model = ContractNet(**(model_kw or {}))
+    train, val = _loaders()
+    cbs = list(callbacks)
+    if checkpoint_dir is not None:
+        cbs.append(ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = pl.Trainer(
+            default_root_dir=root, accelerator="cpu", devices=1, max_epochs=max_epochs, limit_train_batches=6,
+            limit_val_batches=2, deterministic=True, logger=False, enable_checkpointing=checkpoint_dir is not None,
+            enable_progress_bar=False, enable_model_summary=False, callbacks=cbs,
+        )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(model, train, val, ckpt_path=ckpt_path)
+    return trainer, model, [str(w.message) for w in caught if issubclass(w.category, TipWarning)]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _restore_determinism() -> Iterator[None]:
+    """``deterministic=True`` flips process-wide torch flags; give them back to the other test modules."""
+    before = torch.are_deterministic_algorithms_enabled()
+    cublas = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    yield
+    torch.use_deterministic_algorithms(before)
+    if cublas is None:
+        os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+
+
+# --- comparing states -----------------------------------------------------------------------------
+def assert_same(a: Any, b: Any, path: str = "state") -> None:
+    """Recursive equality: mappings by key, sequences by position, tensors bit-for-bit (NaN == NaN)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        assert isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor), f"{path}: {type(a)} vs {type(b)}"
+        assert (a.dtype, a.shape) == (b.dtype, b.shape), f"{path}: {a.dtype}{tuple(a.shape)} vs {b.dtype}{tuple(b.shape)}"
+        a, b = a.detach().cpu(), b.detach().cpu()
+        if a.is_floating_point():
+            assert torch.equal(a.isnan(), b.isnan()), f"{path}: NaNs differ"
+            a, b = a.nan_to_num(0.0), b.nan_to_num(0.0)
+        assert torch.equal(a, b), f"{path}: tensors differ"
+    elif isinstance(a, Mapping):
+        assert isinstance(b, Mapping) and set(a) == set(b), f"{path}: keys {sorted(map(str, a))} vs {sorted(map(str, b))}"
+        for k in a:
+            assert_same(a[k], b[k], f"{path}[{k!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), f"{path}: {a!r} vs {b!r}"
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{path}[{i}]")
+    elif isinstance(a, float) and isinstance(b, float) and math.isnan(a):
+        assert math.isnan(b), f"{path}: nan vs {b!r}"
+    else:
+        assert a == b, f"{path}: {a!r} vs {b!r}"
+
+
+def _ids(classes: list[type[Callback]]) -> list[str]:
+    return [c.__name__ for c in classes]
+
+
+# --- discovery --------------------------------------------------------------------------------------
+def test_every_public_callback_is_discovered() -> None:
+    names = _ids(CALLBACKS)
+    assert len(names) >= 15, names
+    for expected in ("Recipe", "Preflight", "NonFiniteGuard", "GradientStats", "ActivationStats", "LearningCurves",
+                     "FirstLayerFilters", "FixedBatchPredictions", "EarlyStopping", "SnapshotEnsemble", "WeightInit"):
+        assert expected in names
+    assert set(names) >= FIXES, "a fix was renamed: update FIXES"
+    assert "BalancedSampler" not in names  # a sampler, not a callback
+
+
+# --- LightningCLI, pickle, in-memory state --------------------------------------------------------------
+@pytest.mark.parametrize("cls", CALLBACKS, ids=_ids(CALLBACKS))
+def test_lightning_cli_builds_it_from_class_path_and_init_args(cls: type[Callback]) -> None:
+    kw = kwargs_for(cls)
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--cb", type=Callback)
+    cfg = parser.parse_object({"cb": {"class_path": f"lightning_tips.{cls.__name__}", "init_args": kw}})
+    cb = parser.instantiate_classes(cfg).cb
+    assert type(cb) is cls
+    direct = cls(**kw)
+    assert cb.state_key == direct.state_key
+    assert_same(cb.state_dict(), direct.state_dict())
+    for name, value in kw.items():
+        if hasattr(cb, name):
+            assert getattr(cb, name) == value, name
+    # defaults only, no init_args at all
+    bare = parser.instantiate_classes(parser.parse_object({"cb": {"class_path": f"lightning_tips.{cls.__name__}"}})).cb
+    assert type(bare) is cls
+
+
+@pytest.mark.parametrize("cls", CALLBACKS, ids=_ids(CALLBACKS))
+def test_pickles_and_state_dict_round_trips(cls: type[Callback]) -> None:
+    kw = kwargs_for(cls)
+    cb = cls(**kw)
+    clone = pickle.loads(pickle.dumps(cb))
+    assert type(clone) is cls and clone.state_key == cb.state_key
+    assert_same(clone.state_dict(), cb.state_dict())
+    fresh = cls(**kw)
+    fresh.load_state_dict(cb.state_dict())
+    assert_same(fresh.state_dict(), cb.state_dict())
+    # an older or foreign checkpoint entry (missing keys) loads with the defaults; for EarlyStopping, the
+    # entry of Lightning's own EarlyStopping (same state_key), the one foreign state it can meet
+    foreign: dict[str, Any] = {}
+    if cls is lt.EarlyStopping:
+        from lightning.pytorch.callbacks import EarlyStopping as LightningEarlyStopping
+
+        plain = LightningEarlyStopping(monitor="val_loss", patience=kw["patience"])
+        assert plain.state_key == cb.state_key
+        foreign = plain.state_dict()
+    tolerant = cls(**kw)
+    tolerant.load_state_dict(foreign)
+    assert_same(tolerant.state_dict(), cls(**kw).state_dict())
+
+
+# --- resume through a real checkpoint ---------------------------------------------------------------
+class Probe(Callback):
+    """Captures ``target``'s state at ``on_fit_start`` (after a single-device restore, before ``target``'s
+    own fit-start hooks when placed first) and the model's weights at ``on_train_start`` (after every fix
+    ran, when placed last)."""
+
+    def __init__(self, target: Callback) -> None:
+        self.target = target
+        self.state: dict[str, Any] | None = None
+        self.weights: dict[str, torch.Tensor] | None = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.state = copy.deepcopy(self.target.state_dict())
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.weights = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+
+
+def _prefix(long: list[Any], short: list[Any], path: str) -> None:
+    assert len(long) >= len(short), f"{path}: {len(long)} < {len(short)}"
+    assert_same(long[: len(short)], short, path)
+
+
+def _continues_learning_curves(saved: dict[str, Any], final: dict[str, Any]) -> None:
+    assert len(saved["history"]["epoch"]) >= 2
+    assert len(final["history"]["epoch"]) > len(saved["history"]["epoch"])
+    for k, v in saved["history"].items():
+        _prefix(final["history"][k], v, f"history[{k}]")
+
+
+def _continues_gradient_stats(saved: dict[str, Any], final: dict[str, Any]) -> None:
+    assert saved["count"] >= 3 and final["count"] > saved["count"]
+    _prefix(final["steps"], saved["steps"], "steps")
+    assert final["baseline"] == saved["baseline"]  # the earliest norms stay the reference
+
+
+def _continues_activation_stats(saved: dict[str, Any], final: dict[str, Any]) -> None:
+    assert saved["history"] and final["sampled_step"] > saved["sampled_step"] >= 0
+    for key, h in saved["history"].items():
+        assert len(final["history"][key]["steps"]) > len(h["steps"]) > 0, key
+        _prefix(final["history"][key]["steps"], h["steps"], f"history[{key}].steps")
+
+
+def _continues_nonfinite_guard(saved: dict[str, Any], final: dict[str, Any]) -> None:
+    _prefix(final["reported_steps"], saved["reported_steps"], "reported_steps")
+    _prefix(final["skipped_steps"], saved["skipped_steps"], "skipped_steps")
+    assert all(final["counts"][k] >= n for k, n in saved["counts"].items())
+
+
+def _continues_early_stopping(saved: dict[str, Any], final: dict[str, Any]) -> None:
+    assert len(saved["val_history"]) == 2 and len(final["val_history"]) == 3
+    _prefix(final["val_history"], saved["val_history"], "val_history")
+    improved = not torch.equal(torch.as_tensor(final["best_score"]), torch.as_tensor(saved["best_score"]))
+    assert final["wait_count"] == (0 if improved else saved["wait_count"] + 1)
+
+
+def _continues_gradient_clipping(saved: dict[str, Any], final: dict[str, Any]) -> None:
+    assert saved["steps"] == 12 and final["steps"] == 18
+
+
+def _continues_snapshot_ensemble(saved: dict[str, Any], final: dict[str, Any]) -> None:
+    assert [e["epoch"] for e in saved["snapshots"]] == [0, 1]
+    assert [e["epoch"] for e in final["snapshots"]] == [1, 2]
+    assert_same(final["snapshots"][0]["weights"], saved["snapshots"][1]["weights"])
+
+
+def _continues_lr_decay(saved: dict[str, Any], final: dict[str, Any]) -> None:
+    assert saved["initial"] and final["initial"] == saved["initial"]
+
+
+def _continues_fixed_batch(saved: dict[str, Any], final: dict[str, Any]) -> None:
+    assert saved["batch"] is not None
+    assert_same(final["batch"], saved["batch"], "batch")  # the SAME fixed batch across the resume
+    assert final["last_step"] > saved["last_step"]
+
+
+def _continues_preflight(saved: dict[str, Any], final: dict[str, Any]) -> None:
+    assert saved["done"] and final["done"]
+
+
+def _continues_fix(key: str) -> Callable[[dict[str, Any], dict[str, Any]], None]:
+    def check(saved: dict[str, Any], final: dict[str, Any]) -> None:
+        assert saved[key], f"the fix did not apply before the checkpoint ({key}={saved[key]!r})"
+        assert_same(final[key], saved[key], key)
+
+    return check
+
+
+CONTINUES: dict[str, Callable[[dict[str, Any], dict[str, Any]], None]] = {
+    "LearningCurves": _continues_learning_curves,
+    "GradientStats": _continues_gradient_stats,
+    "ActivationStats": _continues_activation_stats,
+    "NonFiniteGuard": _continues_nonfinite_guard,
+    "EarlyStopping": _continues_early_stopping,
+    "GradientClipping": _continues_gradient_clipping,
+    "SnapshotEnsemble": _continues_snapshot_ensemble,
+    "LRDecayGuard": _continues_lr_decay,
+    "FixedBatchPredictions": _continues_fixed_batch,
+    "Preflight": _continues_preflight,
+    "WeightInit": _continues_fix("applied"),
+    "ForgetGateBias": _continues_fix("gates_set"),
+    "OutputBiasInit": _continues_fix("applied_bias"),
+}
+
+
+def _check_continuation(cb: Callback, saved: dict[str, Any], final: dict[str, Any]) -> list[str]:
+    """Run the per-class continuation checks on ``cb`` and, for composites, on every child; the names checked."""
+    checked = []
+    if isinstance(cb, PreflightCheck):
+        assert saved["done"] and final["done"], "a pre-flight check ran again (or never) across the resume"
+    if (check := CONTINUES.get(type(cb).__name__)) is not None:
+        check(saved, final)
+        checked.append(type(cb).__name__)
+    if isinstance(cb, lt.TipComposite):
+        for i, child in enumerate(cb.children):
+            key = f"{i}:{child.state_key}"
+            checked += _check_continuation(child, saved["children"][key], final["children"][key])
+    return checked
+
+
+def _resume_cases() -> list[Any]:
+    cases = []
+    for cls in CALLBACKS:
+        kw, model_kw = kwargs_for(cls), {}
+        if cls is lt.NonFiniteGuard:  # a NaN at step 3, skipped: the guard's history has something to carry
+            kw, model_kw = {"action": "skip", "every_n_steps": 1}, {"nan_at_step": 3}
+        cases.append(pytest.param(cls, kw, model_kw, id=cls.__name__))
+    cases.append(pytest.param(lt.LRDecayGuard, {"every_n_steps": 2, "floor": 0.01}, {}, id="LRDecayGuard-floor"))
+    return cases
+
+
+def _code(warning_text: str) -> str:
+    return warning_text[1 : warning_text.index("]")]
+
+
+@pytest.mark.parametrize(("cls", "kw", "model_kw"), _resume_cases())
+def test_state_continues_through_a_real_checkpoint(
+    cls: type[Callback], kw: dict[str, Any], model_kw: dict[str, Any], tmp_path: Path
+) -> None:
+    first = cls(**kw)
+    _, _, tips1 = _fit([first], tmp_path, checkpoint_dir=tmp_path / "ckpt", model_kw=model_kw)
+    ckpt_path = tmp_path / "ckpt" / "last.ckpt"
+    ckpt = torch.load(ckpt_path, weights_only=False, map_location="cpu")
+    saved = ckpt["callbacks"][first.state_key]
+
+    # a trained callback pickles (ddp_spawn does it) and its trained state round-trips in memory
+    assert_same(pickle.loads(pickle.dumps(first)).state_dict(), first.state_dict())
+    fresh = cls(**kw)
+    fresh.load_state_dict(copy.deepcopy(saved))
+    assert_same(fresh.state_dict(), saved)
+
+    second = cls(**kw)
+    before, after = Probe(second), Probe(second)
+    trainer, _, tips2 = _fit(
+        [before, second, after], tmp_path, max_epochs=3, ckpt_path=ckpt_path, checkpoint_dir=tmp_path / "resumed",
+        model_kw=model_kw,
+    )
+    assert trainer.current_epoch == 3 and trainer.global_step == 18
+
+    # the new instance holds exactly the saved state after the load ...
+    assert before.state is not None
+    assert_same(before.state, saved)
+    # ... the fixes did not act again on the trained weights ...
+    assert after.weights is not None
+    assert_same(after.weights, ckpt["state_dict"], "weights at on_train_start")
+    # ... the findings continue from the checkpoint's ...
+    final = second.state_dict()
+    saved_findings = [Finding.from_dict(d) for d in saved.get("findings", [])]
+    _prefix([f.to_dict() for f in second.findings], [f.to_dict() for f in saved_findings], "findings")
+    # ... and nothing reported before the checkpoint is reported again: every finding after the resume is
+    # new against the checkpoint's (same code and place only with materially changed figures) ...
+    memory = FindingsLog()
+    for f in saved_findings:
+        memory.admit(f)
+    for f in second.findings[len(saved_findings) :]:
+        assert memory.admit(f), f"repeated after resume: {f.format()}"
+    new_codes = {_code(t) for t in tips2}
+    saved_codes = {f.code for f in saved_findings}
+    assert not (new_codes & saved_codes & PERSISTENT_CODES), tips2
+    assert len(tips2) == len(second.findings) - len(saved_findings)
+    # ... and the counters go on
+    _check_continuation(second, saved, final)
+    if cls is lt.Recipe or cls is lt.LRDecayGuard:
+        assert "optimizer-defaults" in saved_codes  # the planted persistent finding was there to repeat
+    if cls is lt.NonFiniteGuard:  # the NaN at step 3 was seen and skipped before the checkpoint, and is remembered
+        for state in (saved, final):
+            assert state["reported_steps"] == [3] and state["skipped_steps"] == [3]
+            assert state["counts"]["nonfinite-loss"] == 1
+        assert [_code(t) for t in tips1] == ["nonfinite-loss"] and tips2 == []
+
+
+def test_resume_cases_check_the_persistent_findings(tmp_path: Path) -> None:
+    """The model really plants the persistent findings the resume test relies on."""
+    recipe = lt.Recipe(every_n_steps=2, view_every_n_steps=2)
+    _, _, tips = _fit([recipe], tmp_path)
+    assert {_code(t) for t in tips} >= PLANTED_CODES, tips
+
+
+# --- pure observers ---------------------------------------------------------------------------------------
+def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}  # parameters AND buffers
+
+
+@pytest.fixture(scope="module")
+def plain_weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.Tensor]:
+    """One reference fit without any lightning_tips callback."""
+    _, model, _ = _fit([], tmp_path_factory.mktemp("plain"))
+    return _weights(model)
+
+
+def _observer_cases() -> list[Any]:
+    cases = [pytest.param(lambda c=c: c(**kwargs_for(c)), id=c.__name__) for c in OBSERVERS]
+    cases.append(pytest.param(lambda: lt.Recipe(), id="Recipe-defaults"))
+    return cases
+
+
+@pytest.mark.parametrize("make", _observer_cases())
+def test_checks_and_views_are_pure_observers(
+    make: Callable[[], Callback], plain_weights: dict[str, torch.Tensor], tmp_path: Path
+) -> None:
+    cb = make()
+    trainer, model, _ = _fit([cb], tmp_path)
+    assert trainer.global_step == 12
+    got = _weights(model)
+    assert set(got) == set(plain_weights)
+    assert "conv.1.running_mean" in got and "conv.1.num_batches_tracked" in got
+    for name, ref in plain_weights.items():
+        assert torch.equal(got[name], ref), f"{type(cb).__name__} changed `{name}`"
+
+
+def test_the_reference_fit_is_itself_reproducible(plain_weights: dict[str, torch.Tensor], tmp_path: Path) -> None:
+    """Guards the observer test against a vacuous pass: same seed -> same weights; another seed -> others."""
+    _, model, _ = _fit([], tmp_path)
+    assert all(torch.equal(v, plain_weights[k]) for k, v in _weights(model).items())
+    pl.seed_everything(1, verbose=False)
+    other = ContractNet()
+    assert not torch.equal(other.head.weight, plain_weights["head.weight"])
+
+
+# --- the recipe with every fix on -----------------------------------------------------------------------------
+ALL_FIXES: dict[str, Any] = {
+    "every_n_steps": 2, "view_every_n_steps": 2, "weight_init": "auto", "forget_gate_bias": 1.0,
+    "output_bias_init": True, "gradient_clip": 1.0, "lr_floor": 0.01, "early_stopping": True, "snapshot_ensemble": 2,
+}
+
+
+def test_recipe_with_every_fix_on_fits_and_resumes(tmp_path: Path) -> None:
+    first = lt.Recipe(**ALL_FIXES)
+    names = [type(c).__name__ for c in first.children]
+    for fix in ("WeightInit", "ForgetGateBias", "OutputBiasInit", "GradientClipping", "EarlyStopping", "SnapshotEnsemble"):
+        assert fix in names
+    _, model, tips1 = _fit([first], tmp_path, checkpoint_dir=tmp_path / "ckpt")
+    codes1 = {_code(t) for t in tips1}
+    assert {"weight-init", "forget-gate-bias", "output-bias", "gradient-clipping", "snapshot-ensemble"} <= codes1
+    # the forget gate was set after the weight init (the order of the fixes): bias_ih + bias_hh == 1 at init
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+    ckpt_path = tmp_path / "ckpt" / "last.ckpt"
+    ckpt = torch.load(ckpt_path, weights_only=False, map_location="cpu")
+    saved = ckpt["callbacks"][first.state_key]
+    second = lt.Recipe(**ALL_FIXES)
+    before, after = Probe(second), Probe(second)
+    trainer, _, tips2 = _fit([before, second, after], tmp_path, max_epochs=3, ckpt_path=ckpt_path)
+    assert trainer.global_step == 18
+    assert before.state is not None and after.weights is not None
+    assert_same(before.state, saved)
+    assert_same(after.weights, ckpt["state_dict"], "weights at on_train_start")  # no fix re-applied
+    assert not {_code(t) for t in tips2} & {"weight-init", "forget-gate-bias", "output-bias"}
+    checked = _check_continuation(second, saved, second.state_dict())
+    assert {"WeightInit", "ForgetGateBias", "OutputBiasInit", "GradientClipping", "EarlyStopping",
+            "SnapshotEnsemble", "GradientStats", "ActivationStats", "LearningCurves"} <= set(checked)
