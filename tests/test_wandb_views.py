@@ -143,7 +143,7 @@ def test_wandb_images_under_stable_grouped_keys(wandb_run: SimpleNamespace) -> N
     base = wandb_run.files / "media" / "images" / "tips"
     pngs = sorted(base.rglob("*.png"))
     groups = {_group(p.relative_to(base)) for p in pngs}
-    assert groups == IMAGE_GROUPS, groups
+    assert groups >= IMAGE_GROUPS, groups  # (a view added to Recipe later may add a group)
     for group in IMAGE_GROUPS:  # the latest picture of each group has content
         _not_black(max((p for p in pngs if _group(p.relative_to(base)) == group), key=lambda p: p.stat().st_mtime))
     # the pictures are re-drawn as training goes (view_every_n_steps=5 over 20 steps)
@@ -173,7 +173,7 @@ def test_tensorboard_histograms_images_and_findings(tb_csv_run: SimpleNamespace)
     assert {"tips/grad_hist/net.0", "tips/grad_hist/net.2", "tips/grad_hist/net.6"} <= set(tags["histograms"])
     dead = ev.Histograms("tips/activations/net.1")
     assert len(dead) >= 3 and dead[0].histogram_value.num > 0  # every sampled step: 0, 5, 10, 15
-    assert {f"tips/{g}" for g in IMAGE_GROUPS} == set(tags["images"])
+    assert set(tags["images"]) >= {f"tips/{g}" for g in IMAGE_GROUPS}
     for group in IMAGE_GROUPS:
         _not_black(ev.Images(f"tips/{group}")[-1].encoded_image_string)
     texts = {t.removesuffix("/text_summary") for t in tags["tensors"]}
