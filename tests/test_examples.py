@@ -72,6 +72,8 @@ def test_quickstart(logger: str, run_example: Run, tmp_path: Path, capsys: pytes
 def test_quickstart_wandb_offline(run_example: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                   capsys: pytest.CaptureFixture[str]) -> None:
     wandb = pytest.importorskip("wandb")
+    if wandb.run is not None:  # a run left open elsewhere would be reused by the logger
+        wandb.finish()
     monkeypatch.setenv("WANDB_MODE", "offline")  # conftest disables W&B; never the network
     for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
         monkeypatch.setenv(var, str(tmp_path / "wandb-home"))

@@ -90,6 +90,8 @@ def _not_black(image: Path | bytes) -> None:
 def wandb_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
     wandb = pytest.importorskip("wandb")
     root = tmp_path_factory.mktemp("wandb_views")
+    if wandb.run is not None:  # a run left open elsewhere would be reused by the logger
+        wandb.finish()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("WANDB_MODE", "offline")
         mp.setenv("WANDB_SILENT", "true")
