@@ -122,7 +122,10 @@ def layer_grad_norms(
     if not grads:
         return [], torch.zeros(0)
     sq = grad_norms(grads).square()
-    layer_sq = torch.zeros(len(names), device=sq.device).index_add_(0, torch.tensor(owner, device=sq.device), sq)
+    # dtype=sq.dtype: under 64-true precision the default dtype inside training_step is float64
+    layer_sq = torch.zeros(len(names), device=sq.device, dtype=sq.dtype).index_add_(
+        0, torch.tensor(owner, device=sq.device), sq
+    )
     return names, layer_sq.sqrt()
 
 
