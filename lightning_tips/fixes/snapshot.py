@@ -268,10 +268,11 @@ class SnapshotEnsemble(TipCallback):
             if counts and counts[0] != float("inf"):
                 max_batches = int(counts[0])
         shadow = model_copy(pl_module)
+        convert = trainer.precision_plugin.convert_input  # as the loops do: "64-true" wants float64 inputs
         result = evaluate_snapshots(
             shadow,
             [self._weights(e) for e in self._snapshots],
-            lambda: loader,
+            lambda: (convert(batch) for batch in loader),
             max_batches=max_batches,
             device=pl_module.device,
             forward_context=trainer.precision_plugin.forward_context,
