@@ -133,7 +133,8 @@ def input_independence(
         results.append((trained, float(held)))
     (real, real_b), (zero, zero_b) = results
     fig.update({"real_train": real["end"], "zero_train": zero["end"], "real_heldout": real_b,
-                "zero_heldout": zero_b, "steps": real["steps"], "changed": real["changed"]})
+                "zero_heldout": zero_b, "steps": real["steps"], "requested_steps": float(steps),
+                "changed": real["changed"]})
     return fig
 
 
@@ -154,6 +155,10 @@ def input_independence_verdict(fig: dict[str, float], ratio: float = INDEPENDENC
         raise CheckSkipped("training the copy changed no parameter (learning rate 0, frozen parameters or a "
                            "detached output: see not-learning), so the baseline cannot be judged")
     steps = int(fig["steps"])
+    requested = int(fig.get("requested_steps", steps))
+    if steps < requested:
+        raise CheckSkipped(f"only {steps} of {requested} training steps fit in the pre-flight budget, too few to "
+                           "judge the baseline (raise `budget_s`)")
     fitted = f"train loss real {fig['real_train']:.3g} vs zeroed {fig['zero_train']:.3g} after {steps} steps"
     if not fig["real_train"] < ratio * fig["zero_train"]:
         raise CheckSkipped(f"inconclusive: {fitted}, the real-input copy did not fit its samples better than the "
