@@ -321,7 +321,7 @@ def activation_findings(
             found.append(Finding(
                 "dead-activation", Severity.WARNING,
                 f"{s.dead_fraction:.0%} of the units of `{key}` ({s.module_type}, {dead}/{s.n_units} units) "
-                f"never fired (output <= 0) over a batch of {s.n_samples} samples (threshold {dead_fraction:.0%}); "
+                f"never fired (output <= 0) over {s.n_samples} values per unit (every sample and position of the sampled batch; threshold {dead_fraction:.0%}); "
                 f"mean {s.mean:.3g}, std {s.std:.3g}",
                 advice="dead units get no gradient and stop learning: lower the learning rate (P10), use He init "
                 "(T11, P5), check for very negative biases; consider LeakyReLU (R4.12, P2)",
