@@ -18,8 +18,9 @@ import lightning as L
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import lightning_tips as lt  # noqa: E402
-from digits import DigitsCNN, DigitsData  # noqa: E402
+from digits import DigitsCNN, DigitsData
+
+import lightning_tips as lt
 
 
 def make_logger(kind: str, out: Path) -> object:

@@ -19,6 +19,7 @@ from lightning_tips.checks.gradients import GradientStats
 from lightning_tips.checks.init_loss import InitialLossCheck
 from lightning_tips.checks.input_independence import InputIndependenceCheck
 from lightning_tips.checks.lr_decay import LRDecayGuard
+from lightning_tips.checks.missing_bias import MissingBiasCheck
 from lightning_tips.checks.nonfinite import NonFiniteGuard
 from lightning_tips.checks.output_activation import OutputActivationCheck
 from lightning_tips.checks.overfit_batch import OverfitBatchCheck
@@ -55,6 +56,7 @@ __all__ = [
     "InputIndependenceCheck",
     "LRDecayGuard",
     "LearningCurves",
+    "MissingBiasCheck",
     "NonFiniteGuard",
     "OutputActivationCheck",
     "OutputBiasInit",

@@ -211,6 +211,7 @@ NON_DEFAULT: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "InputIndependenceCheck": ({"steps": 7}, {"steps": 7}),
     "LRDecayGuard": ({"every_n_steps": 7, "floor": 0.01}, {"every_n_steps": 7, "floor": 0.01}),
     "LearningCurves": ({"patience": 7, "val_loss_key": "valid/loss"}, {"patience": 7, "val_loss_key": "valid/loss"}),
+    "MissingBiasCheck": ({"budget_s": 1.5}, {"budget_s": 1.5}),
     "NonFiniteGuard": ({"action": "warn", "every_n_steps": 7}, {"action": "warn", "every_n_steps": 7}),
     "OutputActivationCheck": ({"budget_s": 1.5}, {"budget_s": 1.5}),
     "OutputBiasInit": ({"task": "binary", "prior": [0.25], "layer": "head"},
