@@ -13,7 +13,7 @@ Pre-flight does not run again when the fit resumes from a checkpoint (the model 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -58,10 +58,17 @@ def first_train_batch(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any
     if loader is None:
         return None
     with preserved_loader_rng(loader, [pl_module.device]):
-        try:
-            batch = next(iter(loader))
+        batch: Any
+        try:  # several loaders (a dict or list): a batch of the same layout, as Lightning's default mode gives
+            if isinstance(loader, Mapping):
+                batch = {k: next(iter(v)) for k, v in loader.items()}
+            elif isinstance(loader, (list, tuple)):
+                batch = [next(iter(v)) for v in loader]
+            else:
+                batch = next(iter(loader))
         except StopIteration:
             return None
+    batch = trainer.precision_plugin.convert_input(batch)  # as the training loop does (e.g. float64 for 64-true)
     return trainer.strategy.batch_to_device(batch, pl_module.device)
 
 
