@@ -89,9 +89,10 @@ class ContractNet(pl.LightningModule):
             nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Dropout(0.25), nn.Flatten()
         )
         self.lstm = nn.LSTM(8, 8, batch_first=True)
-        self.dead = nn.Sequential(nn.Linear(64, 16), nn.ReLU())
+        dead_in = nn.Linear(64, 16)
         with torch.no_grad():
-            self.dead[0].bias.fill_(-100.0)  # never fires: dead units, zero gradient upstream
+            dead_in.bias.fill_(-100.0)  # never fires: dead units, zero gradient upstream
+        self.dead = nn.Sequential(dead_in, nn.ReLU())
         self.head = nn.Linear(8 * 64 + 8 + 16, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -407,6 +408,7 @@ def test_state_continues_through_a_real_checkpoint(
     )
     assert trainer.current_epoch == 3 and trainer.global_step == 18
 
+    assert isinstance(second, lt.TipCallback)  # every public callback is one
     # the new instance holds exactly the saved state after the load ...
     assert before.state is not None
     assert_same(before.state, saved)
