@@ -29,6 +29,7 @@ Verdicts (both computed from the statistics of the *global* batch, the same on e
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
@@ -592,11 +593,11 @@ class ActivationStats(TipCallback):
     # --- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
-        state["history"] = self._history
+        state["history"] = copy.deepcopy(self._history)  # a snapshot: training appends to the live lists
         state["sampled_step"] = self._sampled_step
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
-        self._history = {k: dict(v) for k, v in state_dict.get("history", {}).items()}
+        self._history = copy.deepcopy(dict(state_dict.get("history", {})))
         self._sampled_step = int(state_dict.get("sampled_step", -1))
