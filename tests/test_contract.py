@@ -267,6 +267,21 @@ class Probe(Callback):
         self.weights = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
 
 
+class Snapshot(Callback):
+    """Takes ``target.state_dict()`` at the end of the first epoch, and a deep copy of it: a state_dict must be
+    a snapshot, so training on (or a checkpoint written in a background thread) cannot change it later."""
+
+    def __init__(self, target: Callback) -> None:
+        self.target = target
+        self.raw: dict[str, Any] | None = None
+        self.copy: dict[str, Any] | None = None
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.raw is None:
+            self.raw = self.target.state_dict()
+            self.copy = copy.deepcopy(self.raw)
+
+
 def _prefix(long: list[Any], short: list[Any], path: str) -> None:
     assert len(long) >= len(short), f"{path}: {len(long)} < {len(short)}"
     assert_same(long[: len(short)], short, path)
@@ -389,7 +404,10 @@ def test_state_continues_through_a_real_checkpoint(
     cls: type[Callback], kw: dict[str, Any], model_kw: dict[str, Any], tmp_path: Path
 ) -> None:
     first = cls(**kw)
-    _, _, tips1 = _fit([first], tmp_path, checkpoint_dir=tmp_path / "ckpt", model_kw=model_kw)
+    snapshot = Snapshot(first)
+    _, _, tips1 = _fit([first, snapshot], tmp_path, checkpoint_dir=tmp_path / "ckpt", model_kw=model_kw)
+    assert snapshot.raw is not None
+    assert_same(snapshot.raw, snapshot.copy, "state_dict() taken after epoch 0, at the end of the fit")
     ckpt_path = tmp_path / "ckpt" / "last.ckpt"
     ckpt = torch.load(ckpt_path, weights_only=False, map_location="cpu")
     saved = ckpt["callbacks"][first.state_key]
