@@ -36,6 +36,7 @@ class TipCallback(Callback):
 
     def __init__(self) -> None:
         self._findings_log = FindingsLog()
+        self._owns_findings_log = True
         self._summarised = False
 
     @property
@@ -62,7 +63,9 @@ class TipCallback(Callback):
         return finding if report(finding, trainer, self._findings_log, stacklevel=3) else None
 
     def _share_findings_log(self, log: FindingsLog) -> None:
+        # a composite's log: the composite checkpoints it, once
         self._findings_log = log
+        self._owns_findings_log = False
 
     # --- lifecycle -------------------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -97,10 +100,11 @@ class TipCallback(Callback):
 
     # --- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return self._findings_log.state_dict()
+        return self._findings_log.state_dict() if self._owns_findings_log else {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._findings_log.load_state_dict(state_dict)
+        if self._owns_findings_log:
+            self._findings_log.load_state_dict(state_dict)
 
 
 _HOOKS = tuple(

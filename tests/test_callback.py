@@ -85,3 +85,15 @@ def test_composite_only_calls_children_that_implement_a_hook() -> None:
     comp = TipComposite([Counting(), Callback()])
     assert len(comp._by_hook["on_train_batch_end"]) == 1 and len(comp._by_hook["on_before_backward"]) == 0
     assert torch.nn.Module is not None
+
+
+def test_composite_checkpoints_the_shared_findings_once() -> None:
+    inner = Scripted({})
+    comp = TipComposite([inner, TipComposite([Scripted({1: []})])])
+    comp._findings_log.admit(__import__("lightning_tips").Finding("no-seed", "info", "x"))
+    state = comp.state_dict()
+    assert len(state["findings"]) == 1
+    assert all("findings" not in child for child in state["children"].values())
+    restored = TipComposite([Scripted({}), TipComposite([Scripted({1: []})])])
+    restored.load_state_dict(state)
+    assert [f.code for f in restored.findings] == ["no-seed"]
