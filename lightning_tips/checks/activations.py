@@ -2,7 +2,9 @@
 
 Forward hooks on the activation *modules* (``nn.ReLU``, ``nn.Sigmoid``, …) measure, on sampled
 steps only, each layer's mean, std, the fraction of its units that never fire over the batch, the
-fraction of its outputs in the flat tails, and a fixed-range histogram. Everything is computed on
+fraction of its outputs in the flat tails, and a fixed-range histogram (dead units over every value;
+the moments, tails and histogram over a strided sample of at most 65 536 values per layer, so a
+sampled step stays cheap on large feature maps). Everything is computed on
 the device inside the hook, packed into one tensor, summed across DDP ranks, and copied to the host
 once per sampled step.
 
@@ -64,6 +66,7 @@ _RELU_FAMILY = (
 )
 _HEADER = 5  # n_values, sum, sum of squares, n_saturated, n_samples
 _MAX_HISTOGRAM_VALUES = 4096  # per layer, the strided sample logged as a histogram
+_MAX_STAT_VALUES = 1 << 16  # per layer, the strided sample of the moments, saturation and histogram
 
 
 @dataclass(frozen=True)
@@ -132,19 +135,18 @@ class LayerStats:
     values: list[float] = field(default_factory=list)
 
 
-def _samples_by_units(y: torch.Tensor) -> torch.Tensor:
-    """``(samples, units)`` view of an activation output, per the module docstring's convention."""
-    if y.dim() == 1:
-        return y.reshape(-1, 1)
-    if y.dim() in (2, 3):
-        return y.reshape(-1, y.shape[-1])
-    return y.movedim(1, -1).reshape(-1, y.shape[1])
-
-
 def _record(y: torch.Tensor, spec: ActivationSpec, bins: int) -> tuple[torch.Tensor, torch.Tensor, int, int]:
-    """On-device statistics of one output: ``(header + histogram, per-unit fired counts, samples, units)``."""
-    u = _samples_by_units(y.detach().float())
-    n_samples, n_units = u.shape
+    """On-device statistics of one output: ``(header + histogram, per-unit fired counts, samples, units)``.
+
+    Dead units are counted over every value (one comparison pass); the moments, the saturated
+    fraction and the histogram over a strided sample of at most ``_MAX_STAT_VALUES`` values (all of
+    them for outputs up to that size), so a sampled step costs little even on large feature maps.
+    """
+    y = y.detach()
+    n_units = 1 if y.dim() == 1 else (y.shape[-1] if y.dim() in (2, 3) else y.shape[1])
+    n_samples = y.numel() // max(n_units, 1)
+    flat = y.reshape(-1)
+    u = flat[:: max(1, math.ceil(flat.numel() / _MAX_STAT_VALUES))].float()
     total = u.new_full((1,), float(u.numel()))
     if spec.kind == "squash":
         saturated = ((u <= spec.sat_low) | (u >= spec.sat_high)).sum().float().reshape(1)
@@ -152,10 +154,15 @@ def _record(y: torch.Tensor, spec: ActivationSpec, bins: int) -> tuple[torch.Ten
         saturated = u.new_zeros(1)
     # a fixed-range histogram by bincount (deterministic on every backend; histc is not on CUDA)
     scaled = (u.clamp(spec.low, spec.high) - spec.low) * (bins / (spec.high - spec.low))
-    idx = scaled.long().clamp_(0, bins - 1).flatten()
+    idx = scaled.long().clamp_(0, bins - 1)
     hist = torch.bincount(idx, minlength=bins).float()
     header = torch.cat([total, u.sum().reshape(1), (u * u).sum().reshape(1), saturated, u.new_full((1,), float(n_samples))])
-    fired = (u > 0).sum(0).float() if spec.kind == "relu" else u.new_zeros(0)
+    if spec.kind != "relu":
+        fired = u.new_zeros(0)
+    elif y.dim() <= 3:
+        fired = (y > 0).reshape(-1, n_units).sum(0).float()
+    else:  # (N, C, ...): units are channels
+        fired = (y > 0).sum(dim=[0, *range(2, y.dim())]).float()
     return torch.cat([header, hist]), fired, n_samples, n_units
 
 
