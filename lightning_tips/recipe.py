@@ -56,7 +56,8 @@ class Recipe(TipComposite):
 
     Args:
         every_n_steps: sampling period of the statistics (gradients, activations, lr re-check).
-        view_every_n_steps: period of the pictures (first-layer filters, fixed-batch predictions).
+        view_every_n_steps: period of the pictures (first-layer filters, fixed-batch predictions, the
+            learning-curve chart — also drawn at the end of training).
         preflight: run the pre-flight report card before the first step.
         preflight_budget_s: seconds the whole report card may take.
         nonfinite_action: what the guard does on NaN/Inf: ``"stop"`` all ranks, ``"skip"`` the
@@ -145,7 +146,7 @@ class Recipe(TipComposite):
         if lr_decay or lr_floor is not None:
             parts.append(LRDecayGuard(every_n_steps=every_n_steps, floor=lr_floor))
         if learning_curves:
-            parts.append(LearningCurves(patience=patience))
+            parts.append(LearningCurves(patience=patience, image_every_n_steps=view_every_n_steps))
         if fixed_batch_predictions:
             parts.append(FixedBatchPredictions(every_n_steps=view_every_n_steps))
         if first_layer_filters:

@@ -174,6 +174,8 @@ class LearningCurves(TipCallback):
         val_loss_key: the logged validation-loss key.
         train_acc_key: the logged training-accuracy key (way 2).
         val_acc_key: the logged validation-accuracy key (way 2).
+        image_every_n_steps: draw the chart at the first point, then at most every this many steps,
+            and at the end of training; 0 draws it at every point. The scalars are logged at every point either way.
 
     Example:
         >>> from lightning_tips.checks._curves import overfitting_verdict
@@ -194,8 +196,13 @@ class LearningCurves(TipCallback):
         val_loss_key: str = "val_loss",
         train_acc_key: str = "train_acc",
         val_acc_key: str = "val_acc",
+        image_every_n_steps: int = 0,
     ) -> None:
         super().__init__()
+        if isinstance(image_every_n_steps, bool) or not isinstance(image_every_n_steps, int) or image_every_n_steps < 0:
+            raise ValueError(f"Expected image_every_n_steps to be an integer >= 0 but got {image_every_n_steps!r}.")
+        self.image_every_n_steps = image_every_n_steps
+        self._drawn_points, self._drawn_step = -1, 0
         for name, value, low in (("patience", patience, 1), ("min_points", min_points, 2)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 kind = "a positive integer" if low == 1 else f"an integer >= {low}"
@@ -248,6 +255,7 @@ class LearningCurves(TipCallback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         if stage == "fit":
+            self._drawn_points, self._drawn_step = -1, 0
             self.history = {k: [] for k in HISTORY_KEYS}
             self._reported = set()
             self._reset_train()
@@ -371,8 +379,21 @@ class LearningCurves(TipCallback):
         scalars = {f"{SCALAR_PREFIX}{k}": v for k, v in point.items() if k not in ("epoch", "step") and math.isfinite(v)}
         log_scalars(trainer, scalars)
         self._verdicts(trainer, validated, t_n > 0, math.isfinite(val_loss))
-        if trainer.is_global_zero:
+        self._draw(trainer, force=False)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._draw(trainer, force=True)
+
+    def _draw(self, trainer: pl.Trainer, force: bool) -> None:
+        """The chart (~0.1 s of matplotlib): at every point, or at the first point, at most every
+        ``image_every_n_steps`` steps, and at the end of training."""
+        points = len(self.history["step"])
+        if not trainer.is_global_zero or points == 0 or points == self._drawn_points:
+            return
+        due = trainer.global_step - self._drawn_step >= self.image_every_n_steps
+        if force or self._drawn_points < 0 or due:
             log_image(trainer, IMAGE_KEY, render_learning_curves(self.history))
+            self._drawn_points, self._drawn_step = points, trainer.global_step
 
     def _epoch_position(self, trainer: pl.Trainer) -> float:
         total = trainer.num_training_batches

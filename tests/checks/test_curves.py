@@ -211,6 +211,20 @@ def test_one_point_per_validation_check(make_trainer: MakeTrainer) -> None:
     assert all(math.isfinite(v) for k in ("train_loss", "val_loss") for v in cb.history[k])
 
 
+@pytest.mark.parametrize(("every", "drawn_at"), [(0, [8, 16, 24]), (12, [8, 24]), (10_000, [8, 24])])
+def test_chart_period_bounds_the_drawing_and_the_end_is_always_drawn(
+    make_trainer: MakeTrainer, every: int, drawn_at: list[int]
+) -> None:
+    """image_every_n_steps bounds the ~0.1 s chart renders; the first point and the last (at train end) are always drawn."""
+    pl.seed_everything(0)
+    cb = LearningCurves(image_every_n_steps=every)
+    trainer = make_trainer(max_epochs=3, limit_train_batches=8, limit_val_batches=1, callbacks=[cb])
+    trainer.fit(Classifier(mlp(64, 10, hidden=32), lr=1e-2), datamodule=digits())
+    pngs = sorted(files_dir(trainer).glob("tips_learning_curves_step*.png"))
+    assert [int(p.stem.rsplit("step", 1)[1]) for p in pngs] == drawn_at
+    assert len(cb.history["step"]) == 3
+
+
 def test_lightning_cli_can_build_it() -> None:
     from jsonargparse import ArgumentParser
 
