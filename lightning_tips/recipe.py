@@ -49,9 +49,10 @@ class Recipe(TipComposite):
 
     Checks and views are pure observers: with only them on, training is bit-for-bit what it would
     have been without the pack. Per-step work happens on sampled steps only (``every_n_steps``;
-    pictures every ``view_every_n_steps``), except the non-finite guard, which checks one on-device
-    flag every ``nonfinite_every_n_steps`` (default 1: a NaN must stop training before it spreads;
-    raise it to trade promptness for one fewer host sync per step). The children share one findings
+    pictures every ``view_every_n_steps``), except the non-finite guard, which checks the loss (one
+    on-device scalar flag) every ``nonfinite_every_n_steps`` (default 1: a NaN loss must stop training
+    before the update spreads it; raise it to trade promptness for one fewer host sync per step), and
+    the batch and every gradient on the sampled steps (a NaN loss always has its batch examined). The children share one findings
     log, so two parts that reach the same verdict speak once; the end-of-fit summary lists them all.
 
     Args:
@@ -134,7 +135,11 @@ class Recipe(TipComposite):
         if preflight:
             parts.append(Preflight(budget_s=preflight_budget_s))
         # gradient observers see the unclipped gradients, then the clipper acts
-        parts.append(NonFiniteGuard(action=nonfinite_action, every_n_steps=nonfinite_every_n_steps))
+        parts.append(
+            NonFiniteGuard(
+                action=nonfinite_action, every_n_steps=nonfinite_every_n_steps, full_every_n_steps=every_n_steps
+            )
+        )
         if gradients:
             parts.append(GradientStats(every_n_steps=every_n_steps, log_histograms=histograms))
         if gradient_clip is not None or adaptive_clipping:

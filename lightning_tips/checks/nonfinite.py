@@ -160,7 +160,12 @@ class NonFiniteGuard(TipCallback):
             raise :class:`~lightning_tips.TipError` with the finding's code on every rank).
         every_n_steps: sync the on-device flags every this many optimizer steps (see above).
             ``"skip"`` needs 1.
-        check_inputs: also check the float fields of every batch.
+        check_inputs: also check the float fields of the batch (on full-check steps; a non-finite loss
+            always has its batch examined, and a NaN input is reported as the cause).
+        full_every_n_steps: the batch's fields and every gradient (one fused norm) are checked on
+            every this many steps; on the others only the loss flag is (cheapest: a scalar). A
+            non-finite gradient with a finite loss between full checks is caught at the next full
+            check (or by the next non-finite loss). ``Recipe`` uses its ``every_n_steps`` here.
         locate: re-run the offending batch on a copy of the model to name the first module whose
             output went non-finite.
 
@@ -180,8 +185,11 @@ class NonFiniteGuard(TipCallback):
         every_n_steps: int = 1,
         check_inputs: bool = True,
         locate: bool = True,
+        full_every_n_steps: int = 1,
     ) -> None:
         super().__init__()
+        if not isinstance(full_every_n_steps, int) or isinstance(full_every_n_steps, bool) or full_every_n_steps < 1:
+            raise ValueError(f"Expected full_every_n_steps to be an int >= 1 but got {full_every_n_steps!r}.")
         if action not in ("stop", "skip", "warn", "raise"):
             raise ValueError(f"Expected action to be one of 'stop', 'skip', 'warn', 'raise' but got {action!r}.")
         if not isinstance(every_n_steps, int) or isinstance(every_n_steps, bool) or every_n_steps < 1:
@@ -195,6 +203,7 @@ class NonFiniteGuard(TipCallback):
         self.every_n_steps = every_n_steps
         self.check_inputs = bool(check_inputs)
         self.locate = bool(locate)
+        self.full_every_n_steps = full_every_n_steps
         self.counts: dict[str, int] = dict.fromkeys(_KINDS, 0)
         self.reported_steps: list[int] = []
         self.skipped_steps: list[int] = []
@@ -213,7 +222,9 @@ class NonFiniteGuard(TipCallback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(action=self.action, every_n_steps=self.every_n_steps)
+        return self._generate_state_key(
+            action=self.action, every_n_steps=self.every_n_steps, full_every_n_steps=self.full_every_n_steps
+        )
 
     # --- lifecycle -------------------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -231,7 +242,7 @@ class NonFiniteGuard(TipCallback):
         self._row_step = trainer.global_step
         self._batch, self._batch_idx = batch, batch_idx
         self._optimizer_stepped = False
-        if self.check_inputs:
+        if self.check_inputs and is_sampled(trainer.global_step, self.full_every_n_steps):
             # the float32 sum is NaN/Inf iff an element is (or, for values beyond ~1e34, overflows:
             # confirmed element-wise before anything is reported); ~25x cheaper than isfinite().all()
             sums = [t.sum(dtype=torch.float32) for _, t in named_tensors(batch) if t.is_floating_point()]
@@ -249,7 +260,8 @@ class NonFiniteGuard(TipCallback):
     ) -> None:
         self._optimizer_stepped = True
         params = self._optimizer_params(optimizer)
-        if getattr(trainer.precision_plugin, "scaler", None) is None:
+        no_scaler = getattr(trainer.precision_plugin, "scaler", None) is None
+        if no_scaler and is_sampled(trainer.global_step, self.full_every_n_steps):
             grads = [p.grad for p in params if p.grad is not None]
             if grads:
                 self._row[2] = grad_norms(grads).sum()
@@ -329,6 +341,8 @@ class NonFiniteGuard(TipCallback):
         result = trainer.strategy.broadcast(result, src=culprit)
         if result is None or not result.get("confirmed", False):
             return
+        if kind == 1 and result.get("fields"):
+            kind = 0  # report the cause: the batch holds NaN/Inf
         self._act(trainer, pl_module, kind, first_step, value, culprit, result, params)
 
     def _investigate(
@@ -343,6 +357,8 @@ class NonFiniteGuard(TipCallback):
             if kind == 0 and current:
                 result["fields"] = nonfinite_fields(self._batch)
                 result["confirmed"] = bool(result["fields"])  # else the float32 sum overflowed
+            elif kind == 1 and current and (fields := nonfinite_fields(self._batch)):
+                result["fields"] = fields  # the cause: a non-finite input (on steps whose inputs were not summed)
             elif kind == 1 and current and self.locate:
                 result.update(self._rerun(trainer, pl_module))
             elif kind == 2 and params is not None and not result["params"]:

@@ -154,6 +154,28 @@ def test_nan_in_the_data_names_the_field(make_trainer: Any) -> None:
     assert trainer.global_step == 2
 
 
+def test_nan_input_between_full_checks_is_found_through_the_loss(make_trainer: Any) -> None:
+    """full_every_n_steps=100: step 1's inputs are not summed, but its NaN loss has the batch examined."""
+    pl.seed_everything(0)
+    guard = NonFiniteGuard(full_every_n_steps=100)
+    trainer = make_trainer(callbacks=[guard], max_steps=10)
+    _fit(trainer, Classifier(mlp(30, 2)), _cancer_loader(normalize=True, nan_at=(40, 3)))
+    [f] = guard.findings
+    assert (f.code, f.step, f.module) == ("nonfinite-input", 1, "batch[0]")
+    assert trainer.global_step == 2  # the bad update was still dropped
+
+
+def test_gradients_and_inputs_are_only_reduced_on_full_check_steps(make_trainer: Any,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    real = nonfinite_mod.grad_norms
+    monkeypatch.setattr(nonfinite_mod, "grad_norms", lambda grads: calls.append(trainer.global_step) or real(grads))
+    guard = NonFiniteGuard(full_every_n_steps=3)
+    trainer = make_trainer(callbacks=[guard], max_steps=7)
+    _fit(trainer, Classifier(mlp(64, 10)), _digits_loader())
+    assert calls == [0, 3, 6] and guard.findings == []
+
+
 def test_custom_backward_nan_names_the_parameter(make_trainer: Any) -> None:
     pl.seed_everything(0)
     guard = NonFiniteGuard()
