@@ -57,8 +57,8 @@ class Recipe(TipComposite):
 
     Args:
         every_n_steps: sampling period of the statistics (gradients, activations, lr re-check).
-        view_every_n_steps: period of the pictures (first-layer filters, fixed-batch predictions, the
-            learning-curve chart — also drawn at the end of training).
+        view_every_n_steps: period of the pictures (first-layer filters, fixed-batch predictions,
+            histograms, the learning-curve chart — also drawn at the end of training).
         preflight: run the pre-flight report card before the first step.
         preflight_budget_s: seconds the whole report card may take.
         nonfinite_action: what the guard does on NaN/Inf: ``"stop"`` all ranks, ``"skip"`` the
@@ -70,7 +70,7 @@ class Recipe(TipComposite):
         learning_curves: train/val curves and their verdicts (``LearningCurves``).
         first_layer_filters: the first layer's filters as a picture (``FirstLayerFilters``).
         fixed_batch_predictions: predictions on a fixed batch (``FixedBatchPredictions``).
-        histograms: log activation and gradient histograms on sampled steps.
+        histograms: log activation and gradient histograms (every ``view_every_n_steps``).
         weight_init: fix — re-initialise weights by scheme at fit start (``WeightInit``, T11).
         forget_gate_bias: fix — set LSTM forget-gate biases to this value (``ForgetGateBias``, T17).
         output_bias_init: fix — set the output bias to the data's prior (``OutputBiasInit``, R2.5).
@@ -141,13 +141,21 @@ class Recipe(TipComposite):
             )
         )
         if gradients:
-            parts.append(GradientStats(every_n_steps=every_n_steps, log_histograms=histograms))
+            parts.append(
+                GradientStats(
+                    every_n_steps=every_n_steps, log_histograms=histograms, histogram_every_n_steps=view_every_n_steps
+                )
+            )
         if gradient_clip is not None or adaptive_clipping:
             parts.append(
                 GradientClipping(max_norm=gradient_clip, adaptive=adaptive_clipping, every_n_steps=every_n_steps)
             )
         if activations:
-            parts.append(ActivationStats(every_n_steps=every_n_steps, log_histograms=histograms))
+            parts.append(
+                ActivationStats(
+                    every_n_steps=every_n_steps, log_histograms=histograms, histogram_every_n_steps=view_every_n_steps
+                )
+            )
         if lr_decay or lr_floor is not None:
             parts.append(LRDecayGuard(every_n_steps=every_n_steps, floor=lr_floor))
         if learning_curves:

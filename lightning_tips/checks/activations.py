@@ -413,7 +413,9 @@ class ActivationStats(TipCallback):
         every_n_steps: sample every n-th optimizer step (``global_step % n == 0``).
         dead_fraction: warn when more than this fraction of a layer's units never fire.
         saturated_fraction: warn when more than this fraction of a layer's outputs are saturated.
-        log_histograms: log per-layer histograms on every sampled step.
+        log_histograms: log per-layer histograms on sampled steps.
+        histogram_every_n_steps: log them only on sampled steps that are multiples of this (0: on
+            every sampled step); ``Recipe`` uses its ``view_every_n_steps``.
         history: sampled steps kept per layer for the over-time image (and checkpointed).
         bins: histogram bins over the fixed per-type range ([-1, 3] ReLU family, [-1, 6] ReLU6,
             [0, 1] sigmoid, [-1, 1] tanh).
@@ -435,6 +437,7 @@ class ActivationStats(TipCallback):
         dead_fraction: float = 0.5,
         saturated_fraction: float = 0.5,
         log_histograms: bool = True,
+        histogram_every_n_steps: int = 0,
         history: int = 200,
         bins: int = 40,
     ) -> None:
@@ -457,6 +460,9 @@ class ActivationStats(TipCallback):
         self.dead_fraction = float(dead_fraction)
         self.saturated_fraction = float(saturated_fraction)
         self.log_histograms = log_histograms
+        if isinstance(histogram_every_n_steps, bool) or not isinstance(histogram_every_n_steps, int) or histogram_every_n_steps < 0:
+            raise ValueError(f"Expected histogram_every_n_steps to be an int >= 0 but got {histogram_every_n_steps!r}.")
+        self.histogram_every_n_steps = histogram_every_n_steps
         self.history = history
         self.bins = bins
         self._stack = ExitStack()
@@ -505,7 +511,8 @@ class ActivationStats(TipCallback):
         if self._disabled or not is_sampled(step, self.every_n_steps) or step == self._sampled_step:
             return  # (the same global step repeats under gradient accumulation: sample its first batch)
         self._sampled_step = step
-        self._recorder = _Recorder(self._specs, self._outputs, self.bins, self.log_histograms and trainer.is_global_zero)
+        histograms = self.log_histograms and trainer.is_global_zero and is_sampled(step, self.histogram_every_n_steps or 1)
+        self._recorder = _Recorder(self._specs, self._outputs, self.bins, histograms)
         self._stack.enter_context(forward_hooks(pl_module, lambda name, _m: name in self._specs, self._recorder.hook))
 
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:

@@ -197,6 +197,8 @@ class GradientStats(TipCallback):
         min_ratio: ``vanishing-gradient`` when first-layer / last-layer gradient norm falls below this.
         floor: ``vanishing-gradient`` when a layer's gradient norm falls below this.
         log_histograms: also log per-layer gradient histograms (costly, see above).
+        histogram_every_n_steps: log them only on sampled steps that are multiples of this (0: on
+            every sampled step); ``Recipe`` uses its ``view_every_n_steps``.
         history: how many sampled total norms to keep (and checkpoint).
 
     Example:
@@ -215,6 +217,7 @@ class GradientStats(TipCallback):
         min_ratio: float = 1e-4,
         floor: float = 1e-10,
         log_histograms: bool = False,
+        histogram_every_n_steps: int = 0,
         history: int = 100,
     ) -> None:
         super().__init__()
@@ -231,6 +234,9 @@ class GradientStats(TipCallback):
         self.min_ratio = float(min_ratio)
         self.floor = float(floor)
         self.log_histograms = bool(log_histograms)
+        if isinstance(histogram_every_n_steps, bool) or not isinstance(histogram_every_n_steps, int) or histogram_every_n_steps < 0:
+            raise ValueError(f"Expected histogram_every_n_steps to be an int >= 0 but got {histogram_every_n_steps!r}.")
+        self.histogram_every_n_steps = histogram_every_n_steps
         self.history = history
         self._steps: list[int] = []
         self._totals: list[float] = []
@@ -300,7 +306,7 @@ class GradientStats(TipCallback):
             {"tips/grad_norm/total": total, **{f"tips/grad_norm/{n or 'root'}": v for n, v in zip(names, norms)}},
             step=step,
         )
-        if self.log_histograms and self._groups is not None:
+        if self.log_histograms and self._groups is not None and is_sampled(step, self.histogram_every_n_steps or 1):
             for name, params in self._groups:
                 gs = [p.grad.detach().flatten() for p in params if p.grad is not None]
                 if gs:

@@ -351,3 +351,18 @@ def test_hooks_removed_when_training_raises(make_trainer: Factory) -> None:
     with pytest.raises(RuntimeError, match="boom"):
         _fit(make_trainer, boom, ActivationStats(every_n_steps=1), batches=3)
     assert _HookProbe.count(boom) == 0
+
+
+def test_histograms_only_on_their_own_period(make_trainer: Factory) -> None:
+    """histogram_every_n_steps=4 with every_n_steps=2: statistics at 0, 2, 4, 6; histograms at 0 and 4."""
+    from lightning_tips._loggers import files_dir
+
+    stats = ActivationStats(every_n_steps=2, histogram_every_n_steps=4)
+    trainer = make_trainer(callbacks=[stats], max_steps=8, limit_val_batches=0)
+    trainer.fit(Classifier(mlp(64, 10)), DigitsDataModule(image=False))
+    rows = (files_dir(trainer) / "tips_activations_net.2_histogram.csv").read_text().splitlines()[1:]
+    assert sorted({int(r.split(",")[0]) for r in rows}) == [0, 4]
+    scalars = (files_dir(trainer) / "scalars.csv").read_text().splitlines()[1:]
+    assert {int(line.split(",")[0]) for line in scalars if "net.2" in line} == {0, 2, 4, 6}
+    with pytest.raises(ValueError, match="histogram_every_n_steps"):
+        ActivationStats(histogram_every_n_steps=-1)

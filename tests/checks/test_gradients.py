@@ -288,3 +288,18 @@ def test_clipping_does_not_hide_the_raw_norms(make_trainer: Any) -> None:
     _fit(trainer, Classifier(RNNClassifierNet(recurrent_scale=4.0)), sequence_loaders())
     [f] = stats.findings
     assert f.code == "exploding-gradient" and "gradient_clip_val=1 bounds the update" in f.message
+
+
+def test_gradient_histograms_only_on_their_own_period(make_trainer: Any) -> None:
+    """histogram_every_n_steps=4 with every_n_steps=2: norms at 0, 2, 4, 6; histograms at 0 and 4."""
+    from lightning_tips._loggers import files_dir
+
+    stats = GradientStats(every_n_steps=2, log_histograms=True, histogram_every_n_steps=4)
+    trainer = make_trainer(callbacks=[stats], max_steps=8)
+    _fit(trainer, Classifier(mlp(64, 10)), _digits_loader())
+    rows = (files_dir(trainer) / "tips_grad_hist_net.1_histogram.csv").read_text().splitlines()[1:]
+    assert sorted({int(r.split(",")[0]) for r in rows}) == [0, 4]
+    norms = (files_dir(trainer) / "scalars.csv").read_text()
+    assert {int(line.split(",")[0]) for line in norms.splitlines()[1:] if "tips/grad_norm/total" in line} == {0, 2, 4, 6}
+    with pytest.raises(ValueError, match="histogram_every_n_steps"):
+        GradientStats(histogram_every_n_steps=-1)
