@@ -49,10 +49,11 @@ class Recipe(TipComposite):
 
     Checks and views are pure observers: with only them on, training is bit-for-bit what it would
     have been without the pack. Per-step work happens on sampled steps only (``every_n_steps``;
-    pictures every ``view_every_n_steps``), except the non-finite guard, which checks the loss (one
-    on-device scalar flag) every ``nonfinite_every_n_steps`` (default 1: a NaN loss must stop training
-    before the update spreads it; raise it to trade promptness for one fewer host sync per step), and
-    the batch and every gradient on the sampled steps (a NaN loss always has its batch examined). The children share one findings
+    pictures every ``view_every_n_steps``). The non-finite guard keeps one on-device flag per step
+    and reads it on the sampled steps too: a NaN is reported with the step it first appeared at and
+    all ranks stop together at the next sampled step. For a stop *before* the bad update, with the
+    offending batch re-run to name the first module that went non-finite, pass
+    ``nonfinite_every_n_steps=1`` (one scalar host sync per step; ``nonfinite_action="skip"`` implies it). The children share one findings
     log, so two parts that reach the same verdict speak once; the end-of-fit summary lists them all.
 
     Args:
@@ -63,7 +64,8 @@ class Recipe(TipComposite):
         preflight_budget_s: seconds the whole report card may take.
         nonfinite_action: what the guard does on NaN/Inf: ``"stop"`` all ranks, ``"skip"`` the
             update, ``"warn"``, or ``"raise"`` a :class:`~lightning_tips.TipError`.
-        nonfinite_every_n_steps: how often the guard syncs its on-device flag.
+        nonfinite_every_n_steps: how often the guard syncs its on-device flags (default: ``every_n_steps``;
+            1 to stop before the bad update and locate the module).
         gradients: per-layer gradient norms (``GradientStats``).
         activations: activation statistics (``ActivationStats``).
         lr_decay: the learning-rate schedule guard (``LRDecayGuard``).
@@ -98,7 +100,7 @@ class Recipe(TipComposite):
         preflight: bool = True,
         preflight_budget_s: float = 3.0,
         nonfinite_action: Literal["stop", "skip", "warn", "raise"] = "stop",
-        nonfinite_every_n_steps: int = 1,
+        nonfinite_every_n_steps: int | None = None,
         gradients: bool = True,
         activations: bool = True,
         lr_decay: bool = True,
@@ -124,6 +126,8 @@ class Recipe(TipComposite):
             raise ValueError(f"Expected snapshot_ensemble to be 0 (off) or k >= 2 but got {snapshot_ensemble}.")
         if adaptive_clipping and gradient_clip is not None:
             raise ValueError("Expected either gradient_clip (a fixed bound) or adaptive_clipping, not both.")
+        # the guard syncs its flags on the sampled steps; "skip" must decide on every step
+        guard_every = nonfinite_every_n_steps or (1 if nonfinite_action == "skip" else every_n_steps)
         parts: list[Callback] = []
         # fixes that change the initial model run first (WeightInit zeroes biases the next two set)
         if weight_init is not None:
@@ -136,9 +140,7 @@ class Recipe(TipComposite):
             parts.append(Preflight(budget_s=preflight_budget_s))
         # gradient observers see the unclipped gradients, then the clipper acts
         parts.append(
-            NonFiniteGuard(
-                action=nonfinite_action, every_n_steps=nonfinite_every_n_steps, full_every_n_steps=every_n_steps
-            )
+            NonFiniteGuard(action=nonfinite_action, every_n_steps=guard_every, full_every_n_steps=every_n_steps)
         )
         if gradients:
             parts.append(

@@ -105,7 +105,7 @@ def test_recipe_with_bf16_mixed_runs_every_check(tmp_path: Path) -> None:
 
 
 def test_nonfinite_guard_under_bf16_mixed_stops_and_locates(tmp_path: Path) -> None:
-    recipe = lt.Recipe(every_n_steps=2, view_every_n_steps=2, preflight=False)
+    recipe = lt.Recipe(every_n_steps=2, view_every_n_steps=2, preflight=False, nonfinite_every_n_steps=1)
     trainer, model, tips = _fit([recipe], tmp_path, model=NaNAt(3), precision="bf16-mixed")
     assert trainer.global_step == 4 and trainer.should_stop
     assert all(torch.isfinite(p).all() for p in model.parameters())  # the NaN update was dropped
