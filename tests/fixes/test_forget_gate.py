@@ -14,7 +14,7 @@ from torch import nn
 
 from lightning_tips.fixes.forget_gate import ForgetGateBias, lstm_modules, set_forget_gate_bias_
 from tests.helpers.data import digits_tensors
-from tests.helpers.fixes_models import ForgetMixinClassifier, LSTMNet, Snapshot, digits_mlp, loader
+from tests.helpers.fixes_models import ForgetMixinClassifier, LSTMNet, Snapshot, digits_mlp, fit_digits, loader
 from tests.helpers.models import Classifier
 
 
@@ -36,13 +36,7 @@ def _assert_forget(module: nn.Module, value: float, expected_gates: int) -> None
         assert torch.allclose(s, torch.full_like(s, value), atol=1e-6)
 
 
-def _fit(make_trainer, model, callbacks, **kw):
-    x, y = digits_tensors(image=False)
-    trainer = make_trainer(max_steps=kw.pop("max_steps", 2), callbacks=callbacks, **kw)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer.fit(model, train_dataloaders=loader(x[:512], y[:512]))
-    return trainer
+_fit = fit_digits
 
 
 # --- the pure function ----------------------------------------------------------------------------

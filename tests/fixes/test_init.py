@@ -18,7 +18,7 @@ from lightning_tips.fixes.forget_gate import ForgetGateBias
 from lightning_tips.fixes.init import WeightInit, init_weights_
 from lightning_tips.fixes.output_bias import OutputBiasInit
 from tests.helpers.data import digits_tensors
-from tests.helpers.fixes_models import LSTMNet, RNGProbe, Snapshot, digits_mlp, imbalanced_digits, loader
+from tests.helpers.fixes_models import LSTMNet, RNGProbe, Snapshot, digits_mlp, fit_digits, imbalanced_digits, loader
 from tests.helpers.models import Classifier, small_cnn
 
 
@@ -139,13 +139,7 @@ def test_lazy_layers_left_alone_and_bad_scheme():
 # --- the callback, through Trainer.fit ------------------------------------------------------------
 
 
-def _fit(make_trainer, model, callbacks, **kw):
-    x, y = digits_tensors(image=False)
-    trainer = make_trainer(max_steps=kw.pop("max_steps", 2), callbacks=callbacks, **kw)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer.fit(model, train_dataloaders=loader(x[:512], y[:512]))
-    return trainer
+_fit = fit_digits
 
 
 def test_callback_equals_function_and_keeps_the_rng(make_trainer):

@@ -60,6 +60,18 @@ def loader(x: torch.Tensor, y: torch.Tensor, batch_size: int = 64, shuffle: bool
     return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=shuffle, **kw)
 
 
+def fit_digits(make_trainer: Any, model: pl.LightningModule, callbacks: list[Callback], **kw: Any) -> pl.Trainer:
+    """Fit ``model`` on 512 flat digits for ``max_steps`` (default 2) steps, warnings silenced."""
+    import warnings
+
+    x, y = digits_tensors(image=False)
+    trainer = make_trainer(max_steps=kw.pop("max_steps", 2), callbacks=callbacks, **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(model, train_dataloaders=loader(x[:512], y[:512]))
+    return trainer
+
+
 def breast_cancer_binary() -> tuple[torch.Tensor, torch.Tensor]:
     """Breast cancer, normalised, with float 0/1 targets for BCE (63% positives)."""
     x, y = breast_cancer_tensors(normalize=True)
