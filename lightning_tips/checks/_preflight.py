@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal
 
 import lightning.pytorch as pl
+import torch
 
 from lightning_tips._callback import TipCallback
 from lightning_tips._console import render_table
@@ -151,6 +152,23 @@ _RANK = {"info": 0, "warning": 1, "error": 2}
 _SKIP_ADVICE = "none needed: the check could not apply to this model or batch (see the message)"
 
 
+def _agreed(trainer: pl.Trainer, mine: Verdict | None) -> tuple[Verdict, int] | None:
+    """The verdict of the lowest rank that has one, and that rank, on every rank; ``None`` on every
+    rank when no rank has one. One ``all_gather`` of a flag, plus one broadcast when some rank has one."""
+    if trainer.world_size == 1:
+        return None if mine is None else (mine, 0)
+    flag = torch.tensor([float(mine is not None)], device=trainer.strategy.root_device)
+    ranks = [i for i, f in enumerate(trainer.strategy.all_gather(flag).flatten().tolist()) if f]
+    if not ranks:
+        return None
+    src = ranks[0]
+    chosen = trainer.strategy.broadcast(mine if trainer.global_rank == src else None, src=src)
+    assert isinstance(chosen, Verdict)
+    if src != 0:
+        chosen = replace(chosen, message=f"{chosen.message} (rank {src}'s data)")
+    return chosen, src
+
+
 def settle(
     check: PreflightCheck,
     trainer: pl.Trainer,
@@ -160,9 +178,9 @@ def settle(
 
     ``measure`` returns ``(verdicts, card detail)``; a :class:`CheckSkipped` it raises becomes an
     ``info`` finding with the reason, any other exception an ``info`` finding naming it. Then, for each
-    of the check's codes, the ranks agree (two collectives per code, the same on every rank) whether
-    any rank has a warning/error, else any info; every rank reports the agreed finding (rank zero
-    speaks), with its own figures or, when only another rank found it, a note saying so.
+    of the check's codes, the ranks agree on one verdict — the warning/error of the lowest rank that
+    has one, else its info — and every rank reports that same verdict with its figures (rank zero
+    speaks; a verdict from another rank's data says which rank).
     """
     try:
         verdicts, detail = measure()
@@ -178,16 +196,16 @@ def settle(
     for code in codes:
         mine = [v for v in verdicts if v.code == code and v.severity is not None]
         worst = max(mine, key=lambda v: _RANK[v.severity or "info"], default=None)
-        bad_here = worst is not None and worst.severity != "info"
-        if any_rank(trainer, bad_here):
-            chosen = worst if bad_here else Verdict(
-                code, "warning", f"{check.title}: another rank's data gave a `{code}` finding")
-        elif any_rank(trainer, worst is not None):
-            chosen = worst if worst is not None else Verdict(
-                code, "info", f"{check.title}: another rank's data gave a `{code}` note", skipped=True)
-        else:
+        bad = worst if worst is not None and worst.severity != "info" else None
+        agreed = _agreed(trainer, bad)
+        if agreed is None:
+            agreed = _agreed(trainer, worst)  # no rank has a warning/error: any rank's info
+        if agreed is None:
             continue
-        assert chosen is not None and chosen.severity is not None
+        chosen, src = agreed
+        if src != trainer.global_rank:
+            detail += f"; rank {src}: `{code}`"
+        assert chosen.severity is not None
         advice = chosen.advice or (_SKIP_ADVICE if chosen.skipped else "")
         check.report(trainer, code, chosen.severity, chosen.message, advice=advice,
                      module=chosen.module, figures=chosen.figures)
