@@ -203,6 +203,7 @@ class LearningCurves(TipCallback):
             raise ValueError(f"Expected image_every_n_steps to be an integer >= 0 but got {image_every_n_steps!r}.")
         self.image_every_n_steps = image_every_n_steps
         self._drawn_points, self._drawn_step = -1, 0
+        self._acc_from_log, self._point_epoch = False, -1
         for name, value, low in (("patience", patience, 1), ("min_points", min_points, 2)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 kind = "a positive integer" if low == 1 else f"an integer >= {low}"
@@ -323,6 +324,14 @@ class LearningCurves(TipCallback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.enable_validation or not any(trainer.num_val_batches):
             self._record(trainer, pl_module, validated=False)
+        elif self._acc_from_log and self._point_epoch == trainer.current_epoch:
+            # a train accuracy logged on_epoch is aggregated only now: at this epoch's validation it
+            # still held the previous epoch's value, so the point gets the fresh one
+            value = self._metric_value(trainer, self.train_acc_key)
+            if value is not None and self.history["train_acc"]:
+                fresh = float(value.item())  # once per epoch
+                self.history["train_acc"][-1] = fresh
+                log_scalars(trainer, {f"{SCALAR_PREFIX}train_acc": fresh}, step=int(self.history["step"][-1]))
 
     # --- one point -------------------------------------------------------------------------------
     def _metric_value(self, trainer: pl.Trainer, key: str) -> torch.Tensor | None:
@@ -343,10 +352,12 @@ class LearningCurves(TipCallback):
         ]
         # (value, present) pairs: the logged val loss, then train and val accuracy
         logged_val = self._metric_value(trainer, self.val_loss_key) if validated else None
+        self._acc_from_log = not (self._train_metric is not None and self._train_acc_n > 0)
+        self._point_epoch = trainer.current_epoch
         train_acc = (
-            self._train_metric.compute().float()
-            if self._train_metric is not None and self._train_acc_n > 0
-            else self._metric_value(trainer, self.train_acc_key)
+            self._metric_value(trainer, self.train_acc_key)
+            if self._acc_from_log
+            else self._train_metric.compute().float()  # type: ignore[union-attr]
         )
         val_acc = None
         if validated:

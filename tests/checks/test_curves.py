@@ -306,3 +306,26 @@ def test_ddp_curves_are_global_and_identical_on_both_ranks(tmp_path: Path) -> No
         assert h[key][-1] == pytest.approx((r0["local"][local] + r1["local"][local]) / 2, rel=1e-5)
     assert (tmp_path / "tips" / "tips_fixed_batch_table.csv").exists()
     assert len(list((tmp_path / "tips").glob("tips_learning_curves_step*.png"))) == 2
+
+
+class _EpochTrainAcc(pl.Callback):
+    """What Lightning aggregates for `train_acc` (logged on_epoch) at each epoch end."""
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.values.append(float(trainer.callback_metrics["train_acc"]))
+
+
+def test_train_accuracy_logged_on_epoch_lands_on_its_own_epoch(make_trainer: MakeTrainer) -> None:
+    """At validation end an on_epoch train metric still holds the previous epoch's value; each point
+    must carry its own epoch's accuracy, not the one before."""
+    from examples.digits import DigitsCNN
+
+    pl.seed_everything(0)
+    cb, probe = LearningCurves(), _EpochTrainAcc()
+    trainer = make_trainer(max_epochs=3, limit_train_batches=6, limit_val_batches=2, callbacks=[cb, probe])
+    trainer.fit(DigitsCNN(), datamodule=DigitsDataModule(image=True))
+    assert len(cb.history["train_acc"]) == 3 and len(probe.values) == 3
+    assert cb.history["train_acc"] == pytest.approx(probe.values)
