@@ -285,7 +285,7 @@ def _ddp_main(out_path: str) -> None:
     warnings.simplefilter("ignore")
     trainer = pl.Trainer(strategy="ddp", accelerator="cpu", devices=2, max_epochs=1, limit_train_batches=2,
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, callbacks=[pre])
+                         enable_model_summary=False, default_root_dir=f"{out_path}.d", callbacks=[pre])
     trainer.fit(Regressor(nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 1))), _PerRankRegression())
     result = {"rank": trainer.global_rank, "codes": sorted({f.code for f in pre.findings}),
               "card": [line.status for line in pre.card]}
