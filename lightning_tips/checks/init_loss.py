@@ -24,14 +24,9 @@ from typing import Any, ClassVar
 import lightning.pytorch as pl
 import torch
 
-from lightning_tips._utils import apply_to_tensors, batch_size, model_copy, step_loss
+from lightning_tips._utils import apply_to_tensors, batch_size, step_loss
 from lightning_tips.checks._preflight import CardLine, CheckSkipped, PreflightCheck, Verdict, settle
-from lightning_tips.checks.output_activation import (
-    LossCall,
-    eval_dropout,
-    trace_training_step,
-    training_step_skip_reason,
-)
+from lightning_tips.checks.output_activation import LossCall, traced_copy
 
 __all__ = ["InitialLossCheck", "expected_initial_loss", "init_loss_verdict", "reduction_verdict"]
 
@@ -213,15 +208,7 @@ class InitialLossCheck(PreflightCheck):
         return settle(self, trainer, lambda: self._measure(pl_module, batch))
 
     def _measure(self, pl_module: pl.LightningModule, batch: Any) -> tuple[list[Verdict], str]:
-        reason = training_step_skip_reason(pl_module)
-        if reason:
-            raise CheckSkipped(reason)
-        copy = eval_dropout(model_copy(pl_module))
-        assert isinstance(copy, pl.LightningModule)
-        with torch.no_grad():
-            trace = trace_training_step(copy, batch)
-        if isinstance(trace.loss, str):
-            raise CheckSkipped(trace.loss)
+        copy, trace = traced_copy(pl_module, batch, dropout=False)
         verdicts: list[Verdict] = []
         details: list[str] = []
         known = [c for c in trace.calls if expected_initial_loss(c) is not None]

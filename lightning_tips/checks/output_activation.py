@@ -53,6 +53,7 @@ __all__ = [
     "output_activation",
     "output_kind",
     "trace_training_step",
+    "traced_copy",
     "training_step_skip_reason",
 ]
 
@@ -161,6 +162,23 @@ def training_step_skip_reason(pl_module: pl.LightningModule) -> str | None:
     if not getattr(pl_module, "automatic_optimization", True):
         return "manual optimization: training_step steps the optimizer itself, so it is not re-run on a copy"
     return None
+
+
+def traced_copy(pl_module: pl.LightningModule, batch: Any, dropout: bool) -> tuple[pl.LightningModule, StepTrace]:
+    """A copy of the module (dropout in eval mode unless ``dropout``) and the trace of its
+    ``training_step`` on ``batch`` under ``no_grad``; :class:`CheckSkipped` when it cannot run."""
+    reason = training_step_skip_reason(pl_module)
+    if reason:
+        raise CheckSkipped(reason)
+    copy = model_copy(pl_module)
+    if not dropout:
+        copy = eval_dropout(copy)
+    assert isinstance(copy, pl.LightningModule)
+    with torch.no_grad():
+        trace = trace_training_step(copy, batch)
+    if isinstance(trace.loss, str):
+        raise CheckSkipped(trace.loss)
+    return copy, trace
 
 
 def trace_training_step(module: nn.Module, batch: Any, batch_idx: int = 0) -> StepTrace:
@@ -317,14 +335,7 @@ class OutputActivationCheck(PreflightCheck):
         return settle(self, trainer, lambda: self._measure(pl_module, batch))
 
     def _measure(self, pl_module: pl.LightningModule, batch: Any) -> tuple[list[Verdict], str]:
-        reason = training_step_skip_reason(pl_module)
-        if reason:
-            raise CheckSkipped(reason)
-        copy = model_copy(pl_module)
-        with torch.no_grad():
-            trace = trace_training_step(copy, batch)
-        if isinstance(trace.loss, str):
-            raise CheckSkipped(trace.loss)
+        copy, trace = traced_copy(pl_module, batch, dropout=True)
         if not trace.calls:
             raise CheckSkipped("training_step called no torch loss function (cross_entropy, nll_loss, BCE, mse_loss, "
                                "…), so what the loss expects is unknown")
