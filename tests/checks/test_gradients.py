@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from lightning_tips.checks.gradients import (
 )
 from tests.helpers.data import digits_tensors
 from tests.helpers.models import Classifier, mlp
+from tests.helpers.probes import SyncSpy
 from tests.helpers.runtime_models import RNNClassifierNet, deep_mlp, sequence_loaders
 
 
@@ -177,27 +177,11 @@ def test_norms_are_logged_and_histograms_when_enabled(make_trainer: Any, tmp_pat
 
 
 def test_one_host_sync_per_sampled_step(make_trainer: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    ours = Path(gradients_mod.__file__).resolve()
-    calls: list[int] = []
-    step = {"now": -1}
-    for name in ("item", "tolist", "__bool__", "__float__"):
-        original = getattr(torch.Tensor, name)
-
-        def spy(self: torch.Tensor, *a: Any, _orig: Any = original, **k: Any) -> Any:
-            if Path(sys._getframe(1).f_code.co_filename).resolve() == ours:
-                calls.append(step["now"])
-            return _orig(self, *a, **k)
-
-        monkeypatch.setattr(torch.Tensor, name, spy)
-
-    class Step(pl.Callback):
-        def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
-            step["now"] = trainer.global_step
-
+    spy = SyncSpy(monkeypatch, [gradients_mod.__file__])
     pl.seed_everything(0)
-    trainer = make_trainer(callbacks=[Step(), GradientStats(every_n_steps=3)], max_steps=8)
+    trainer = make_trainer(callbacks=[spy, GradientStats(every_n_steps=3)], max_steps=8)
     _fit(trainer, Classifier(mlp()), _digits_loader())
-    assert calls == [0, 3, 6]
+    assert spy.calls == [0, 3, 6]
 
 
 def test_pure_observer(make_trainer: Any) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from lightning_tips.checks import nonfinite as nonfinite_mod
 from lightning_tips.checks.nonfinite import NonFiniteGuard, first_nonfinite_module, nonfinite_parameters
 from tests.helpers.data import DigitsDataModule, breast_cancer_tensors, digits_tensors
 from tests.helpers.models import Classifier, mlp, small_cnn
+from tests.helpers.probes import SyncSpy
 from tests.helpers.runtime_models import GatedMLP, LogNet, ManualNaN, NaNAtStep
 
 
@@ -284,33 +284,14 @@ def test_bf16_mixed_is_checked_normally(make_trainer: Any) -> None:
 # --- cheapness ---------------------------------------------------------------------------------------
 def test_one_host_sync_per_sampled_step_and_none_otherwise(make_trainer: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every Tensor.item/tolist/__bool__/__float__ called from the guard's modules is counted."""
-    ours = {Path(nonfinite_mod.__file__).resolve(), Path(nonfinite_mod.grad_norms.__code__.co_filename).resolve()}
-    calls: list[Any] = []
-    step: dict[str, Any] = {"now": -1}
-
-    for name in ("item", "tolist", "__bool__", "__float__"):
-        original = getattr(torch.Tensor, name)
-
-        def spy(self: torch.Tensor, *a: Any, _orig: Any = original, **k: Any) -> Any:
-            if Path(sys._getframe(1).f_code.co_filename).resolve() in ours:
-                calls.append(step["now"])
-            return _orig(self, *a, **k)
-
-        monkeypatch.setattr(torch.Tensor, name, spy)
-
-    class Step(pl.Callback):
-        def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
-            step["now"] = trainer.global_step
-
-        def on_train_end(self, trainer: pl.Trainer, *args: Any) -> None:
-            step["now"] = "end"
+    spy = SyncSpy(monkeypatch, [nonfinite_mod.__file__, nonfinite_mod.grad_norms.__code__.co_filename])
 
     pl.seed_everything(0)
     guard = NonFiniteGuard(every_n_steps=4)
-    trainer = make_trainer(callbacks=[Step(), guard], max_steps=11)
+    trainer = make_trainer(callbacks=[spy, guard], max_steps=11)
     _fit(trainer, Classifier(mlp()), _digits_loader(n=384))
     # sampled steps 0, 4, 8, and once at the end for steps 9-10
-    assert calls == [0, 4, 8, "end"]
+    assert spy.calls == [0, 4, 8, "end"]
     assert guard.findings == []
 
 

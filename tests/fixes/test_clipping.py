@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import math
-from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
@@ -16,6 +14,7 @@ from lightning_tips.fixes.clipping import GradientClipping, clip_figures, clip_g
 from tests.helpers.data import DigitsDataModule
 from tests.helpers.loop_models import GradRecorder, ManualClassifier
 from tests.helpers.models import Classifier, mlp
+from tests.helpers.probes import file_scalars
 
 
 def _fit(make_trainer, *callbacks, model=None, **kwargs) -> pl.Trainer:
@@ -26,12 +25,7 @@ def _fit(make_trainer, *callbacks, model=None, **kwargs) -> pl.Trainer:
     return trainer
 
 
-def _scalars(root: Path) -> dict[str, list[float]]:
-    out: dict[str, list[float]] = {}
-    with (root / "tips" / "scalars.csv").open() as f:
-        for row in csv.DictReader(f):
-            out.setdefault(row["key"], []).append(float(row["value"]))
-    return out
+_scalars = file_scalars
 
 
 # --- pure functions --------------------------------------------------------------------------------

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-from pathlib import Path
-
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -14,6 +11,7 @@ from lightning_tips.fixes.snapshot import EnsembleResult, SnapshotEnsemble, eval
 from tests.helpers.data import DigitsDataModule
 from tests.helpers.loop_models import DictOutputClassifier, ValidationRecorder
 from tests.helpers.models import Classifier, mlp
+from tests.helpers.probes import file_scalars
 
 
 def _fit(make_trainer, *callbacks: Callback, model=None, max_epochs=4, **kwargs):
@@ -25,12 +23,7 @@ def _fit(make_trainer, *callbacks: Callback, model=None, max_epochs=4, **kwargs)
     return trainer, model, dm
 
 
-def _scalars(root: Path) -> dict[str, list[float]]:
-    out: dict[str, list[float]] = {}
-    with (root / "tips" / "scalars.csv").open() as f:
-        for row in csv.DictReader(f):
-            out.setdefault(row["key"], []).append(float(row["value"]))
-    return out
+_scalars = file_scalars
 
 
 def _reference_accuracy(weights: list[dict[str, torch.Tensor]], dm: DigitsDataModule) -> tuple[float, float]:
