@@ -55,11 +55,15 @@ class TipCallback(Callback):
         module: str | None = None,
         figures: Mapping[str, float] | None = None,
         step: int | None = None,
+        skipped: bool = False,
     ) -> Finding | None:
-        """Build and :func:`~lightning_tips.findings.report` a finding; return it if it was new."""
+        """Build and :func:`~lightning_tips.findings.report` a finding; return it if it was new.
+        ``skipped=True`` marks an ``info`` that says the check could not apply (no remedy advice)."""
         if step is None and trainer is not None:
             step = trainer.global_step
-        finding = Finding(code, Severity(severity), message, advice, step, module, figures or {})
+        finding = Finding(
+            code, Severity(severity), message, advice, step, module, figures or {}, skipped=skipped
+        )
         return finding if report(finding, trainer, self._findings_log, stacklevel=3) else None
 
     def _share_findings_log(self, log: FindingsLog) -> None:

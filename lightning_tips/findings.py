@@ -414,6 +414,8 @@ class Finding:
         figures: the measured numbers; a repeat of the same finding is reported again only when
             these change materially.
         tips: tip ids; default to the code's registry entry.
+        skipped: the check behind ``code`` could not apply (an ``info`` that says why): it carries no
+            verdict and no remedy advice, and the summary and logger tables mark it ``skipped``.
     """
 
     code: str
@@ -424,6 +426,7 @@ class Finding:
     module: str | None = None
     figures: Mapping[str, float] = field(default_factory=dict)
     tips: tuple[str, ...] = ()
+    skipped: bool = False
 
     def __post_init__(self) -> None:
         info = _info(self.code)
@@ -434,15 +437,19 @@ class Finding:
                 f"Expected severity to be one of 'info', 'warning', 'error' but got {self.severity!r}."
             ) from None
         object.__setattr__(self, "severity", severity)
-        if not self.advice:
+        if self.skipped and severity is not Severity.INFO:
+            raise ValueError(f"Expected a skipped finding to be 'info' but got {severity.value!r}.")
+        if not self.advice and not self.skipped:
             object.__setattr__(self, "advice", info.advice)
         if not self.tips:
             object.__setattr__(self, "tips", info.tips)
         object.__setattr__(self, "figures", {k: float(v) for k, v in self.figures.items()})
 
     def format(self) -> str:
-        """``[code] severity: message — advice``, the exact form of the warning."""
-        return f"[{self.code}] {self.severity.value}: {self.message} — {self.advice}"
+        """``[code] severity: message — advice``, the exact form of the warning (no ``— advice`` when
+        there is none, as for a skipped check)."""
+        head = f"[{self.code}] {self.severity.value}: {self.message}"
+        return f"{head} — {self.advice}" if self.advice else head
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -454,6 +461,7 @@ class Finding:
             "module": self.module,
             "figures": dict(self.figures),
             "tips": list(self.tips),
+            "skipped": self.skipped,
         }
 
     @classmethod
@@ -467,6 +475,7 @@ class Finding:
             module=d.get("module"),
             figures=d.get("figures", {}),
             tips=tuple(d.get("tips", ())),
+            skipped=bool(d.get("skipped", False)),
         )
 
 
