@@ -216,6 +216,66 @@ class IgnoresInput(nn.Module):
         return self.bias.expand(x.shape[0], -1)
 
 
+class ZeroedInput(nn.Module):
+    """Planted bug: the input is multiplied by 0 before the first layer (a wrong mask, a wrong variable)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = small_cnn()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x * 0)
+
+
+def zero_head(net: nn.Module) -> nn.Module:
+    """Healthy twin: the last Linear layer zero-initialised (weight and bias), as torchvision's ViT head."""
+    last = [m for m in net.modules() if isinstance(m, nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.zero_()
+    return net
+
+
+def dead_mlp() -> nn.Module:
+    """Every ReLU unit dead at init (a huge negative first-layer bias): the output is constant."""
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    with torch.no_grad():
+        net[1].bias.fill_(-1e3)
+    return net
+
+
+class RowsGRU(nn.Module):
+    """Healthy twin: digit rows (N, T, C) through a batch_first GRU, last time step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = nn.GRU(8, 32, batch_first=True)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.gru(x)
+        return self.fc(out[:, -1])
+
+
+class DictClassifier(Classifier):
+    """A classifier whose batches are dicts ``{"x": inputs, "y": labels}``."""
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:  # type: ignore[override]
+        return super().training_step((batch["x"], batch["y"]), batch_idx)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:  # type: ignore[override]
+        super().validation_step((batch["x"], batch["y"]), batch_idx)
+
+
+def dict_loader(loader: DataLoader) -> DataLoader:
+    """``loader``'s (x, y) batches as ``{"x": x, "y": y}`` dicts."""
+    ds = loader.dataset
+    assert isinstance(ds, TensorDataset)
+    x, y = ds.tensors
+    data = [{"x": x[i], "y": y[i]} for i in range(len(y))]
+    return DataLoader(data, batch_size=loader.batch_size, shuffle=True)  # type: ignore[arg-type]
+
+
 class DetachedHead(nn.Module):
     """Planted bug: the body's output is detached; only a final bias gets gradients."""
 
