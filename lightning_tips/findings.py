@@ -220,8 +220,12 @@ _ENTRIES = [
         """Backpropagating from one sample's output gives a non-zero gradient on other samples'
         inputs: some operation mixes the batch dimension (a wrong reshape/permute/view, a
         `batch_first` mistake). This silently corrupts training (R2.12, P12). Normalisation layers
-        run in eval mode for the check so BatchNorm is not a false alarm.""",
-        "any input-gradient on samples other than i with |g| > 1e-7 x max |g|",
+        run in eval mode for the check so BatchNorm is not a false alarm. Only per-sample tensors
+        are evidence: a tensor broadcast over the batch (leading dimension 1, e.g. a (1, S, D)
+        position embedding) is shared like a parameter and ignored. Noise model: none — an
+        independent sample's gradient is exactly zero; the threshold only absorbs float round-off.""",
+        "any input-gradient on samples other than i with |g| > 1e-7 x max |g|, over the float inputs and "
+        "the per-sample nn.Embedding outputs (batch of 1: skipped)",
         "R2.12 P12",
         "check the operations that reshape and permute tensor dimensions (view, transpose, "
         "batch_first of RNNs) (P12)",

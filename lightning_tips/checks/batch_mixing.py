@@ -11,7 +11,12 @@ On a copy: BatchNorm layers (which legitimately mix samples in training mode) an
 eval mode (BatchNorm without running statistics gets neutral ones); GroupNorm / LayerNorm are per
 sample and stay as they are. Inputs are ``split_batch(batch)[0]`` (every floating tensor of a
 tuple/dict is checked); integer inputs (token ids) are checked at the output of each
-``nn.Embedding``. The real batch (and so the real batch size) is used; sample ``i = n // 2``.
+``nn.Embedding`` whose output is per-sample (an embedding of shape ``(1, S, D)`` broadcast over the
+batch — Hugging Face's position embeddings — is shared like a parameter and ignored). The real
+batch (and so the real batch size) is used; sample ``i = n // 2``.
+
+Noise model: none — the gradient of an independent sample is exactly zero in exact arithmetic; the
+threshold ``1e-7 x max |g|`` only absorbs float round-off (e.g. from fused attention kernels).
 """
 
 from __future__ import annotations
@@ -55,8 +60,22 @@ def _neutral_batchnorm(model: nn.Module) -> None:
 
 
 def _batch_dim(shape: torch.Size, n: int) -> int | None:
+    """The dimension of a per-sample tensor that indexes the ``n`` samples, or ``None``.
+
+    Only per-sample tensors are evidence: a tensor with a size-1 leading dimension (``(1, S, D)``, e.g.
+    a position embedding broadcast over the batch) is shared by every sample, like a parameter, and its
+    gradient sums over all of them — never a leak.
+
+    Example:
+        >>> _batch_dim(torch.Size([8, 5, 16]), 8), _batch_dim(torch.Size([5, 8, 16]), 8)
+        (0, 1)
+        >>> _batch_dim(torch.Size([1, 8, 16]), 8) is None
+        True
+    """
     if len(shape) and shape[0] == n:
         return 0
+    if len(shape) and shape[0] == 1:  # broadcast over the batch: shared, not per-sample
+        return None
     dims = [d for d, s in enumerate(shape) if s == n]
     return dims[0] if len(dims) == 1 else None
 

@@ -11,6 +11,7 @@ from lightning_tips.checks.batch_mixing import BatchMixingCheck, batch_mixing, b
 from tests.helpers.models import Classifier, small_cnn
 from tests.helpers.preflight_models import (
     ManualClassifier,
+    PositionalTokens,
     ReshapeMixer,
     RowsLSTM,
     RowsTransformer,
@@ -104,3 +105,24 @@ def test_manual_optimization_uses_forward(make_trainer) -> None:
     check = BatchMixingCheck()
     fit(make_trainer, ManualClassifier(ReshapeMixer()), digits_loader(), check)
     assert codes(check) == ["batch-mixing:error"]
+
+
+def test_broadcast_position_embedding_is_not_mixing(make_trainer) -> None:
+    """#11 item 6: BERT/GPT-2's (1, S, D) position-embedding output was read as sample 0 leaking (an error).
+    Here S = 64 = the batch size, the shape that made the old check pick dim 1 as the batch dim."""
+    tokens = next(iter(digit_tokens_loader()))
+    res = batch_mixing(Classifier(PositionalTokens()), tokens)
+    assert res["leak"] == 0.0 and all("positions" not in f for f in res["fields"])
+    check = BatchMixingCheck()
+    fit(make_trainer, Classifier(PositionalTokens()), digit_tokens_loader(), check)
+    assert codes(check) == []
+    planted = BatchMixingCheck()
+    fit(make_trainer, Classifier(PositionalTokens(mix=True)), digit_tokens_loader(), planted)
+    assert codes(planted) == ["batch-mixing:error"]
+
+
+def test_batch_of_one_does_not_crash_or_warn(make_trainer) -> None:
+    check = BatchMixingCheck()
+    fit(make_trainer, Classifier(small_cnn()), digits_loader(batch_size=1), check)
+    assert [f.severity.value for f in check.findings] in ([], ["info"])
+    assert all("skipped" in f.message for f in check.findings)

@@ -204,6 +204,28 @@ class TokenBag(nn.Module):
         return self.fc(h)
 
 
+class PositionalTokens(nn.Module):
+    """Healthy twin: token + learned position embeddings, the position part of shape (1, S, D) broadcast over
+    the batch (as BERT/GPT-2's ``position_embeddings`` / ``wpe``), a transformer layer, mean pooling.
+    ``mix=True`` plants a bug: centring the pooled features across the batch by hand."""
+
+    def __init__(self, seq_len: int = 64, mix: bool = False) -> None:
+        super().__init__()
+        self.tokens = nn.Embedding(17, 16)
+        self.positions = nn.Embedding(seq_len, 16)
+        layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+        self.fc = nn.Linear(16, 10)
+        self.mix = mix
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pos = self.positions(torch.arange(x.shape[1], device=x.device).unsqueeze(0))  # (1, S, D)
+        h = self.encoder(self.tokens(x) + pos).mean(1)
+        if self.mix:
+            h = h - h.mean(0, keepdim=True)
+        return self.fc(h)
+
+
 class IgnoresInput(nn.Module):
     """Planted bug: the forward never uses its input (a learned constant per class)."""
 
