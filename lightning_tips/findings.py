@@ -208,10 +208,13 @@ _ENTRIES = [
         "output-activation", "check", "an activation on the output layer feeding a loss that expects logits",
         """The model's output passes through ReLU, Softmax, LogSoftmax or Sigmoid before a loss that
         expects raw logits (cross-entropy, BCE-with-logits). The loss then optimises the wrong
-        thing and gradients shrink (P3). Sigmoid followed by `BCELoss` is legitimate.""",
+        thing and gradients shrink (P3). Sigmoid followed by `BCELoss` is legitimate. Noise model:
+        none — one traced step on the real batch; the evidence is structural (which function
+        produced the tensor) or exact value patterns that a logit layer cannot produce.""",
         "the loss input is a Softmax/Sigmoid/ReLU output (traced activation call, last module, values: "
-        "rows summing to 1, all in (0, 1), all >= 0) and the loss expects logits; LogSoftmax before "
-        "cross-entropy is info",
+        "rows summing to 1, all in (0, 1), all >= 0 with > 5% exact zeros mixed with positive values; "
+        "all-zero logits of a zero-initialised head are not evidence) and the loss expects logits; "
+        "LogSoftmax before cross-entropy is info; non-finite loss inputs: skipped",
         "P3 P13",
         "remove the activation after the last layer; the loss applies its own (P3)",
     ),
