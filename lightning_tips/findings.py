@@ -187,20 +187,32 @@ _ENTRIES = [
     _entry(
         "init-loss", "check", "the loss at init is far from what a well-initialised output gives",
         """The first-batch loss on the untrained model is far from the value a well-initialised
-        output gives: log C for C-class cross-entropy, the prior's entropy for imbalanced classes,
-        the target variance for MSE regression. Large initial logits waste the first iterations
-        ("hockey stick" loss) and can mean too-large init weights (T9).""",
-        "|measured - e| > max(0.5, 0.25 x e) for both e = log C and e = prior entropy (CE, NLL, BCE); "
-        "measured > 2 x target variance (MSE)",
+        output gives: log C for C-class cross-entropy, the prior's entropy for imbalanced classes
+        (or the loss of the output bias alone, when the bias already holds the prior, e.g. set by
+        `OutputBiasInit` — then that fix is never advised again), the target variance for MSE
+        regression. Large initial logits waste the first iterations ("hockey stick" loss) and can
+        mean too-large init weights (T9). A loss already *below* every expectation is info: a trained
+        or loaded model (fine-tuning) — or labels leaking into the inputs. Noise model: the batch
+        prior is used only from >= 5 x C labels (its plug-in entropy is biased on fewer); a mean loss
+        far above log C needs large logits on real samples whatever the batch size (the per-sample
+        standard error is reported). A non-finite loss is skipped: non-finite inputs or weights are
+        the root cause, reported by their own checks.""",
+        "|measured - e| > max(0.5, 0.25 x e) for every e in {log C, prior entropy (>= 5 x C labels), "
+        "loss of the output bias alone (when <= log C + tolerance)} and measured above them (CE, NLL, BCE; "
+        "below: info); measured > 2 x target variance (MSE, >= 8 samples)",
         "R2.4 R2.5 T9 T13 P13",
         "initialise the output layer small and its bias to the prior (R2.5, `OutputBiasInit`)",
     ),
     _entry(
         "loss-reduction", "check", "the loss is summed, not averaged, over the batch",
         """The initial loss scales with the batch size: the loss is a sum over samples, not a mean,
-        so the effective learning rate depends on the batch size (T13).""",
-        "`reduction='sum'` seen in the loss call, or loss(full batch) / loss(half batch) within 25% of "
-        "n / n_half",
+        so the effective learning rate depends on the batch size (T13). A traced loss call decides:
+        `reduction='sum'` flags, `reduction='mean'` returned unchanged passes. Only an untraced
+        reduction is measured, on the batch and its two halves: a mean gives full = (first +
+        second) / 2, a sum full = first + second — exact up to batch-statistics layers, so the
+        margins (10% / 30%) cover BatchNorm and round-off, not sampling noise.""",
+        "`reduction='sum'` seen in the loss call; or, with no traced mean returned unchanged, "
+        "|full / (first half + second half) - 1| <= 0.1 and |2 x full / (first + second) - 1| > 0.3",
         "T13 P13",
         "use reduction='mean' (the default of torch losses) so gradients are averaged over the batch (T13)",
     ),
