@@ -240,7 +240,7 @@ _ENTRIES = [
         position embedding) is shared like a parameter and ignored. Noise model: none — an
         independent sample's gradient is exactly zero; the threshold only absorbs float round-off.""",
         "any input-gradient on samples other than i with |g| > 1e-7 x max |g|, over the float inputs and "
-        "the per-sample nn.Embedding outputs (batch of 1: skipped)",
+        "the per-sample nn.Embedding outputs (batch of 1, non-finite gradients: skipped)",
         "R2.12 P12",
         "check the operations that reshape and permute tensor dimensions (view, transpose, "
         "batch_first of RNNs) (P12)",

@@ -21,6 +21,7 @@ threshold ``1e-7 x max |g|`` only absorbs float round-off (e.g. from fused atten
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -197,6 +198,9 @@ def batch_mixing_verdict(result: dict[str, Any], threshold: float = MIXING_THRES
     """
     code = "batch-mixing"
     leak, total, i = float(result["leak"]), float(result["total"]), int(result["sample"])
+    if not (math.isfinite(leak) and math.isfinite(total)):
+        raise CheckSkipped(f"the input-gradients are not finite (max {total}): non-finite inputs or weights "
+                           "(see the nonfinite-* findings), nothing to judge until they are fixed")
     if total <= 0:
         raise CheckSkipped(f"no gradient reached the inputs from sample {i}'s output (see input-independent)")
     rel = leak / total

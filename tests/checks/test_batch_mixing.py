@@ -126,3 +126,14 @@ def test_batch_of_one_does_not_crash_or_warn(make_trainer) -> None:
     fit(make_trainer, Classifier(small_cnn()), digits_loader(batch_size=1), check)
     assert [f.severity.value for f in check.findings] in ([], ["info"])
     assert all("skipped" in f.message for f in check.findings)
+
+
+def test_nonfinite_gradients_are_skipped_not_judged() -> None:
+    """#11 item 6: no verdict from NaN figures."""
+    with pytest.raises(CheckSkipped, match="not finite"):
+        batch_mixing_verdict({"leak": float("nan"), "total": float("nan"), "sample": 3, "field": "input"})
+    net = small_cnn()
+    with torch.no_grad():
+        net[0].weight[0, 0, 0, 0] = float("nan")  # a NaN weight: every output and gradient is NaN
+    with pytest.raises(CheckSkipped, match="not finite"):
+        batch_mixing_verdict(batch_mixing(Classifier(net), next(iter(digits_loader(shuffle=False)))))
