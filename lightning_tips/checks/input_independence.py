@@ -287,10 +287,10 @@ class InputIndependenceCheck(PreflightCheck):
         if steps < 1:
             raise ValueError(f"Expected steps >= 1 but got {steps}.")
         self.steps = steps
-        self._loss_name: str | None = None  # the loss function training_step calls (from the pre-flight trace)
         self._reset_runtime()
 
     def _reset_runtime(self) -> None:
+        self._loss_name: str | None = None  # the loss function training_step calls (from the pre-flight trace)
         self._best_val = math.inf
         self._val_checks = 0
         self._val_targets: list[torch.Tensor] = []
@@ -302,6 +302,17 @@ class InputIndependenceCheck(PreflightCheck):
         super().setup(trainer, pl_module, stage)
         if stage == "fit":
             self._reset_runtime()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "loss_name": self._loss_name, "best_val": self._best_val,
+                "val_checks": self._val_checks, "judged": self._judged}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._loss_name = state_dict.get("loss_name")
+        self._best_val = float(state_dict.get("best_val", math.inf))
+        self._val_checks = int(state_dict.get("val_checks", 0))
+        self._judged = bool(state_dict.get("judged", False))
 
     def run_check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> CardLine:
         def measure() -> tuple[list[Verdict], str]:
