@@ -258,8 +258,8 @@ _ENTRIES = [
         checks is used, so noise can only hide the finding, never raise it.""",
         "pre-flight: output change <= 1e-6 x its scale under zeroed and random inputs with no layer "
         "depending on them; training: after `steps` (default 100) steps, >= 3 validation checks and >= 30 "
-        "validation samples, best val loss >= the best constant prediction's loss (class entropy for "
-        "CE/NLL, variance for MSE) while the training loss < 0.8 x that baseline",
+        "validation samples, best val loss >= the best constant prediction's loss (the class entropy of "
+        "the validation labels; CE/NLL classification only) while the training loss < 0.8 x that baseline",
         "R2.7",
         "check that the forward uses its input and that labels stay aligned with inputs (R2.7)",
     ),

@@ -24,11 +24,12 @@ Non-finite outputs make the comparison meaningless: skipped (``info``, see ``non
 
 **During training (the learned comparison).** A model that cannot use its inputs does no better on
 validation data than the best *constant* prediction, whose loss is exact and known from the
-validation labels alone: their class entropy for cross-entropy/NLL, their variance for MSE. The
-check collects the validation targets and, at ``on_validation_end``, compares the smallest
+validation labels alone: their class entropy for cross-entropy/NLL (classification only: a
+regression's logged validation "loss" may be an RMSE or MAE, whose baseline is not the variance).
+The check collects the validation targets and, at ``on_validation_end``, compares the smallest
 validation loss seen so far (the logged metric whose name holds ``val`` and ``loss``) with that
-baseline. It warns only once training has had a fair chance — at least ``steps`` training steps and
-3 validation checks, at least 30 validation samples — *and* the training loss has fallen below
+baseline. It warns only once training has had a fair chance — at least ``steps`` training steps
+and 3 validation checks, at least 30 validation samples — *and* the training loss has fallen below
 ``0.8 x`` the baseline (the model does fit its training data, so "it has not learned yet" is ruled
 out): then validation loss ``>=`` the constant baseline means the labels do not follow from the
 inputs (shuffled apart, a train/validation mismatch) or the forward barely uses them. No noise
@@ -212,13 +213,14 @@ def input_independence_verdict(fig: dict[str, Any]) -> Verdict:
 
 def constant_baseline(targets: torch.Tensor, loss: str) -> float | None:
     """The loss of the best constant prediction on ``targets`` (exact, no model involved): the class
-    entropy for ``cross_entropy``/``nll_loss`` with class-index targets, the variance for ``mse_loss``.
+    entropy for ``cross_entropy``/``nll_loss`` with class-index targets; ``None`` for anything else
+    (a regression's logged validation "loss" may be an RMSE or MAE, so its baseline is not known).
 
     Example:
         >>> round(constant_baseline(torch.tensor([0, 1, 2, 3]), "cross_entropy"), 4)
         1.3863
-        >>> constant_baseline(torch.tensor([1.0, 3.0]), "mse_loss")
-        1.0
+        >>> constant_baseline(torch.tensor([1.0, 3.0]), "mse_loss") is None
+        True
     """
     if loss in ("cross_entropy", "nll_loss") and not targets.is_floating_point():
         valid = targets[targets >= 0].long().flatten()  # ignore_index (-100) excluded
@@ -227,10 +229,7 @@ def constant_baseline(targets: torch.Tensor, loss: str) -> float | None:
         p = torch.bincount(valid).float() / valid.numel()
         p = p[p > 0]
         return float(-(p * p.log()).sum())
-    if loss == "mse_loss" and targets.is_floating_point():
-        flat = targets.float().reshape(targets.shape[0], -1)
-        return float(flat.var(0, unbiased=False).mean())
-    return None
+    return None  # regression is not judged: a logged "val_loss" may be an RMSE/MAE, not the MSE the baseline is for
 
 
 def learned_verdict(best_val: float, baseline: float, train_loss: float, checks: int, samples: int,

@@ -199,9 +199,10 @@ def test_healthy_runs_silent_at_runtime(make_trainer) -> None:
     check = InputIndependenceCheck(steps=40)
     _fit_val(make_trainer, Classifier(_mlp(), lr=3e-3), _loaders(shuffle_labels=False), check, epochs=12)
     assert codes(check) == []
+    assert check._val_checks >= 3 and check._best_val < 1.0  # judged, and far below the baseline log(10)
     check = InputIndependenceCheck(steps=40)  # a small-batch run that overfits: still learns, silent
     _fit_val(make_trainer, Classifier(_mlp(), lr=3e-3), _loaders(False, n_train=64, batch_size=8), check, epochs=12)
-    assert codes(check) == []
+    assert codes(check) == [] and check._val_checks >= 3
 
 
 def test_bad_arguments() -> None:
