@@ -9,7 +9,8 @@ corrupts training).
 
 On a copy: BatchNorm layers (which legitimately mix samples in training mode) and dropout run in
 eval mode (BatchNorm without running statistics gets neutral ones); GroupNorm / LayerNorm are per
-sample and stay as they are. Inputs are ``split_batch(batch)[0]`` (every floating tensor of a
+sample and stay as they are; all-zero weights (a zero-initialised head or residual-branch norm,
+which would block every gradient) get small seeded noise. Inputs are ``split_batch(batch)[0]`` (every floating tensor of a
 tuple/dict is checked); integer inputs (token ids) are checked at the output of each
 ``nn.Embedding`` whose output is per-sample (an embedding of shape ``(1, S, D)`` broadcast over the
 batch — Hugging Face's position embeddings — is shared like a parameter and ignored). The real
@@ -58,6 +59,17 @@ def _neutral_batchnorm(model: nn.Module) -> None:
                 m.register_buffer("running_var", torch.ones(m.num_features, device=dev))
                 m.track_running_stats = True
             m.eval()
+
+
+def _unzero_weights(model: nn.Module) -> None:
+    """Fill every all-zero ``weight`` of ``model`` (a copy) with small seeded noise: a zero-initialised head
+    (torchvision's ViT) or residual-branch norm (timm's ``zero_init_last``) blocks every gradient, and the
+    check is about which samples the architecture connects, not about the values at init."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.rsplit(".", 1)[-1] == "weight" and p.numel() and p.is_floating_point() and not bool(p.any()):
+                p.copy_((0.02 * torch.randn(p.shape, generator=g)).to(p.device, p.dtype))
 
 
 def _batch_dim(shape: torch.Size, n: int) -> int | None:
@@ -118,6 +130,7 @@ def batch_mixing(module: nn.Module, batch: Any, sample: int | None = None) -> di
     model = model_copy(module)
     eval_dropout(model)
     _neutral_batchnorm(model)
+    _unzero_weights(model)
     model.zero_grad(set_to_none=True)
 
     def leaf(t: torch.Tensor) -> torch.Tensor:

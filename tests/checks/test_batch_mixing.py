@@ -22,6 +22,7 @@ from tests.helpers.preflight_models import (
     digit_tokens_loader,
     digits_loader,
     fit,
+    zero_head,
 )
 
 # --- pure function ---------------------------------------------------------------------------------
@@ -137,3 +138,12 @@ def test_nonfinite_gradients_are_skipped_not_judged() -> None:
         net[0].weight[0, 0, 0, 0] = float("nan")  # a NaN weight: every output and gradient is NaN
     with pytest.raises(CheckSkipped, match="not finite"):
         batch_mixing_verdict(batch_mixing(Classifier(net), next(iter(digits_loader(shuffle=False)))))
+
+
+def test_zero_init_head_is_judged_not_skipped(make_trainer) -> None:
+    """A zero-initialised head blocks every gradient; the check fills it with noise on its copy and judges."""
+    res = batch_mixing(Classifier(zero_head(small_cnn())), next(iter(digits_loader(shuffle=False))))
+    assert res["total"] > 0 and res["leak"] == 0.0
+    check = BatchMixingCheck()
+    fit(make_trainer, Classifier(zero_head(small_cnn())), digits_loader(), check)
+    assert codes(check) == []
