@@ -237,7 +237,9 @@ _ENTRIES = [
         `batch_first` mistake). This silently corrupts training (R2.12, P12). Normalisation layers
         run in eval mode for the check so BatchNorm is not a false alarm. Only per-sample tensors
         are evidence: a tensor broadcast over the batch (leading dimension 1, e.g. a (1, S, D)
-        position embedding) is shared like a parameter and ignored. Noise model: none — an
+        position embedding) is shared like a parameter and ignored; all-zero weights (a
+        zero-initialised head) get small noise on the check's copy so gradients can flow. Noise
+        model: none — an
         independent sample's gradient is exactly zero; the threshold only absorbs float round-off.""",
         "any input-gradient on samples other than i with |g| > 1e-7 x max |g|, over the float inputs and "
         "the per-sample nn.Embedding outputs (batch of 1, non-finite gradients: skipped)",
