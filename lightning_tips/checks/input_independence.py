@@ -66,9 +66,9 @@ TRAIN_FIT_RATIO = 0.8
 _ZERO_WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Bilinear)
 
 
-def _perturbed(inputs: Any, mode: str, seed: int) -> Any:
+def _perturbed(inputs: Any, mode: str, seed: int, ints: bool = True) -> Any:
     """``inputs`` with floating tensors zeroed (``mode="zero"``) or replaced by seeded noise of their
-    mean and spread (``"noise"``); integer tensors permuted (the same seed) in both."""
+    mean and spread (``"noise"``); integer tensors permuted (the same seed) in both, unless ``not ints``."""
     g = torch.Generator(device="cpu").manual_seed(seed)
 
     def fn(t: torch.Tensor) -> torch.Tensor:
@@ -78,7 +78,7 @@ def _perturbed(inputs: Any, mode: str, seed: int) -> Any:
             std, mean = torch.std_mean(t.detach().float()) if t.numel() > 1 else (t.new_ones(()), t.mean())
             noise = torch.randn(t.shape, generator=g).to(t.device)
             return (noise * std.clamp_min(1e-3) + mean).to(t.dtype)
-        if t.numel() > 1 and t.dtype != torch.bool:
+        if ints and t.numel() > 1 and t.dtype != torch.bool:
             order = torch.randperm(t.numel(), generator=g).to(t.device)
             return t.flatten()[order].reshape(t.shape)
         return t
@@ -131,11 +131,6 @@ def input_independence(module: pl.LightningModule, batch: Any) -> dict[str, Any]
     inputs, targets = split
     probe = eval_dropout(model_copy(module))
     assert isinstance(probe, pl.LightningModule)
-    perturbed = [_perturbed(inputs, mode, seed) for mode, seed in (("zero", 0), ("noise", 1))]
-    real_t = [t for _, t in named_tensors(inputs)]
-    if all(all(_same(a, b) for a, b in zip(real_t, (t for _, t in named_tensors(p)))) for p in perturbed):
-        raise CheckSkipped("the inputs could not be perturbed (constant integer inputs?)")
-    variants = [join_batch(batch, p, targets) for p in perturbed]
     trace, _ = _traced(probe, batch, record=False)
     out_real = trace.output
     if out_real is None:
@@ -145,11 +140,30 @@ def input_independence(module: pl.LightningModule, batch: Any) -> dict[str, Any]
                            "so it cannot be compared")
     fig: dict[str, Any] = {"ignores_input": 0.0, "explained": "", "layer": "", "dependent_layers": 0.0,
                            "loss": trace.calls[0].name if trace.calls else ""}
-    if not all(_same(out_real, _traced(probe, v, record=False)[0].output) for v in variants):
-        return fig
+    real_t = [t for _, t in named_tensors(inputs)]
+    variants: list[Any] = []
+    for mode, seed in (("zero", 0), ("noise", 1)):
+        for ints in (True, False):  # permuted integer inputs may be invalid (sorted lengths, ...): floats only then
+            changed = _perturbed(inputs, mode, seed, ints)
+            if all(_same(a, b) for a, b in zip(real_t, (t for _, t in named_tensors(changed)))):
+                continue  # this perturbation changed nothing: no evidence either way
+            variant = join_batch(batch, changed, targets)
+            try:
+                out = _traced(probe, variant, record=False)[0].output
+            except CheckSkipped:
+                raise
+            except Exception:
+                continue
+            variants.append(variant)
+            if not _same(out_real, out):
+                return fig  # the output follows the input
+            break
+    if not variants:
+        raise CheckSkipped("the inputs could not be perturbed (constant integer inputs, or a model that rejects "
+                           "permuted integer inputs)")
     # the output is exactly unchanged: where does the input stop mattering?
     _, real = _traced(probe, batch, record=True)
-    _, noisy = _traced(probe, variants[1], record=True)
+    _, noisy = _traced(probe, variants[-1], record=True)
     dependent: list[str] = []
     collapse: list[tuple[str, str]] = []
     for name, (inp, out) in real.items():

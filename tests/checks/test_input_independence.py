@@ -111,6 +111,27 @@ def test_token_inputs_are_judged_by_permutation() -> None:
     assert fig["ignores_input"] == 0.0 and input_independence_verdict(fig).severity is None
 
 
+class PackedGRU(Classifier):
+    """Inputs ``(rows, lengths)``: a packed GRU that needs its lengths sorted (permuting them raises)."""
+
+    def __init__(self) -> None:
+        super().__init__(RowsGRU())
+
+    def forward(self, inputs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:  # type: ignore[override]
+        x, lengths = inputs
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=True)
+        _, h = self.net.gru(packed)
+        return self.net.fc(h[-1])
+
+
+def test_integer_inputs_that_cannot_be_permuted_fall_back_to_floats() -> None:
+    x, y = digits_tensors(image=False)
+    lengths = torch.arange(8, 0, -1).repeat_interleave(4)  # 32 samples, sorted lengths 8..1
+    batch = ((x[:32].reshape(32, 8, 8), lengths), y[:32])
+    fig = input_independence(PackedGRU(), batch)
+    assert fig["ignores_input"] == 0.0 and input_independence_verdict(fig).severity is None
+
+
 def test_cost_is_small() -> None:
     model, batch = Classifier(small_cnn()), _batch()
     t0 = time.perf_counter()
