@@ -274,8 +274,9 @@ _ENTRIES = [
         noise: a loss that halves passes, one that falls by less than 10% (or rises) is flagged.""",
         "overfit one batch (16 samples, 50 steps, at the peak lr the user's schedule reaches in its first "
         "2000 planned steps): final/initial loss > 0.9, a detached loss, no parameter changed, or a "
-        "diverged loss (0.5 < ratio <= 0.9 is info 'learns, slowly'; skipped when the loss is non-finite "
-        "before any step); training: no epoch loss below 0.98 x the first within 3 epochs",
+        "diverged loss (0.5 < ratio <= 0.9 is info 'learns, slowly'; info when the output does not depend on "
+        "the input at all — input-independent or dead units are the root cause; skipped when the loss is "
+        "non-finite before any step); training: no epoch loss below 0.98 x the first within 3 epochs",
         "R2.8 R2.9 P9 T10 T2",
         "check the loss, the labels and the optimizer wiring; raise or lower the lr (P10); overfit "
         "~10 samples first (T10)",

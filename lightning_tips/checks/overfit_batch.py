@@ -25,6 +25,7 @@ import inspect
 import math
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import lightning.pytorch as pl
@@ -267,6 +268,25 @@ def overfit_verdict(fig: dict[str, float], steps: int, ratio: float = OVERFIT_RA
                    "the model cannot fit even this small batch", figures)
 
 
+def _root_cause(verdict: Verdict, pl_module: pl.LightningModule, batch: Any) -> Verdict:
+    """A loss that barely moves because the output does not depend on the input at all (a forward that
+    ignores it, every unit dead) is a consequence: ``info`` pointing at the root cause, not a second warning."""
+    from lightning_tips.checks.input_independence import input_independence
+
+    try:
+        fig = input_independence(pl_module, batch)
+    except Exception:  # the root-cause probe is best effort; the verdict stands
+        return verdict
+    if fig["ignores_input"]:
+        cause = "the forward ignores its input (see input-independent, the root cause)"
+    elif fig["explained"] == "dead":
+        cause = f"every unit of `{fig['layer']}` outputs 0, so the output is constant (see dead-activation)"
+    else:
+        return verdict
+    return replace(verdict, severity="info", message=f"{verdict.message}; a consequence: {cause}",
+                   advice="fix the root cause first")
+
+
 class OverfitBatchCheck(PreflightCheck):
     """Pre-flight check ``not-learning`` by overfitting one batch (tips R2.8, P9, T10).
 
@@ -304,6 +324,8 @@ class OverfitBatchCheck(PreflightCheck):
             fig = overfit_batch(pl_module, batch, optimizer_factory(trainer, pl_module), self.steps,
                                 self.max_batch, self._deadline)
             v = overfit_verdict(fig, self.steps)
+            if v.severity == "warning" and fig["requires_grad"] and fig["changed"]:
+                v = _root_cause(v, pl_module, batch)
             detail = (f"loss {fig['start']:.3g} -> {fig['end']:.3g} in {int(fig['steps'])} steps "
                       f"(ratio {fig['ratio']:.2f})")
             return [v], detail

@@ -18,8 +18,10 @@ from lightning_tips.checks.overfit_batch import (
 from tests.helpers.models import Classifier, small_cnn
 from tests.helpers.preflight_models import (
     DetachedHead,
+    IgnoresInput,
     ManualClassifier,
     codes,
+    dead_mlp,
     digits_loader,
     fit,
     frozen_cnn,
@@ -165,3 +167,13 @@ def test_bad_arguments() -> None:
         OverfitBatchCheck(steps="50")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="Expected budget_s > 0"):
         OverfitBatchCheck(budget_s=0)
+
+
+@pytest.mark.parametrize("model", [lambda: Classifier(IgnoresInput()), lambda: Classifier(dead_mlp())],
+                         ids=["ignores-input", "dead-units"])
+def test_output_independent_of_input_is_a_consequence_not_a_warning(make_trainer, model) -> None:
+    """#11 item 4/Build 3: the loss cannot fall because the output ignores the input: one root cause."""
+    check = OverfitBatchCheck()
+    fit(make_trainer, model(), digits_loader(image=False), check)
+    assert codes(check) == ["not-learning:info"]
+    assert "a consequence" in check.findings[0].message
