@@ -63,6 +63,7 @@ SAME_TOLERANCE = 1e-6  # relative: an output change below 1e-6 x its scale is "u
 MIN_VAL_CHECKS = 3
 MIN_VAL_SAMPLES = 30
 TRAIN_FIT_RATIO = 0.8
+MAX_TARGET_ELEMENTS = 1_000_000  # validation labels kept for the baseline (per-pixel labels: a sample of them)
 _ZERO_WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Bilinear)
 
 
@@ -307,6 +308,7 @@ class InputIndependenceCheck(PreflightCheck):
         self._best_val = math.inf
         self._val_checks = 0
         self._val_targets: list[torch.Tensor] = []
+        self._val_samples = 0
         self._train_sum: torch.Tensor | None = None
         self._train_count = 0
         self._judged = False
@@ -359,15 +361,18 @@ class InputIndependenceCheck(PreflightCheck):
             self._train_count += 1
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._val_targets = []
+        self._val_targets, self._val_samples = [], 0
 
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                                 batch_idx: int, dataloader_idx: int = 0) -> None:
         if trainer.sanity_checking or self._loss_name is None or self._judged or dataloader_idx != 0:
             return
         split = split_batch(batch)
-        if split is not None:
-            self._val_targets.append(split[1].detach())
+        if split is None or split[1].is_floating_point() or split[1].dim() == 0:
+            return  # class-index targets only (the baseline is a class entropy)
+        if sum(t.numel() for t in self._val_targets) < MAX_TARGET_ELEMENTS:  # e.g. per-pixel labels: a sample
+            self._val_targets.append(split[1].detach().flatten())
+        self._val_samples += int(split[1].shape[0])
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # on_validation_end, not on_validation_epoch_end: the epoch's logged metrics are only in
@@ -377,12 +382,8 @@ class InputIndependenceCheck(PreflightCheck):
         key = next((k for k in trainer.callback_metrics if "val" in k.lower() and "loss" in k.lower()), None)
         if key is None or self._train_sum is None or not self._train_count:
             return
-        try:
-            targets = torch.cat([t.reshape(t.shape[0], -1) if t.dim() > 1 else t for t in self._val_targets])
-        except RuntimeError:
-            return
-        baseline = constant_baseline(targets.squeeze(-1) if targets.dim() > 1 and targets.shape[-1] == 1
-                                     and not targets.is_floating_point() else targets, self._loss_name)
+        targets = torch.cat(self._val_targets)
+        baseline = constant_baseline(targets, self._loss_name)
         if baseline is None:
             return
         val, train = torch.stack([trainer.callback_metrics[key].detach().float().reshape(()).cpu(),
@@ -390,7 +391,7 @@ class InputIndependenceCheck(PreflightCheck):
         self._val_checks += 1
         if math.isfinite(val):
             self._best_val = min(self._best_val, val)
-        v = learned_verdict(self._best_val, baseline, train, self._val_checks, int(targets.shape[0]),
+        v = learned_verdict(self._best_val, baseline, train, self._val_checks, self._val_samples,
                             trainer.global_step, self.steps)
         if v is not None and v.severity is not None:
             self._judged = True
