@@ -121,7 +121,7 @@ def input_independence(module: pl.LightningModule, batch: Any) -> dict[str, Any]
     """Does the model's output change when its inputs change? (the pre-flight part, see the module docstring)
 
     Returns ``{"ignores_input": 0/1, "explained": "" | "zero-weight" | "dead" | "lost", "layer": path,
-    "dependent_layers": count}``.
+    "dependent_layers": count, "loss": the first loss function training_step called ("" if none)}``.
 
     Raises:
         CheckSkipped: unlabeled batch layout, inputs that cannot be perturbed, a non-finite output.

@@ -216,6 +216,19 @@ def test_shuffled_labels_flagged_at_runtime(make_trainer) -> None:
     assert f["best_val_loss"] >= f["constant_baseline"] and f["train_loss"] < 0.8 * f["constant_baseline"]
 
 
+def test_runtime_part_runs_inside_preflight(make_trainer) -> None:
+    """Composed (Preflight, hence Recipe), the check's training hooks are forwarded to it."""
+    from lightning_tips.checks.preflight import Preflight
+
+    pre = Preflight(data=False, init_loss=False, output_activation=False, batch_mixing=False, overfit_batch=False,
+                    missing_bias=False)
+    check = pre.checks[0]
+    assert isinstance(check, InputIndependenceCheck)
+    check.steps = 40
+    _fit_val(make_trainer, Classifier(_mlp(), lr=3e-3), _loaders(shuffle_labels=True), pre, epochs=16)
+    assert [f"{f.code}:{f.severity.value}" for f in pre.findings] == ["input-independent:warning"]
+
+
 def test_healthy_runs_silent_at_runtime(make_trainer) -> None:
     check = InputIndependenceCheck(steps=40)
     _fit_val(make_trainer, Classifier(_mlp(), lr=3e-3), _loaders(shuffle_labels=False), check, epochs=12)
