@@ -187,20 +187,32 @@ _ENTRIES = [
     _entry(
         "init-loss", "check", "the loss at init is far from what a well-initialised output gives",
         """The first-batch loss on the untrained model is far from the value a well-initialised
-        output gives: log C for C-class cross-entropy, the prior's entropy for imbalanced classes,
-        the target variance for MSE regression. Large initial logits waste the first iterations
-        ("hockey stick" loss) and can mean too-large init weights (T9).""",
-        "|measured - e| > max(0.5, 0.25 x e) for both e = log C and e = prior entropy (CE, NLL, BCE); "
-        "measured > 2 x target variance (MSE)",
+        output gives: log C for C-class cross-entropy, the prior's entropy for imbalanced classes
+        (or the loss of the output bias alone, when the bias already holds the prior, e.g. set by
+        `OutputBiasInit` — then that fix is never advised again), the target variance for MSE
+        regression. Large initial logits waste the first iterations ("hockey stick" loss) and can
+        mean too-large init weights (T9). A loss already *below* every expectation is info: a trained
+        or loaded model (fine-tuning) — or labels leaking into the inputs. Noise model: the batch
+        prior is used only from >= 5 x C labels (its plug-in entropy is biased on fewer); a mean loss
+        far above log C needs large logits on real samples whatever the batch size (the per-sample
+        standard error is reported). A non-finite loss is skipped: non-finite inputs or weights are
+        the root cause, reported by their own checks.""",
+        "|measured - e| > max(0.5, 0.25 x e) for every e in {log C, prior entropy (>= 5 x C labels), "
+        "loss of the output bias alone (when <= log C + tolerance)} and measured above them (CE, NLL, BCE; "
+        "below: info); measured > 2 x target variance (MSE, >= 8 samples)",
         "R2.4 R2.5 T9 T13 P13",
         "initialise the output layer small and its bias to the prior (R2.5, `OutputBiasInit`)",
     ),
     _entry(
         "loss-reduction", "check", "the loss is summed, not averaged, over the batch",
         """The initial loss scales with the batch size: the loss is a sum over samples, not a mean,
-        so the effective learning rate depends on the batch size (T13).""",
-        "`reduction='sum'` seen in the loss call, or loss(full batch) / loss(half batch) within 25% of "
-        "n / n_half",
+        so the effective learning rate depends on the batch size (T13). A traced loss call decides:
+        `reduction='sum'` flags, `reduction='mean'` returned unchanged passes. Only an untraced
+        reduction is measured, on the batch and its two halves: a mean gives full = (first +
+        second) / 2, a sum full = first + second — exact up to batch-statistics layers, so the
+        margins (10% / 30%) cover BatchNorm and round-off, not sampling noise.""",
+        "`reduction='sum'` seen in the loss call; or, with no traced mean returned unchanged, "
+        "|full / (first half + second half) - 1| <= 0.1 and |2 x full / (first + second) - 1| > 0.3",
         "T13 P13",
         "use reduction='mean' (the default of torch losses) so gradients are averaged over the batch (T13)",
     ),
@@ -208,10 +220,13 @@ _ENTRIES = [
         "output-activation", "check", "an activation on the output layer feeding a loss that expects logits",
         """The model's output passes through ReLU, Softmax, LogSoftmax or Sigmoid before a loss that
         expects raw logits (cross-entropy, BCE-with-logits). The loss then optimises the wrong
-        thing and gradients shrink (P3). Sigmoid followed by `BCELoss` is legitimate.""",
+        thing and gradients shrink (P3). Sigmoid followed by `BCELoss` is legitimate. Noise model:
+        none — one traced step on the real batch; the evidence is structural (which function
+        produced the tensor) or exact value patterns that a logit layer cannot produce.""",
         "the loss input is a Softmax/Sigmoid/ReLU output (traced activation call, last module, values: "
-        "rows summing to 1, all in (0, 1), all >= 0) and the loss expects logits; LogSoftmax before "
-        "cross-entropy is info",
+        "rows summing to 1, all in (0, 1), all >= 0 with > 5% exact zeros mixed with positive values; "
+        "all-zero logits of a zero-initialised head are not evidence) and the loss expects logits; "
+        "LogSoftmax before cross-entropy is info; non-finite loss inputs: skipped",
         "P3 P13",
         "remove the activation after the last layer; the loss applies its own (P3)",
     ),
@@ -220,19 +235,33 @@ _ENTRIES = [
         """Backpropagating from one sample's output gives a non-zero gradient on other samples'
         inputs: some operation mixes the batch dimension (a wrong reshape/permute/view, a
         `batch_first` mistake). This silently corrupts training (R2.12, P12). Normalisation layers
-        run in eval mode for the check so BatchNorm is not a false alarm.""",
-        "any input-gradient on samples other than i with |g| > 1e-7 x max |g|",
+        run in eval mode for the check so BatchNorm is not a false alarm. Only per-sample tensors
+        are evidence: a tensor broadcast over the batch (leading dimension 1, e.g. a (1, S, D)
+        position embedding) is shared like a parameter and ignored; all-zero weights (a
+        zero-initialised head) get small noise on the check's copy so gradients can flow. Noise
+        model: none — an
+        independent sample's gradient is exactly zero; the threshold only absorbs float round-off.""",
+        "any input-gradient on samples other than i with |g| > 1e-7 x max |g|, over the float inputs and "
+        "the per-sample nn.Embedding outputs (batch of 1, non-finite gradients: skipped)",
         "R2.12 P12",
         "check the operations that reshape and permute tensor dimensions (view, transpose, "
         "batch_first of RNNs) (P12)",
     ),
     _entry(
-        "input-independent", "check", "the model does as well with zeroed inputs as with the real ones",
-        """Trained briefly on real inputs and on zeroed inputs (on copies), the model does no
-        better on real inputs: either the forward ignores its input or the labels do not belong to
-        the inputs (shuffled apart) (R2.7).""",
-        "an output unchanged by zeroed inputs; or, trained 50 steps on one half of the batch (split by "
-        "class), held-out loss with real inputs >= 0.9 x with zeroed inputs",
+        "input-independent", "check", "the output ignores the input, or the labels do not follow the inputs",
+        """Either the forward ignores its input (a wrong variable, an input multiplied by 0), or the
+        model learns nothing from the inputs that carries over to validation data (labels shuffled
+        apart from their inputs) (R2.7). Pre-flight proves only what one batch can: the output is
+        exactly unchanged when the inputs are zeroed and replaced by noise, and no layer's output
+        depends on them (exact, no noise; a zero-initialised head and a representation collapsed by
+        dead units are recognised: silent and info). During training the validation loss is compared
+        with the exact loss of the best constant prediction on the same validation labels; noise
+        model: any model that uses the inputs goes below that exact baseline, and the minimum over
+        checks is used, so noise can only hide the finding, never raise it.""",
+        "pre-flight: output change <= 1e-6 x its scale under zeroed and random inputs with no layer "
+        "depending on them; training: after `steps` (default 100) steps, >= 3 validation checks and >= 30 "
+        "validation samples, best val loss >= the best constant prediction's loss (the class entropy of "
+        "the validation labels; CE/NLL classification only) while the training loss < 0.8 x that baseline",
         "R2.7",
         "check that the forward uses its input and that labels stay aligned with inputs (R2.7)",
     ),
@@ -240,9 +269,14 @@ _ENTRIES = [
         "not-learning", "check", "the loss does not go down; one batch cannot be overfitted",
         """On a copy with a fresh optimizer of the user's type, one batch could not be overfitted
         in a bounded number of steps (R2.8, P9), or the real training loss did not fall in the first
-        epochs (R2.9, T10).""",
-        "overfit one batch (16 samples, 50 steps): final/initial loss > 0.5, a detached loss, or no "
-        "parameter changed; training: no epoch loss below 0.98 x the first within 3 epochs",
+        epochs (R2.9, T10). Noise model of the one-batch part: deterministic (one fixed batch, dropout
+        off, full-batch steps), so the wide thresholds guard against slow-but-healthy models, not
+        noise: a loss that halves passes, one that falls by less than 10% (or rises) is flagged.""",
+        "overfit one batch (16 samples, 50 steps, at the peak lr the user's schedule reaches in its first "
+        "2000 planned steps): final/initial loss > 0.9, a detached loss, no parameter changed, or a "
+        "diverged loss (0.5 < ratio <= 0.9 is info 'learns, slowly'; info when the output does not depend on "
+        "the input at all — input-independent or dead units are the root cause; skipped when the loss is "
+        "non-finite before any step); training: no epoch loss below 0.98 x the first within 3 epochs",
         "R2.8 R2.9 P9 T10 T2",
         "check the loss, the labels and the optimizer wiring; raise or lower the lr (P10); overfit "
         "~10 samples first (T10)",
