@@ -3,10 +3,13 @@ T16, P6).
 
 :class:`DataChecks` scans a bounded sample of the training and validation loaders — at most
 ``max_batches`` batches of each, within ``max_scan_s`` seconds — on the CPU, inside
-:func:`~lightning_tips._utils.preserved_rng`, with every sampler generator restored afterwards, so
-the user's data order and random streams are untouched. It reads batches through the loader's own
-sampler, dataset and ``collate_fn`` in this process (no worker processes are started), which also
-gives the dataset index of every sample.
+:func:`~lightning_tips._utils.preserved_rng`, without touching the user's data stream: a map-style
+loader is read through an independent copy of its dataset, sampler and ``collate_fn`` (see
+:mod:`lightning_tips._batch`; a dataset's own generators and counters do not move), in this process
+(no worker processes are started), which also gives the dataset index of every sample. A stream (an
+``IterableDataset``) is never read ahead — the samples read would be lost to training — so the scan
+looks at the first batch the training loop hands over (at step 0) instead; validation streams are
+not read at all (the card says so).
 
 Verdicts (thresholds are the registry's, see :data:`~lightning_tips.findings.CODES`):
     * ``nonfinite-input`` (error): a floating-point batch field holds NaN/Inf; names the field
@@ -49,7 +52,8 @@ import hashlib
 import math
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -58,27 +62,25 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import (
-    DataLoader,
     DistributedSampler,
-    IterableDataset,
     RandomSampler,
     SequentialSampler,
     SubsetRandomSampler,
     WeightedRandomSampler,
 )
 
+from lightning_tips._batch import peek_batches, stream_reason
 from lightning_tips._utils import (
     batch_size,
     find_output_layer,
     loader_samplers,
     named_tensors,
     nonfinite_fields,
-    preserved_generators,
     preserved_rng,
     reduce_sum,
     split_batch,
 )
-from lightning_tips.checks._preflight import CardLine, PreflightCheck
+from lightning_tips.checks._preflight import CardLine, PreflightCheck, print_card
 from lightning_tips.views.first_batch import log_first_batch
 
 __all__ = [
@@ -368,26 +370,6 @@ def sampler_balances(loader: Any) -> bool:
     return any(isinstance(s, WeightedRandomSampler) for s in loader_samplers(loader))
 
 
-def _iter_batches(loader: Any) -> Iterator[tuple[Any, list[int] | None]]:
-    """``(batch, dataset indices or None)``: a map-style DataLoader is read through its batch sampler,
-    dataset and collate_fn in this process (no workers); anything else is iterated as is (an
-    IterableDataset loader with workers is read single-process)."""
-    if isinstance(loader, DataLoader) and not isinstance(loader.dataset, IterableDataset):
-        if loader.batch_sampler is not None:
-            ds, collate = loader.dataset, loader.collate_fn
-            getitems = getattr(ds, "__getitems__", None)
-            for idx in loader.batch_sampler:
-                idx = list(idx)
-                items = getitems(idx) if callable(getitems) else [ds[i] for i in idx]
-                yield collate(items), (idx if all(isinstance(i, int) for i in idx) else None)
-            return
-    elif isinstance(loader, DataLoader) and loader.num_workers > 0:
-        loader = DataLoader(loader.dataset, batch_size=loader.batch_size, drop_last=loader.drop_last,
-                            collate_fn=loader.collate_fn)
-    for batch in loader:
-        yield batch, None
-
-
 # --- the scan -------------------------------------------------------------------------------------
 @dataclass
 class _Scan:
@@ -458,8 +440,8 @@ def _scan(loaders: Sequence[tuple[str, Any]], max_batches: int, deadline: float,
         prefix = "batch" if len(loaders) == 1 else f"{name} batch"
         count = 0
         try:
-            with preserved_generators(loader):
-                for batch, indices in _iter_batches(loader):
+            with closing(peek_batches(loader)) as batches:
+                for batch, indices in batches:
                     out.add(name, batch, indices, prefix, train_keys)
                     count += 1
                     if count >= max_batches or time.perf_counter() > deadline:
@@ -467,6 +449,23 @@ def _scan(loaders: Sequence[tuple[str, Any]], max_batches: int, deadline: float,
         except Exception as err:  # a scan must never crash training; report what was read
             out.errors.append(f"{name}: {type(err).__name__}: {err}")
     return out
+
+
+def _handed_over(loaders: Any, batch: Any) -> Any:
+    """``loaders`` with every stream replaced by ``[its part of batch]`` (the batch the training loop
+    handed over: a stream cannot be read ahead without consuming it), or by ``[]`` without a batch."""
+    if loaders is None or batch is None:
+        return loaders
+    if isinstance(loaders, Mapping):
+        return {k: v if stream_reason(v) is None else
+                ([batch[k]] if isinstance(batch, Mapping) and k in batch else []) for k, v in loaders.items()}
+    if isinstance(loaders, (list, tuple)):
+        parts = batch if isinstance(batch, (list, tuple)) and len(batch) == len(loaders) else None
+        if len(loaders) == 1:
+            parts = [batch]
+        return [v if stream_reason(v) is None else ([parts[i]] if parts is not None else [])
+                for i, v in enumerate(loaders)]
+    return loaders if stream_reason(loaders) is None else [[batch]]  # one loader yielding one batch
 
 
 def _named_loaders(obj: Any, name: str) -> list[tuple[str, Any]]:
@@ -522,8 +521,8 @@ class DataChecks(PreflightCheck):
 
     Reports ``nonfinite-input`` (error), ``duplicate-data``, ``class-imbalance``,
     ``unnormalized-input``, ``unshuffled-data`` (warnings), ``no-seed`` (info); see the module
-    docstring for the thresholds. Observes only: the scan reads on the CPU inside
-    ``preserved_rng`` and restores every sampler generator, so training is bit-for-bit unchanged.
+    docstring for the thresholds. Observes only: the scan reads copies on the CPU inside
+    ``preserved_rng`` and never reads a stream ahead, so training is bit-for-bit unchanged.
 
     Args:
         max_batches: at most this many batches of the train loader, and of the val loader(s), are scanned.
@@ -564,20 +563,48 @@ class DataChecks(PreflightCheck):
         self.max_batches = max_batches
         self.max_scan_s = max_scan_s
         self.first_batch = first_batch
+        self._scanned = False  # the scan ran this fit (in pre-flight, or on the batch handed over at step 0)
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage == "fit":
+            self._scanned = False
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        """A streaming training loader cannot be read in pre-flight without consuming it: the scan
+        runs once on the first batch the loop hands over (step 0), on every rank."""
+        if self._scanned or batch_idx != 0 or trainer.global_step != 0 or trainer.ckpt_path is not None:
+            return
+        loaders = trainer.train_dataloader
+        parts = list(loaders.values()) if isinstance(loaders, Mapping) else (
+            list(loaders) if isinstance(loaders, (list, tuple)) else [loaders])
+        if not any(stream_reason(ld) is not None for ld in parts if ld is not None):
+            return
+        line = self.run_check(trainer, pl_module, batch)
+        print_card(trainer, [line], title="lightning_tips pre-flight (data: the first training batch)")
 
     def run_check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> CardLine:
         start = time.perf_counter()
         # 1. local scan: no collectives, and nothing here may raise (a rank that skipped the
         # collectives below would hang the others)
         train, val, train_loaders, val_loaders = _Scan(), _Scan(), list[tuple[str, Any]](), list[tuple[str, Any]]()
+        streams: list[str] = []
+        self._scanned = True
         fields: list[tuple[str, FeatureStats]] = []
         dyn: list[tuple[float, int, float]] = []
         packed = torch.zeros(0, dtype=torch.float64)
         try:
-            train_loaders = _named_loaders(trainer.train_dataloader, "train")
-            if not train_loaders:  # no loader object: the given batch is the sample
-                train_loaders = [("train", [_to_cpu(batch)])]
-            val_loaders = _named_loaders(_val_source(trainer, pl_module), "val")
+            # a stream is never read ahead (it would lose samples to training): its part of the
+            # batch the loop handed over stands in for it
+            cpu_batch = _to_cpu(batch) if batch is not None else None
+            streams = [n for n, ld in _named_loaders(trainer.train_dataloader, "train") if stream_reason(ld)]
+            train_loaders = _named_loaders(_handed_over(trainer.train_dataloader, cpu_batch), "train")
+            if not train_loaders and cpu_batch is not None:  # no loader object: the given batch is the sample
+                train_loaders = [("train", [cpu_batch])]
+            val_all = _named_loaders(_val_source(trainer, pl_module), "val")
+            streams += [n for n, ld in val_all if stream_reason(ld)]
+            val_loaders = [(n, ld) for n, ld in val_all if stream_reason(ld) is None]
             end = start + self.max_scan_s
             overall = getattr(self, "_deadline", None)  # the composite pre-flight's budget, when set
             if isinstance(overall, float):
@@ -704,6 +731,8 @@ class DataChecks(PreflightCheck):
         parts.append(summary_stats or "no float inputs")
         parts.append(f"{g['dup']} duplicates, {g['overlap']} shared with val" if g["val_loaders"] else
                      f"{g['dup']} duplicates, no val")
+        if streams:
+            parts.append(f"streams not read ahead: {', '.join(streams)} (the training batch handed over stands in)")
         return CardLine(self.title, "finding" if reported else "pass", ", ".join(parts))
 
     def _normalization(self, trainer: pl.Trainer, fields: list[tuple[str, FeatureStats]],

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -37,8 +37,9 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 
+from lightning_tips._batch import independent_copy, peek_batches, preserved_owned_rng, stream_reason
 from lightning_tips._callback import TipCallback
 from lightning_tips._loggers import log_image, log_table
 from lightning_tips._render import figure_to_array, new_figure
@@ -268,32 +269,45 @@ def _first_loader(loaders: Any) -> Any:
 def pick_batch(loader: Any, num_samples: int) -> tuple[Any, list[int] | None] | None:
     """The first ``num_samples`` samples of ``loader`` (on the CPU) and their dataset indices.
 
-    A map-style dataset is read by index ``0..num_samples-1`` and collated with the loader's
-    ``collate_fn`` (its first batch when unshuffled, whatever the sampler); otherwise the first
-    batch the loader yields is cut to ``num_samples`` (indices unknown). Call it inside
-    :func:`preserved_rng`.
+    A map-style dataset is read by index ``0..num_samples-1`` — through an independent copy of the
+    dataset and ``collate_fn`` (:func:`~lightning_tips._batch.independent_copy`), so a dataset's own
+    generators and counters do not move — and collated with the loader's ``collate_fn`` (its first
+    batch when unshuffled, whatever the sampler). A list of batches gives its first batch, cut to
+    ``num_samples`` (indices unknown). A stream is not read (``None``): it would lose samples to
+    training. Call it inside :func:`preserved_rng`.
     """
-    if loader is None:
+    if loader is None or stream_reason(loader) is not None:
         return None
-    dataset = getattr(loader, "dataset", None)
-    if (
-        isinstance(loader, DataLoader)
-        and loader.batch_size is not None
-        and dataset is not None
-        and not isinstance(dataset, IterableDataset)
-        and hasattr(dataset, "__len__")
-        and hasattr(dataset, "__getitem__")
-    ):
+    if isinstance(loader, DataLoader):
+        dataset = loader.dataset
+        if loader.batch_size is None or not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
+            return _cut(_first(loader), num_samples)
         n = min(num_samples, len(dataset))
         if n == 0:
             return None
         indices = list(range(n))
-        batch = loader.collate_fn([dataset[i] for i in indices])
+        copied = independent_copy((dataset, loader.collate_fn))
+        if copied is None:  # cannot be copied: read in place, its own generators restored
+            with preserved_owned_rng(loader, dataset, loader.collate_fn):
+                batch = loader.collate_fn([dataset[i] for i in indices])
+        else:
+            ds, collate = copied
+            batch = collate([ds[i] for i in indices])
         return apply_to_tensors(batch, lambda t: t.detach().cpu()), indices
-    batch = next(iter(loader), None)
-    if batch is None:
+    return _cut(_first(loader), num_samples)
+
+
+def _first(loader: Any) -> tuple[Any, Any] | None:
+    with closing(peek_batches(loader)) as batches:
+        return next(batches, None)
+
+
+def _cut(picked: tuple[Any, Any] | None, num_samples: int) -> tuple[Any, None] | None:
+    if picked is None:
         return None
-    batch = apply_to_tensors(batch, lambda t: t.detach()[:num_samples].cpu() if t.dim() > 0 else t.detach().cpu())
+    batch = apply_to_tensors(
+        picked[0], lambda t: t.detach()[:num_samples].cpu() if t.dim() > 0 else t.detach().cpu()
+    )
     return batch, None
 
 
@@ -303,8 +317,9 @@ class FixedBatchPredictions(TipCallback):
 
     When training starts it picks a fixed batch — the first ``num_samples`` samples of the first
     validation dataloader, or of the training dataloader when there is no validation loop — under
-    :func:`~lightning_tips._utils.preserved_rng` (your RNG streams are untouched) and keeps it on the
-    CPU. At the start, on every sampled step (``global_step % every_n_steps == 0``) and once at the
+    :func:`~lightning_tips._utils.preserved_rng` (your RNG streams are untouched), reading a copy of
+    the dataset (its own generators do not move), and keeps it on the CPU. A streaming loader
+    (``IterableDataset``) is never read ahead: the fixed batch is then the first batch training sees. At the start, on every sampled step (``global_step % every_n_steps == 0``) and once at the
     end of the fit it runs the real module's ``forward`` on it in eval mode, under ``no_grad`` and
     ``preserved_rng``, restoring each submodule's train/eval mode afterwards: weights, BatchNorm
     statistics and RNG are unchanged (a pure observer).
@@ -350,6 +365,7 @@ class FixedBatchPredictions(TipCallback):
         self._indices: list[int] | None = None
         self._last_step = -1
         self._skipped = False
+        self._from_loop = False  # the training loader is a stream: keep the first batch the loop hands over
 
     @property
     def state_key(self) -> str:
@@ -377,8 +393,11 @@ class FixedBatchPredictions(TipCallback):
         if self._batch is None:
             source = "validation"
             loader = _first_loader(trainer.val_dataloaders) if trainer.enable_validation else None
-            if loader is None:
+            if loader is None or stream_reason(loader) is not None:
                 source, loader = "training", _first_loader(trainer.train_dataloader)
+            if loader is not None and stream_reason(loader) is not None:
+                self._from_loop = True  # a stream: take the first batch the loop hands over
+                return
             try:
                 with preserved_rng([pl_module.device]):
                     picked = pick_batch(loader, self.num_samples)
@@ -391,6 +410,17 @@ class FixedBatchPredictions(TipCallback):
                 self._skip(trainer, reason)
                 return
             self._batch, self._indices = picked
+        self._log(trainer, pl_module)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        """A streaming loader is not read ahead: the fixed batch is the first one training sees."""
+        if not self._from_loop or self._batch is not None or self._skipped:
+            return
+        self._from_loop = False
+        self._batch = apply_to_tensors(
+            batch, lambda t: t.detach()[: self.num_samples].cpu().clone() if t.dim() > 0 else t.detach().cpu().clone()
+        )
         self._log(trainer, pl_module)
 
     def on_train_batch_end(

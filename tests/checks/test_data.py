@@ -31,7 +31,7 @@ from lightning_tips.checks.data import (
     sampler_balances,
     sampler_shuffles,
 )
-from tests.helpers.data import breast_cancer_tensors, digits_tensors
+from tests.helpers.data import DigitStream, NoisyDigits, breast_cancer_tensors, digits_tensors
 from tests.helpers.data_bugs import (
     AutoEncoder,
     DictClassifier,
@@ -318,17 +318,27 @@ def test_integer_inputs(make_trainer: Callable[..., pl.Trainer]) -> None:
     assert "unnormalized-input" not in codes and "view-skipped" not in codes  # token ids: no float stats
 
 
-def test_iterable_dataset(make_trainer: Callable[..., pl.Trainer]) -> None:
-    x, y = duplicated_digits()
+def test_iterable_dataset_is_scanned_on_the_batch_training_hands_over(
+    make_trainer: Callable[..., pl.Trainer], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A stream is never read ahead (its samples would be lost to training): the scan looks at the
+    first batch the loop hands over, at step 0, and the card says so."""
+    (x, y), _ = digits_split()
+    x, y = torch.cat([x[:56], x[:8], x[56:]]), torch.cat([y[:56], y[:8], y[56:]])  # 8 repeats in batch 0
+    taken: list[int] = []
 
     class Stream(torch.utils.data.IterableDataset):
         def __iter__(self) -> Any:
-            return iter(zip(x, y))
+            for i in range(len(x)):
+                taken.append(i)
+                yield x[i], y[i]
 
     checks = fit(make_trainer, digits_model(), DataLoader(Stream(), batch_size=64))
     (f,) = by_code(checks, "duplicate-data")
-    assert "of the scan" in f.message and f.figures["count"] == 30  # positions, no dataset index
+    assert "of the scan" in f.message and f.figures["count"] == 8 and f.figures["samples"] == 64
     assert by_code(checks, "unshuffled-data") == []  # a stream's order cannot be told from its sampler
+    assert taken == list(range(128))  # limit_train_batches=2: training read exactly its two batches
+    assert "streams not read ahead: train" in capsys.readouterr().out
 
 
 def test_scan_error_is_an_info_finding(make_trainer: Callable[..., pl.Trainer]) -> None:
@@ -388,3 +398,50 @@ def test_ddp_ranks_agree(tmp_path: Path) -> None:
     nan_msgs = sorted(next(m for m in r["messages"] if "NaN" in m) for r in ranks)
     assert sum("on another rank" in m for m in nan_msgs) == 1
     assert sum("batch[0] (2 values)" in m for m in nan_msgs) == 1
+
+
+# --- pure observer with datasets that own a generator (issue #10 item 3) ---------------------------
+class CountingClassifier(Classifier):
+    """Counts the training samples it sees (the real module only: pre-flight works on copies)."""
+
+    def __init__(self) -> None:
+        super().__init__(mlp(64, 10))
+        self.samples_seen = 0
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:  # type: ignore[override]
+        self.samples_seen += len(batch[1])
+        return super().training_step(batch, batch_idx)
+
+
+def _owned_rng_fit(make_trainer: Callable[..., pl.Trainer], kind: str, recipe: bool,
+                   val: bool = False) -> tuple[CountingClassifier, Any]:
+    import lightning_tips as lt
+
+    pl.seed_everything(0)
+    data = NoisyDigits() if kind == "map" else DigitStream()
+    train = DataLoader(data, batch_size=32, shuffle=kind == "map")
+    val_loader = DataLoader(NoisyDigits(64, seed=7), batch_size=32) if val else None
+    model = CountingClassifier()
+    trainer = make_trainer(deterministic=True, callbacks=[lt.Recipe()] if recipe else [],
+                           limit_val_batches=1 if val else 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(model, train, val_loader)
+    return model, data
+
+
+@pytest.mark.parametrize(("kind", "val"), [("map", False), ("map", True), ("stream", False)])
+def test_recipe_leaves_a_dataset_with_its_own_generator_untouched(
+    make_trainer: Callable[..., pl.Trainer], kind: str, val: bool
+) -> None:
+    """A dataset drawing noise from its own generator, map-style or streaming: the final weights are
+    bit-identical with and without ``Recipe()``, and every sample of a read-once stream reaches training."""
+    plain, plain_data = _owned_rng_fit(make_trainer, kind, recipe=False, val=val)
+    watched, watched_data = _owned_rng_fit(make_trainer, kind, recipe=True, val=val)
+    for (name, a), b in zip(plain.state_dict().items(), watched.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert watched.samples_seen == plain.samples_seen
+    if kind == "stream":
+        assert watched.samples_seen == watched_data.cursor == len(watched_data.x) == 128
+    else:
+        assert torch.equal(plain_data.g.get_state(), watched_data.g.get_state())

@@ -284,3 +284,40 @@ def test_pure_observer_with_batchnorm_and_dropout(make_trainer: MakeTrainer) -> 
     assert any("running_mean" in k for k in plain)
     assert plain.keys() == observed.keys()
     assert all(torch.equal(plain[k], observed[k]) for k in plain)
+
+
+def test_a_stream_is_not_read_ahead_the_first_batch_training_sees_is_the_fixed_batch(
+    make_trainer: MakeTrainer,
+) -> None:
+    """A read-once stream (its own cursor and generator): the view keeps the first batch the loop
+    hands over instead of reading ahead, so every sample reaches training and the stream's noise
+    is what it would have been without the view."""
+    from tests.helpers.data import DigitStream
+
+    def run(callbacks: list) -> tuple[DigitStream, Classifier]:
+        pl.seed_everything(0)
+        stream, model = DigitStream(), Classifier(mlp())
+        trainer = make_trainer(max_epochs=1, deterministic=True, callbacks=callbacks)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(model, DataLoader(stream, batch_size=32))
+        return stream, model
+
+    plain_stream, plain = run([])
+    cb = FixedBatchPredictions(every_n_steps=2, num_samples=8)
+    stream, model = run([cb])
+    assert stream.cursor == plain_stream.cursor == 128
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), model.state_dict().values()))
+    assert cb.batch is not None and cb.batch[0].shape == (8, 64) and cb.indices is None
+    assert cb.findings == []
+
+
+def test_pick_batch_reads_a_copy_of_a_dataset_that_owns_a_generator() -> None:
+    from tests.helpers.data import NoisyDigits
+
+    ds = NoisyDigits(32)
+    state = ds.g.get_state()
+    first = pick_batch(DataLoader(ds, batch_size=8, shuffle=True), 4)
+    assert first is not None and first[1] == [0, 1, 2, 3]
+    assert torch.equal(ds.g.get_state(), state)  # the user's generator did not move
+    assert torch.equal(first[0][0], torch.stack([ds[i][0] for i in range(4)]))  # what training would read first

@@ -1,0 +1,191 @@
+"""Batches: read a data loader without touching the user's data stream, and split a batch into
+inputs and targets.
+
+Reading (the observer promise, issue #10 item 3): a check or view that looks at the data must leave
+the stream training reads exactly as it was. Global RNGs and the loader's/sampler's generators are
+not enough — a dataset may own a random generator (noise, augmentation, sampling), a counter, a
+cursor. So:
+
+* a map-style ``DataLoader`` is read through an *independent copy* of its dataset, batch sampler and
+  ``collate_fn`` (one :func:`copy.deepcopy`, sharing only the tensors and numeric arrays, which are
+  data, not state): the copy's generators, counters and caches advance, the user's do not. A dataset
+  that cannot be copied (an open file handle, a lock) is read in place with every random generator
+  found on it, its sampler and its loader restored afterwards;
+* a stream (an ``IterableDataset``, or any iterable that is not a ``DataLoader`` or a list) is never
+  read: the samples read could be lost to training or shift its random stream. :func:`stream_reason`
+  says so, and callers look at the batch the training loop hands over instead.
+
+Callers also wrap reads in :func:`~lightning_tips._utils.preserved_rng` (the global RNGs).
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from collections.abc import Generator, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+__all__ = ["independent_copy", "owned_generators", "peek_batches", "preserved_owned_rng", "stream_reason"]
+
+_MAX_WALK = 20_000  # objects visited when looking for the tensors to share and the generators to restore
+_RNG_TYPES = (torch.Generator, np.random.Generator, np.random.RandomState, random.Random)
+
+
+def stream_reason(loader: Any) -> str | None:
+    """Why ``loader`` cannot be read without consuming or shifting the user's stream, or ``None``
+    when it can (a map-style ``DataLoader``, or a list/tuple of batches).
+
+    Example:
+        >>> stream_reason(DataLoader(range(4))) is None, stream_reason([1, 2]) is None
+        (True, True)
+        >>> stream_reason(iter([1, 2]))
+        'the loader is a list_iterator, not a DataLoader: reading it would consume batches training never sees'
+    """
+    if isinstance(loader, DataLoader):
+        if isinstance(loader.dataset, IterableDataset):
+            return (
+                f"the loader streams an IterableDataset ({type(loader.dataset).__name__}): reading ahead "
+                "would consume samples training never sees, or shift its random stream"
+            )
+        return None
+    if isinstance(loader, (list, tuple)):
+        return None
+    return (
+        f"the loader is a {type(loader).__name__}, not a DataLoader: reading it would consume batches "
+        "training never sees"
+    )
+
+
+def _walk(root: Any) -> Iterator[Any]:
+    """Objects reachable from ``root`` through attributes, containers and slots (each once, at most
+    ``_MAX_WALK``), not descending into tensors, arrays, generators, modules' internals or types."""
+    seen: set[int] = set()
+    todo = [root]
+    while todo and len(seen) < _MAX_WALK:
+        obj = todo.pop()
+        if id(obj) in seen or obj is None or isinstance(obj, (str, bytes, int, float, bool, type)):
+            continue
+        seen.add(id(obj))
+        yield obj
+        if isinstance(obj, (torch.Tensor, np.ndarray, *_RNG_TYPES)):
+            continue
+        if isinstance(obj, Mapping):
+            todo.extend(obj.values())
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            todo.extend(obj)
+        else:
+            d = getattr(obj, "__dict__", None)
+            if isinstance(d, dict):
+                todo.extend(d.values())
+            for slot in getattr(type(obj), "__slots__", ()):
+                if isinstance(slot, str) and hasattr(obj, slot):
+                    todo.append(getattr(obj, slot))
+
+
+def independent_copy(objs: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """A deep copy of ``objs`` (copied together, so references between them are kept) that shares
+    their tensors and numeric arrays with the originals; ``None`` when they cannot be copied.
+
+    Example:
+        >>> class D:
+        ...     def __init__(self):
+        ...         self.x, self.g = torch.zeros(3), torch.Generator().manual_seed(0)
+        >>> d = D()
+        >>> (c,) = independent_copy((d,))
+        >>> c.x is d.x, c.g is d.g
+        (True, False)
+    """
+    memo: dict[int, Any] = {}
+    for obj in _walk(objs):
+        if isinstance(obj, torch.Tensor) or (isinstance(obj, np.ndarray) and obj.dtype != object):
+            memo[id(obj)] = obj
+    try:
+        return tuple(copy.deepcopy(objs, memo))
+    except Exception:  # an open handle, a lock, a C object: the caller reads in place
+        return None
+
+
+def owned_generators(*roots: Any) -> list[Any]:
+    """The random generators reachable from ``roots`` (torch, numpy and ``random.Random``)."""
+    return [o for root in roots for o in _walk(root) if isinstance(o, _RNG_TYPES)]
+
+
+def _get_state(g: Any) -> Any:
+    if isinstance(g, torch.Generator):
+        return g.get_state()
+    if isinstance(g, np.random.Generator):
+        return copy.deepcopy(g.bit_generator.state)
+    if isinstance(g, np.random.RandomState):
+        return g.get_state()
+    return g.getstate()
+
+
+def _set_state(g: Any, state: Any) -> None:
+    if isinstance(g, torch.Generator):
+        g.set_state(state)
+    elif isinstance(g, np.random.Generator):
+        g.bit_generator.state = state
+    elif isinstance(g, np.random.RandomState):
+        g.set_state(state)
+    else:
+        g.setstate(state)
+
+
+@contextmanager
+def preserved_owned_rng(*roots: Any) -> Iterator[None]:
+    """Restore, on exit, every random generator reachable from ``roots`` (a dataset's own, its
+    sampler's, its loader's)."""
+    gens = owned_generators(*roots)
+    states = [_get_state(g) for g in gens]
+    try:
+        yield
+    finally:
+        for g, s in zip(gens, states):
+            _set_state(g, s)
+
+
+def peek_batches(loader: Any) -> Generator[tuple[Any, list[int] | None], None, None]:
+    """``(batch, dataset indices or None)`` of ``loader`` as training would draw them (same sampler
+    order when the global RNGs are preserved by the caller), read in this process without touching
+    the user's dataset, sampler or loader state (see the module docstring).
+
+    Raises ``ValueError`` (before yielding) for a stream: check :func:`stream_reason` first.
+
+    Example:
+        >>> from torch.utils.data import TensorDataset
+        >>> loader = DataLoader(TensorDataset(torch.arange(5.0)), batch_size=2)
+        >>> [(b[0].tolist(), idx) for b, idx in peek_batches(loader)]
+        [([0.0, 1.0], [0, 1]), ([2.0, 3.0], [2, 3]), ([4.0], [4])]
+    """
+    reason = stream_reason(loader)
+    if reason is not None:
+        raise ValueError(reason)
+    if isinstance(loader, (list, tuple)):
+        for batch in loader:
+            yield batch, None
+        return
+    assert isinstance(loader, DataLoader)
+    originals = (loader.dataset, loader.batch_sampler, loader.sampler, loader.collate_fn)
+    copied = independent_copy(originals)
+    if copied is None:  # read in place, the random generators it owns restored afterwards
+        with preserved_owned_rng(loader, *originals):
+            yield from _read(*originals)
+        return
+    yield from _read(*copied)
+
+
+def _read(dataset: Any, batch_sampler: Any, sampler: Any, collate: Any) -> Iterator[tuple[Any, list[int] | None]]:
+    getitems = getattr(dataset, "__getitems__", None)
+    if batch_sampler is None:  # automatic batching off: every index is a batch
+        for i in sampler:
+            yield collate(dataset[i]), ([i] if isinstance(i, int) else None)
+        return
+    for idx in batch_sampler:
+        idx = list(idx)
+        items = getitems(idx) if callable(getitems) else [dataset[i] for i in idx]
+        yield collate(items), (idx if all(isinstance(i, int) for i in idx) else None)
