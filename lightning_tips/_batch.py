@@ -21,6 +21,7 @@ Callers also wrap reads in :func:`~lightning_tips._utils.preserved_rng` (the glo
 from __future__ import annotations
 
 import copy
+import math
 import random
 from collections.abc import Generator, Iterator, Mapping
 from contextlib import contextmanager
@@ -30,7 +31,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-__all__ = ["independent_copy", "owned_generators", "peek_batches", "preserved_owned_rng", "stream_reason"]
+__all__ = [
+    "independent_copy",
+    "owned_generators",
+    "peek_batches",
+    "preserved_owned_rng",
+    "stream_reason",
+    "unpacked",
+]
 
 _MAX_WALK = 20_000  # objects visited when looking for the tensors to share and the generators to restore
 _RNG_TYPES = (torch.Generator, np.random.Generator, np.random.RandomState, random.Random)
@@ -189,3 +197,29 @@ def _read(dataset: Any, batch_sampler: Any, sampler: Any, collate: Any) -> Itera
         idx = list(idx)
         items = getitems(idx) if callable(getitems) else [dataset[i] for i in idx]
         yield collate(items), (idx if all(isinstance(i, int) for i in idx) else None)
+
+
+# --- layouts ---------------------------------------------------------------------------------------
+def unpacked(obj: Any) -> Any:
+    """``obj`` with every ``PackedSequence`` replaced by its padded ``(N, T, ...)`` tensor, samples in
+    their original order: one row per sample, as the other fields have. Floating-point padding is NaN
+    (statistics skip non-finite values, so padding does not count), integer padding is ``-1``.
+
+    Example:
+        >>> from torch.nn.utils.rnn import pack_sequence
+        >>> p = pack_sequence([torch.tensor([1.0]), torch.tensor([2.0, 3.0])], enforce_sorted=False)
+        >>> unpacked((p, torch.tensor([0, 1])))[0].tolist()
+        [[1.0, nan], [2.0, 3.0]]
+    """
+    from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
+
+    if isinstance(obj, PackedSequence):
+        pad = math.nan if obj.data.is_floating_point() else -1
+        return pad_packed_sequence(obj, batch_first=True, padding_value=pad)[0]
+    if isinstance(obj, Mapping):
+        return {k: unpacked(v) for k, v in obj.items()}
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        return type(obj)(*(unpacked(v) for v in obj))
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(unpacked(v) for v in obj)
+    return obj

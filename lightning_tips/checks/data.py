@@ -33,10 +33,12 @@ Verdicts (thresholds are the registry's, see :data:`~lightning_tips.findings.COD
       cancer features do not.
     * ``unshuffled-data`` (warning): the train loader's sampler is a ``SequentialSampler``, or a
       ``DistributedSampler`` with ``shuffle=False`` (the user's own, ``use_distributed_sampler=False``;
-      the one Lightning injects under DDP always shuffles the train loader, so no finding there).
+      the one Lightning injects under DDP always shuffles the train loader, so no finding there);
+      never with ``Trainer(overfit_batches=...)``, where Lightning itself turns shuffling off.
     * ``no-seed`` (info): ``PL_GLOBAL_SEED`` is unset (``lightning.seed_everything`` sets it).
     * ``view-skipped`` (info): the first-batch view could not draw the batch (no tensor in it).
-    * ``nonfinite-input`` (info): a loader raised while being scanned; the checks used what was read.
+    * a skipped ``info`` (``skipped=True``, no advice): a loader raised while being scanned, or a
+      batch could not be read; the checks used what was read.
 
 Not applicable, silently (the report card's figures say so): ``class-imbalance`` when the targets
 are not class indices (regression, segmentation masks, unlabeled tensor-only batches, dicts without
@@ -69,7 +71,7 @@ from torch.utils.data import (
     WeightedRandomSampler,
 )
 
-from lightning_tips._batch import peek_batches, stream_reason
+from lightning_tips._batch import peek_batches, stream_reason, unpacked
 from lightning_tips._utils import (
     batch_size,
     find_output_layer,
@@ -396,6 +398,7 @@ class _Scan:
         self.batches += 1
         for name, count in nonfinite_fields(batch, prefix):
             self.nonfinite[name] = self.nonfinite.get(name, 0) + count
+        batch = unpacked(batch)  # a PackedSequence: one (NaN-padded) row per sample, like the other fields
         split = split_batch(batch)
         inputs, targets = split if split is not None else (batch, None)
         n = batch_size(batch) or 0
@@ -633,7 +636,8 @@ class DataChecks(PreflightCheck):
             "labeled_ranks": int(labels.numel() > 0), "unlabeled_batches": train.unlabeled_batches,
             "label_size": int(labels.max()) + 1 if labels.numel() else 0,
             "stats_len": packed.numel(), "stats_len_sq": packed.numel() ** 2,
-            "unshuffled": int(any(s is False for s in shuffles)),
+            # overfit_batches > 0: Lightning itself turned shuffling off (the user's shuffle=True is moot)
+            "unshuffled": int(any(s is False for s in shuffles) and not getattr(trainer, "overfit_batches", 0)),
             "balanced": int(any(sampler_balances(loader) for _, loader in train_loaders)),
             "no_seed": int(os.environ.get("PL_GLOBAL_SEED") is None),
         }  # fmt: skip
@@ -667,8 +671,8 @@ class DataChecks(PreflightCheck):
                     module=f"{name} {next(iter(scan.nonfinite), '')}".strip(), figures={"count": g[key]})
         if g["scan_errors"]:
             errs = "; ".join(train.errors + val.errors) or "on another rank"
-            rep("nonfinite-input", "info", f"data checks: a loader raised while being scanned ({errs}); "
-                "the checks used the batches read before", module="scan")
+            rep("nonfinite-input", "info", f"data checks: part of the scan could not run ({errs}); the "
+                "checks used the batches read before", module="scan", skipped=True)
         dup_frac = g["dup"] / g["train_samples"] if g["train_samples"] else 0.0
         if dup_frac > DUPLICATE_FRACTION:
             ex = f" e.g. {train.dup_example[0]} repeats {train.dup_example[1]}" if train.dup_example else ""

@@ -16,6 +16,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from lightning_tips._batch import unpacked
 from lightning_tips._console import render_table
 from lightning_tips._loggers import log_image, log_table, log_text
 from lightning_tips._render import image_grid
@@ -82,11 +83,12 @@ def log_first_batch(trainer: pl.Trainer, batch: Any, step: int | None = None) ->
     Returns ``None`` when done, or the reason the inputs could not be drawn (the caller reports a
     ``view-skipped`` finding; the reason is the same on every rank).
     """
-    split = split_batch(batch)
-    inputs, targets = split if split is not None else (batch, None)
+    rows_of = unpacked(batch)  # a PackedSequence is drawn as its padded (N, T, F) tensor
+    split = split_batch(rows_of)
+    inputs, targets = split if split is not None else (rows_of, None)
     x = inputs if isinstance(inputs, torch.Tensor) else first_tensor(inputs)
     if x is None:
-        x, targets = first_tensor(batch), None
+        x, targets = first_tensor(rows_of), None
     if x is None:
         return "the batch holds no tensor"
     if not trainer.is_global_zero:

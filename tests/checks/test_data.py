@@ -36,6 +36,7 @@ from tests.helpers.data_bugs import (
     AutoEncoder,
     DictClassifier,
     DictDataset,
+    PackedGRUClassifier,
     TokenClassifier,
     balanced_loader,
     digit_tokens,
@@ -45,6 +46,7 @@ from tests.helpers.data_bugs import (
     imbalanced_breast_cancer,
     leaky_val,
     loader,
+    packed_digits_loader,
     set_prior_bias_,
 )
 from tests.helpers.models import Classifier, mlp, small_cnn
@@ -245,6 +247,27 @@ def test_unshuffled_data(make_trainer: Callable[..., pl.Trainer]) -> None:
     assert by_code(fit(make_trainer, digits_model(), loader(x, y, shuffle=True)), "unshuffled-data") == []
 
 
+def test_overfit_batches_is_not_unshuffled_data(make_trainer: Callable[..., pl.Trainer]) -> None:
+    """``overfit_batches=2``: Lightning itself swaps the user's shuffling sampler for a sequential
+    one; that is Lightning's doing, not the user's data order (#10 item 7)."""
+    (x, y), _ = digits_split()
+    checks = fit(make_trainer, digits_model(), loader(x, y, shuffle=True), overfit_batches=2)
+    assert by_code(checks, "unshuffled-data") == []
+    planted = fit(make_trainer, digits_model(), loader(x, y, shuffle=False), limit_train_batches=2)
+    assert [f.severity.value for f in by_code(planted, "unshuffled-data")] == ["warning"]
+
+
+def test_packed_sequences_are_scanned_per_sample(make_trainer: Callable[..., pl.Trainer]) -> None:
+    """``(PackedSequence, labels)`` batches: one row per sample (not per time step), no scan error,
+    and a NaN inside a sequence is found (#10 item 7)."""
+    checks = fit(make_trainer, PackedGRUClassifier(), packed_digits_loader(), checks=DataChecks(first_batch=True))
+    assert [f for f in checks.findings if f.skipped or "could not run" in f.message] == []
+    assert by_code(checks, "duplicate-data") == [] and by_code(checks, "nonfinite-input") == []
+    planted = packed_digits_loader(nan_at=3)
+    (f,) = by_code(fit(make_trainer, PackedGRUClassifier(), planted), "nonfinite-input")
+    assert f.severity.value == "error" and "batch[0][0] (1 values)" in f.message
+
+
 def test_no_seed(make_trainer: Callable[..., pl.Trainer]) -> None:
     (x, y), _ = digits_split()
     (f,) = by_code(fit(make_trainer, digits_model(), loader(x, y)), "no-seed")
@@ -358,7 +381,7 @@ def test_scan_error_is_an_info_finding(make_trainer: Callable[..., pl.Trainer]) 
 
     checks = fit(make_trainer, digits_model(), DataLoader(Flaky(), batch_size=64, shuffle=True))
     (f,) = [f for f in by_code(checks, "nonfinite-input") if f.severity.value == "info"]
-    assert "disk hiccup" in f.message
+    assert "disk hiccup" in f.message and f.skipped and f.advice == ""  # a skip, not the code's verdict
 
 
 def test_data_checks_time_on_digits(make_trainer: Callable[..., pl.Trainer]) -> None:
