@@ -24,13 +24,16 @@ Verdicts (thresholds are the registry's, see :data:`~lightning_tips.findings.COD
       occur) > 3, the output layer's bias is not within 0.5 of the log prior (softmax biases compared
       up to a constant; a single logit against the log-odds), and the train loader does not use a
       ``WeightedRandomSampler``.
-    * ``unnormalized-input`` (warning): per feature/channel of each floating-point input field
-      (dim 1 of ``(N, C, H, W)``/``(N, C, D, H, W)``, the last dim of ``(N, F)`` and of ``(N, T, F)``
-      sequences, the one value of ``(N,)``): ``|mean| > 3 std`` or ``std`` outside ``[0.1, 10]``
-      (features constant over the sample are left out); or a dynamic range ``max|x| / median|x|``
-      (median of the non-zero values) above 1e4 per feature or over all features pooled, with the
-      tanh(x/C) advice (P6). Raw digits (0..16, mean 4.9, std 6.0 as one channel) pass; raw breast
-      cancer features do not.
+    * ``unnormalized-input`` (warning): judged per floating-point input field on the features that
+      *vary* — per feature/channel (dim 1 of ``(N, C, H, W)``/``(N, C, D, H, W)``, the last dim of
+      ``(N, F)`` and of ``(N, T, F)`` sequences, the one value of ``(N,)``); constant features and those
+      whose std is below 1% of the median feature's (a border pixel that is almost always 0) are left
+      out. Flagged when the varying features' RMS magnitude ``sqrt(mean(x^2))`` is outside
+      ``[0.01, 4]``, or when features that are themselves far from unit scale (RMS above 4, or
+      ``|mean| > max(1, 3 std)``) carry at least 1% of the field's second moment; or on a dynamic range
+      ``max|x| / median|x|`` (median of the non-zero values) above 1e4 per feature or over all features
+      pooled, with the tanh(x/C) advice (P6). Standardised features, ``[0, 1]`` images and digits / 16
+      pass; raw digits (0..16, RMS 7.7), 0..255 pixels and raw breast-cancer features do not.
     * ``unshuffled-data`` (warning): the train loader's sampler is a ``SequentialSampler``, or a
       ``DistributedSampler`` with ``shuffle=False`` (the user's own, ``use_distributed_sampler=False``;
       the one Lightning injects under DDP always shuffles the train loader, so no finding there);
@@ -88,6 +91,7 @@ from lightning_tips.views.first_batch import log_first_batch
 __all__ = [
     "DataChecks",
     "FeatureStats",
+    "NormalizationVerdict",
     "class_targets",
     "find_duplicates",
     "imbalance_ratio",
@@ -101,8 +105,11 @@ __all__ = [
 DUPLICATE_FRACTION = 0.01  # duplicate-data: duplicates within train above 1% of the sample
 IMBALANCE_RATIO = 3.0  # class-imbalance: max/min class frequency
 PRIOR_BIAS_TOLERANCE = 0.5  # class-imbalance: output bias within 0.5 of the log prior = prior init done
-MEAN_STDS = 3.0  # unnormalized-input: |mean| > 3 std
-STD_RANGE = (0.1, 10.0)  # unnormalized-input: std outside [0.1, 10]
+SCALE_RANGE = (0.01, 4.0)  # unnormalized-input: RMS magnitude of the varying features outside [0.01, 4]
+FEATURE_SCALE = 4.0  # unnormalized-input: a varying feature with RMS magnitude above 4 ...
+MEAN_STDS = 3.0  # ... or an offset |mean| > max(1, 3 std) ...
+BAD_SHARE = 0.01  # ... counts when such features carry >= 1% of the field's second moment
+NEAR_CONSTANT = 0.01  # features whose std is below 1% of the field's typical std are left out
 DYNAMIC_RANGE = 1e4  # unnormalized-input: max|x| / median|x| above 1e4
 MAX_CLASSES = 100_000  # larger "class indices" are not class labels
 _ABS_SAMPLE = 65_536  # values kept per batch (over all features) for the median |x|
@@ -326,21 +333,61 @@ class FeatureStats:
         return n, mean, (m2 / n.clamp_min(1)).clamp_min(0).sqrt()
 
 
-def normalization_verdict(mean: torch.Tensor, std: torch.Tensor) -> tuple[list[int], int]:
-    """``(bad features, worst first; number of constant features)``: a non-constant feature is bad
-    when ``|mean| > 3 std`` or ``std`` is outside ``[0.1, 10]``.
+@dataclass
+class NormalizationVerdict:
+    """What :func:`normalization_verdict` found for one input field.
+
+    ``scale``: the RMS magnitude ``sqrt(mean(x^2))`` of the varying features (count-weighted);
+    ``bad``: varying features that are themselves far from unit scale, worst first; ``bad_share``:
+    the share of the field's second moment those carry; ``ignored``: features left out as constant or
+    near-constant (std below 1% of the median feature's); ``flagged``: the verdict.
+    """
+
+    scale: float
+    bad: list[int]
+    bad_share: float
+    ignored: int
+    varying: int
+    flagged: bool
+
+
+def normalization_verdict(mean: torch.Tensor, std: torch.Tensor,
+                          n: torch.Tensor | None = None) -> NormalizationVerdict:
+    """Whether an input field's scale hurts optimisation, judged on the features that vary.
+
+    Constant features and those whose std is below ``NEAR_CONSTANT`` (1%) of the field's typical std
+    (the median of the per-feature stds) are left out: a border pixel that is almost
+    always 0 does not matter. On the others: the field is flagged when their overall RMS magnitude
+    is outside ``SCALE_RANGE`` (0.01 .. 4: unit-scale inputs, ``[0, 1]`` images and standardised
+    features pass; raw 0..16 or 0..255 pixels do not), or when some features are themselves far from
+    unit scale — RMS magnitude ``sqrt(mean^2 + std^2)`` above 4, or an offset ``|mean| > max(1, 3 std)`` —
+    and carry at least ``BAD_SHARE`` (1%) of the field's second moment (weighted by what they put
+    into the first layer, so a stray small feature does not count).
 
     Example:
-        >>> normalization_verdict(torch.tensor([0.0, 880.0, 5.0, 0.0]), torch.tensor([1.0, 570.0, 0.0, 0.01]))
-        ([1, 3], 1)
+        >>> v = normalization_verdict(torch.tensor([0.0, 880.0, 5.0, 0.0]), torch.tensor([1.0, 570.0, 0.0, 0.001]))
+        >>> v.flagged, v.bad, v.ignored, round(v.scale)
+        (True, [1], 2, 741)
+        >>> normalization_verdict(torch.tensor([0.3, 0.0001]), torch.tensor([0.4, 0.0025])).flagged  # [0, 1] pixels
+        False
     """
     mean, std = mean.double(), std.double()
-    constant = std <= 1e-8 * mean.abs().clamp_min(1.0)
-    s = std.clamp_min(1e-300)
-    badness = torch.stack([mean.abs() / (MEAN_STDS * s), s / STD_RANGE[1], STD_RANGE[0] / s]).amax(0)
-    bad = (~constant) & (badness > 1.0)
-    order = torch.argsort(torch.where(bad, badness, -1.0), descending=True)
-    return [int(i) for i in order[: int(bad.sum())]], int(constant.sum())
+    w = torch.ones_like(mean) if n is None else n.double().clamp_min(0)
+    nonconstant = (std > 1e-8 * mean.abs().clamp_min(1.0)) & (w > 0)
+    if not bool(nonconstant.any()):
+        return NormalizationVerdict(math.nan, [], 0.0, int(mean.numel()), 0, False)
+    typical = float(std[nonconstant].median())
+    varying = nonconstant & (std > NEAR_CONSTANT * typical)
+    second = mean**2 + std**2  # E[x^2] per feature
+    total = float((w * second)[varying].sum())
+    scale = math.sqrt(total / float(w[varying].sum()))
+    magnitude = second.sqrt()
+    bad_mask = varying & ((magnitude > FEATURE_SCALE) | (mean.abs() > torch.clamp(MEAN_STDS * std, min=1.0)))
+    bad_share = float((w * second)[bad_mask].sum()) / total if total > 0 else 0.0
+    order = torch.argsort(torch.where(bad_mask, magnitude, -1.0), descending=True)
+    bad = [int(i) for i in order[: int(bad_mask.sum())]]
+    flagged = not (SCALE_RANGE[0] <= scale <= SCALE_RANGE[1]) or (bool(bad) and bad_share >= BAD_SHARE)
+    return NormalizationVerdict(scale, bad, bad_share, int(mean.numel() - varying.sum()), int(varying.sum()), flagged)
 
 
 # --- pure functions: samplers (T6, T16) ------------------------------------------------------------
@@ -540,8 +587,8 @@ class DataChecks(PreflightCheck):
         >>> checks = DataChecks(max_batches=5)
         >>> checks.title, imbalance_ratio(torch.tensor([95, 5]))
         ('data', 19.0)
-        >>> normalization_verdict(torch.tensor([655.0]), torch.tensor([352.0]))  # raw breast-cancer "area"
-        ([0], 0)
+        >>> normalization_verdict(torch.tensor([655.0]), torch.tensor([352.0])).flagged  # raw breast-cancer "area"
+        True
     """
 
     title: ClassVar[str] = "data"
@@ -711,7 +758,8 @@ class DataChecks(PreflightCheck):
         summary_stats = ""
         if g["stats_len"] > 0 and not layout_same:
             rep("unnormalized-input", "info",
-                "unnormalized-input: skipped, the float input fields differ across ranks", module="layout")
+                "unnormalized-input: skipped, the float input fields differ across ranks", module="layout",
+                skipped=True)
         if global_stats is not None:
             summary_stats = self._normalization(trainer, fields, dyn, global_stats, rep)
         if g["unshuffled"]:
@@ -747,9 +795,9 @@ class DataChecks(PreflightCheck):
         flags = global_stats[-n_fields:] if n_fields else global_stats[:0]
         for i, (name, stats) in enumerate(fields):
             f = stats.num_features
-            _, mean, std = FeatureStats.unpack(global_stats[offset : offset + 4 * f])
+            n, mean, std = FeatureStats.unpack(global_stats[offset : offset + 4 * f])
             offset += 4 * f
-            bad, constant = normalization_verdict(mean, std)
+            v = normalization_verdict(mean, std, n)
             per_feature, worst_dyn, pooled = dyn[i]
             dynamic = bool(flags[i] > 0)
             if len(fields) == 1 or not summaries:
@@ -757,18 +805,23 @@ class DataChecks(PreflightCheck):
                     f"mean {_fmt(float(mean.mean()))} std {_fmt(float(std.mean()))}" if f == 1 else
                     f"mean {_fmt(float(mean.min()))}..{_fmt(float(mean.max()))} "
                     f"std {_fmt(float(std.min()))}..{_fmt(float(std.max()))}"
+                    + (f", RMS {_fmt(v.scale)}" if math.isfinite(v.scale) else "")
                 )
-            if not bad and not dynamic:
+            if not v.flagged and not dynamic:
                 continue
             what = "channels" if stats.ndim >= 4 else "features"
             msg = []
-            if bad:
-                worst = ", ".join(
-                    f"{_feature_name(name, stats.ndim, k)} (mean {_fmt(float(mean[k]))}, std {_fmt(float(std[k]))})"
-                    for k in bad[:3]
-                )
-                msg.append(f"{len(bad)} of {f} {what} are far from zero-mean/unit-scale (|mean| > 3 std or std "
-                           f"outside [0.1, 10]{f'; {constant} constant left out' if constant else ''}): worst {worst}")
+            if v.flagged:
+                ignored = f"; {v.ignored} constant or near-constant left out" if v.ignored else ""
+                msg.append(f"the {v.varying} varying {what} have an RMS magnitude of {_fmt(v.scale)} "
+                           f"(unit scale is 0.01..{SCALE_RANGE[1]:g}{ignored})")
+                if v.bad:
+                    worst = ", ".join(
+                        f"{_feature_name(name, stats.ndim, k)} (mean {_fmt(float(mean[k]))}, std {_fmt(float(std[k]))})"
+                        for k in v.bad[:3]
+                    )
+                    msg.append(f"{len(v.bad)} of them are far from unit scale (RMS > {FEATURE_SCALE:g} or "
+                               f"|mean| > max(1, 3 std); {v.bad_share:.0%} of the input's energy): worst {worst}")
             ratio = max((r for r in (per_feature, pooled) if math.isfinite(r)), default=math.nan)
             if dynamic:
                 where = (f" ({_feature_name(name, stats.ndim, worst_dyn)})" if per_feature > DYNAMIC_RANGE else
@@ -779,10 +832,11 @@ class DataChecks(PreflightCheck):
                       if not dynamic else
                       "squash the huge range first with tanh(x/C) or log1p (P6), then standardise each "
                       "feature/channel with the training mean and std (T12)")
-            worst_k = bad[0] if bad else 0
+            worst_k = v.bad[0] if v.bad else int(torch.argmax(mean**2 + std**2))
             rep("unnormalized-input", "warning", f"{name}: " + "; ".join(msg), advice=advice, module=name,
-                figures={"bad_features": len(bad), "worst_mean": float(mean[worst_k]),
-                         "worst_std": float(std[worst_k]), "dynamic_range": ratio if math.isfinite(ratio) else -1.0})
+                figures={"bad_features": len(v.bad), "worst_mean": float(mean[worst_k]),
+                         "worst_std": float(std[worst_k]), "scale": v.scale if math.isfinite(v.scale) else -1.0,
+                         "dynamic_range": ratio if math.isfinite(ratio) else -1.0})
         return summaries[0] if summaries else ""
 
 

@@ -130,9 +130,17 @@ def test_feature_stats_match_torch() -> None:
 
 
 def test_normalization_verdict() -> None:
-    bad, constant = normalization_verdict(torch.tensor([0.1, 4.9, 50.0, 2.0]), torch.tensor([1.0, 6.0, 1.0, 0.0]))
-    assert bad == [2] and constant == 1  # raw digits' 4.9 +- 6 passes; 50 +- 1 does not; constant left out
-    assert sorted(normalization_verdict(torch.zeros(3), torch.tensor([0.05, 1.0, 20.0]))[0]) == [0, 2]
+    # digits / 16: a border pixel nearly constant (mean 9.8e-05, std 0.0025, as in #12) beside real pixels
+    v = normalization_verdict(torch.tensor([9.8e-05, 0.3, 0.6, 0.0]), torch.tensor([0.0025, 0.4, 0.35, 0.0]))
+    assert not v.flagged and v.ignored == 2 and v.varying == 2 and v.bad == []
+    # raw 0..16 pixels: the varying features' RMS 7.7 is beyond unit scale
+    assert normalization_verdict(torch.tensor([4.9]), torch.tensor([6.0])).flagged
+    # one feature at 50 +- 1 beside unit-scale ones: far from unit scale, and it carries the energy
+    v = normalization_verdict(torch.tensor([0.1, 50.0, 0.0]), torch.tensor([1.0, 1.0, 1.0]))
+    assert v.flagged and v.bad == [1] and v.bad_share > 0.99
+    # standardised, and [0, 1] images: silent
+    assert not normalization_verdict(torch.zeros(5), torch.ones(5)).flagged
+    assert not normalization_verdict(torch.tensor([0.13]), torch.tensor([0.31])).flagged
 
 
 def test_sampler_helpers() -> None:
@@ -226,17 +234,39 @@ def test_unnormalized_input(make_trainer: Callable[..., pl.Trainer]) -> None:
     x, y = breast_cancer_tensors(normalize=False)
     checks = fit(make_trainer, Classifier(mlp(30, 2)), loader(x, y))
     (f,) = by_code(checks, "unnormalized-input")
-    assert f.module == "batch[0]" and f.figures["bad_features"] >= 10
-    assert "batch[0] feature 23" in f.message  # "worst area": mean 881, std 569
+    assert f.module == "batch[0]" and f.figures["bad_features"] >= 8 and f.figures["scale"] > 100
+    assert "worst batch[0] feature 23" in f.message  # "worst area": mean 881, std 569
     assert "dynamic range" in f.message and "tanh(x/C)" in f.advice and f.figures["dynamic_range"] > 1e4
     healthy = fit(make_trainer, Classifier(mlp(30, 2)), loader(*breast_cancer_tensors(normalize=True)))
     assert by_code(healthy, "unnormalized-input") == []
 
 
-def test_raw_digits_pass_as_one_channel(make_trainer: Callable[..., pl.Trainer]) -> None:
-    (x, y), _ = digits_split(normalize=False)
-    checks = fit(make_trainer, digits_model(), loader(x, y))
-    assert by_code(checks, "unnormalized-input") == []  # mean 4.9 < 3 x std 6.0, std in [0.1, 10]
+def _digits(scale: str, image: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = digits_tensors(normalize=scale == "standardised", image=image)
+    if scale == "/16":
+        x = x / 16.0
+    elif scale == "0..255":
+        x = x * 16.0  # bytes-like pixels
+    return x[:600], y[:600]
+
+
+@pytest.mark.parametrize(("scale", "image", "flagged"), [
+    ("/16", False, False),  # correctly scaled: nearly constant border pixels must not count (#12)
+    ("/16", True, False),  # [0, 1] images
+    ("standardised", False, False),
+    ("0..16", False, True),  # raw digits: RMS 7.7
+    ("0..16", True, True),
+    ("0..255", True, True),  # uint8-range images
+])
+def test_unnormalized_input_judges_the_scale_of_features_that_vary(
+    make_trainer: Callable[..., pl.Trainer], scale: str, image: bool, flagged: bool
+) -> None:
+    x, y = _digits(scale, image)
+    model = digits_model() if image else Classifier(mlp(64, 10))
+    found = by_code(fit(make_trainer, model, loader(x, y)), "unnormalized-input")
+    assert [f.severity.value for f in found] == (["warning"] if flagged else []), [f.message for f in found]
+    if flagged and not image:  # raw 0..16: the centre pixels are the worst, the constant border left out
+        assert "constant or near-constant left out" in found[0].message and found[0].figures["bad_features"] > 10
 
 
 def test_unshuffled_data(make_trainer: Callable[..., pl.Trainer]) -> None:
