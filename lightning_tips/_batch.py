@@ -32,10 +32,19 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 __all__ = [
+    "HF_INPUT_KEYS",
+    "INPUT_KEYS",
+    "LAYOUTS",
+    "TARGET_KEYS",
+    "call_forward",
+    "describe_layout",
     "independent_copy",
+    "join_batch",
+    "output_logits",
     "owned_generators",
     "peek_batches",
     "preserved_owned_rng",
+    "split_batch",
     "stream_reason",
     "unpacked",
 ]
@@ -223,3 +232,153 @@ def unpacked(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(unpacked(v) for v in obj)
     return obj
+
+
+# --- splitting: (inputs, targets) and calling the model ---------------------------------------------
+INPUT_KEYS = ("x", "input", "inputs", "image", "images", "features", "data")
+"""Dict keys read as the one input tensor, in this order."""
+HF_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values", "input_values",
+                 "input_features", "inputs_embeds")
+"""Hugging Face-style keys: a dict holding one of them is ``forward(**inputs)``'s keyword arguments
+(every key but the target)."""
+TARGET_KEYS = ("y", "target", "targets", "label", "labels")
+"""Dict keys read as the targets, in this order."""
+LAYOUTS = (
+    "a tuple/list (inputs, targets); a dict with an input key ("
+    + ", ".join(INPUT_KEYS) + ") or Hugging Face-style keys (" + ", ".join(HF_INPUT_KEYS[:4])
+    + ", …: forward(**inputs)) and a target key (" + ", ".join(TARGET_KEYS) + ")"
+)
+"""The batch layouts :func:`split_batch` recognises, in words (for skip messages)."""
+
+
+def _target_key(batch: Mapping[Any, Any], target_key: str | None) -> Any:
+    if target_key is not None:
+        return target_key if target_key in batch else None
+    return next((k for k in TARGET_KEYS if k in batch), None)
+
+
+def _seq_index(key: str | None) -> int | None:
+    return int(key) if key is not None and key.lstrip("-").isdigit() else None
+
+
+def split_batch(batch: Any, input_key: str | None = None, target_key: str | None = None) -> tuple[Any, Any] | None:
+    """``(inputs, targets)`` of a supervised batch, or ``None`` when the layout is not recognised.
+
+    Recognised (see :data:`LAYOUTS`): ``(x, y)`` / ``[x, y]`` with a tensor ``y``; a dict with an input
+    key (:data:`INPUT_KEYS`) and a target key (:data:`TARGET_KEYS`); a Hugging Face-style dict
+    (``input_ids``, ``attention_mask``, …, ``labels``) whose inputs are every key but the target — a
+    dict, passed as ``forward(**inputs)`` by :func:`call_forward`. ``input_key`` / ``target_key`` name
+    the fields of any other dict (or, as ``"0"``, ``"1"``, …, the positions in a tuple batch).
+
+    Example:
+        >>> x, y = torch.zeros(2, 3), torch.tensor([0, 1])
+        >>> split_batch((x, y))[1].tolist(), split_batch({"pixels": x, "cls": y}) is None
+        ([0, 1], True)
+        >>> split_batch({"pixels": x, "cls": y}, input_key="pixels", target_key="cls")[1].tolist()
+        [0, 1]
+        >>> sorted(split_batch({"input_ids": y, "attention_mask": y, "labels": y})[0])
+        ['attention_mask', 'input_ids']
+    """
+    if isinstance(batch, (tuple, list)):
+        xi, yi = _seq_index(input_key), _seq_index(target_key)
+        if xi is not None or yi is not None:
+            if xi is None or yi is None or not (-len(batch) <= xi < len(batch) and -len(batch) <= yi < len(batch)):
+                return None
+            return (batch[xi], batch[yi]) if isinstance(batch[yi], torch.Tensor) else None
+        if len(batch) == 2 and isinstance(batch[1], torch.Tensor):
+            return batch[0], batch[1]
+        return None
+    if isinstance(batch, Mapping):
+        yk = _target_key(batch, target_key)
+        if yk is None or not isinstance(batch[yk], torch.Tensor):
+            return None
+        if input_key is not None:
+            return (batch[input_key], batch[yk]) if input_key in batch else None
+        if any(k in batch for k in HF_INPUT_KEYS):
+            return {k: v for k, v in batch.items() if k != yk}, batch[yk]
+        xk = next((k for k in INPUT_KEYS if k in batch), None)
+        return (batch[xk], batch[yk]) if xk is not None else None
+    return None
+
+
+def join_batch(batch: Any, inputs: Any, targets: Any, input_key: str | None = None,
+               target_key: str | None = None) -> Any:
+    """The batch with its inputs/targets replaced, in the layout :func:`split_batch` recognised
+    (called with the same keys).
+
+    Example:
+        >>> b = {"input_ids": torch.tensor([1]), "labels": torch.tensor([0])}
+        >>> join_batch(b, {"input_ids": torch.tensor([7])}, torch.tensor([3]))
+        {'input_ids': tensor([7]), 'labels': tensor([3])}
+    """
+    if isinstance(batch, (tuple, list)):
+        xi, yi = _seq_index(input_key), _seq_index(target_key)
+        if xi is not None and yi is not None:
+            items = list(batch)
+            items[xi], items[yi] = inputs, targets
+            return items if isinstance(batch, list) else tuple(items)
+        return type(batch)([inputs, targets]) if isinstance(batch, list) else (inputs, targets)
+    new = dict(batch)
+    yk = _target_key(batch, target_key)
+    if input_key is None and isinstance(inputs, Mapping) and any(k in batch for k in HF_INPUT_KEYS):
+        new.update(inputs)
+    else:
+        xk = input_key if input_key is not None else next(k for k in INPUT_KEYS if k in batch)
+        new[xk] = inputs
+    new[yk] = targets
+    return new
+
+
+def describe_layout(batch: Any) -> str:
+    """A short description of a batch's layout for messages: ``dict with keys ['pixels', 'cls']``."""
+    if isinstance(batch, Mapping):
+        return f"dict with keys {list(batch.keys())[:8]}"
+    if isinstance(batch, (tuple, list)):
+        return f"{type(batch).__name__} of {len(batch)}"
+    return type(batch).__name__
+
+
+def call_forward(module: Any, inputs: Any) -> Any:
+    """Call ``module`` on a batch's inputs: ``module(**inputs)`` for a dict of ``forward``'s keyword
+    arguments (the Hugging Face convention: every key a named parameter, or ``forward(**kwargs)``),
+    else ``module(inputs)``.
+
+    Example:
+        >>> class HF(torch.nn.Module):
+        ...     def forward(self, input_ids, attention_mask=None):
+        ...         return input_ids * attention_mask
+        >>> call_forward(HF(), {"input_ids": torch.tensor([2]), "attention_mask": torch.tensor([3])}).tolist()
+        [6]
+    """
+    if isinstance(inputs, Mapping) and inputs and all(isinstance(k, str) for k in inputs):
+        import inspect
+
+        try:
+            sig = inspect.signature(module.forward)
+        except (TypeError, ValueError):
+            return module(inputs)
+        try:
+            sig.bind(**inputs)
+        except TypeError:
+            return module(inputs)
+        try:
+            sig.bind(inputs)
+        except TypeError:
+            return module(**inputs)
+        named = {n for n, p in sig.parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        return module(**inputs) if set(inputs) <= named else module(inputs)
+    return module(inputs)
+
+
+def output_logits(out: Any) -> torch.Tensor | None:
+    """The prediction tensor of a model's output: the tensor itself, or the ``logits`` of a
+    Hugging Face-style output object or dict; ``None`` otherwise.
+
+    Example:
+        >>> output_logits({"logits": torch.ones(1), "loss": torch.zeros(())}).tolist()
+        [1.0]
+    """
+    if isinstance(out, torch.Tensor):
+        return out
+    logits = out.get("logits") if isinstance(out, Mapping) else getattr(out, "logits", None)
+    return logits if isinstance(logits, torch.Tensor) else None

@@ -441,12 +441,12 @@ class _Scan:
     _seen: set[tuple[str, int]] = field(default_factory=set)
 
     def add(self, loader_name: str, batch: Any, indices: list[int] | None, prefix: str,
-            train_keys: Mapping[bytes, str] | None) -> None:
+            train_keys: Mapping[bytes, str] | None, keys: tuple[str | None, str | None] = (None, None)) -> None:
         self.batches += 1
         for name, count in nonfinite_fields(batch, prefix):
             self.nonfinite[name] = self.nonfinite.get(name, 0) + count
         batch = unpacked(batch)  # a PackedSequence: one (NaN-padded) row per sample, like the other fields
-        split = split_batch(batch)
+        split = split_batch(batch, *keys)
         inputs, targets = split if split is not None else (batch, None)
         n = batch_size(batch) or 0
         self.batch_sizes.append(n)
@@ -484,7 +484,8 @@ class _Scan:
 
 
 def _scan(loaders: Sequence[tuple[str, Any]], max_batches: int, deadline: float,
-          train_keys: Mapping[bytes, str] | None = None) -> _Scan:
+          train_keys: Mapping[bytes, str] | None = None,
+          keys: tuple[str | None, str | None] = (None, None)) -> _Scan:
     out = _Scan()
     for name, loader in loaders:
         prefix = "batch" if len(loaders) == 1 else f"{name} batch"
@@ -492,7 +493,7 @@ def _scan(loaders: Sequence[tuple[str, Any]], max_batches: int, deadline: float,
         try:
             with closing(peek_batches(loader)) as batches:
                 for batch, indices in batches:
-                    out.add(name, batch, indices, prefix, train_keys)
+                    out.add(name, batch, indices, prefix, train_keys, keys)
                     count += 1
                     if count >= max_batches or time.perf_counter() > deadline:
                         break
@@ -580,6 +581,11 @@ class DataChecks(PreflightCheck):
         first_batch: log the first batch as it enters the net (image grid or table, key
             ``tips/first_batch``) and print its fields, shapes, dtypes and ranges once.
         budget_s: the pre-flight time budget when this check runs alone.
+        input_key: the batch dict's key holding the model's input (e.g. ``"pixels"``) when it is not
+            one of the recognised keys (see :data:`lightning_tips._batch.LAYOUTS`); for a tuple batch, its
+            position (``"0"``).
+        target_key: the batch dict's key holding the targets (e.g. ``"cls"``); for a tuple batch, its
+            position (``"1"``). Without recognisable targets the label checks do not apply.
 
     Example:
         >>> import torch
@@ -600,8 +606,15 @@ class DataChecks(PreflightCheck):
         max_scan_s: float = 1.0,
         first_batch: bool = True,
         budget_s: float = 3.0,
+        input_key: str | None = None,
+        target_key: str | None = None,
     ) -> None:
         super().__init__(budget_s=budget_s)
+        for name, key in (("input_key", input_key), ("target_key", target_key)):
+            if key is not None and not isinstance(key, str):
+                raise TypeError(f"Expected {name} to be a str or None but got {type(key).__name__}.")
+        self.input_key = input_key
+        self.target_key = target_key
         if isinstance(max_batches, bool) or not isinstance(max_batches, int):
             raise TypeError(f"Expected max_batches to be an int but got {type(max_batches).__name__}.")
         if max_batches < 1:
@@ -660,8 +673,9 @@ class DataChecks(PreflightCheck):
             if isinstance(overall, float):
                 end = max(start + 0.1 * self.max_scan_s, min(end, overall))
             with preserved_rng([pl_module.device]):
-                train = _scan(train_loaders, self.max_batches, start + 0.6 * (end - start))
-                val = _scan(val_loaders, self.max_batches, end, train.input_keys)
+                keys = (self.input_key, self.target_key)
+                train = _scan(train_loaders, self.max_batches, start + 0.6 * (end - start), keys=keys)
+                val = _scan(val_loaders, self.max_batches, end, train.input_keys, keys=keys)
             fields = [(k, s) for k, s in train.stats.items() if s.valid and s.num_features > 0]
             dyn = [s.dynamic_range() for _, s in fields]
             if fields:
@@ -772,7 +786,7 @@ class DataChecks(PreflightCheck):
 
         # 4. the first batch as it enters the net (R2.10)
         if self.first_batch:
-            reason = log_first_batch(trainer, batch)
+            reason = log_first_batch(trainer, batch, input_key=self.input_key, target_key=self.target_key)
             if reason is not None:
                 self.report(trainer, "view-skipped", "info", f"first batch view: {reason}", module="first_batch")
 

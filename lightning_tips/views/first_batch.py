@@ -16,11 +16,11 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from lightning_tips._batch import unpacked
+from lightning_tips._batch import split_batch, unpacked
 from lightning_tips._console import render_table
 from lightning_tips._loggers import log_image, log_table, log_text
 from lightning_tips._render import image_grid
-from lightning_tips._utils import first_tensor, named_tensors, split_batch
+from lightning_tips._utils import first_tensor, named_tensors
 
 __all__ = ["FIELD_COLUMNS", "describe_batch", "is_image_like", "log_first_batch"]
 
@@ -77,14 +77,15 @@ def _cell(v: float, integral: bool) -> Any:
     return int(v) if integral else float(f"{v:.4g}")
 
 
-def log_first_batch(trainer: pl.Trainer, batch: Any, step: int | None = None) -> str | None:
+def log_first_batch(trainer: pl.Trainer, batch: Any, step: int | None = None, input_key: str | None = None,
+                    target_key: str | None = None) -> str | None:
     """Print the batch's fields once and log its inputs under ``tips/first_batch`` (rank zero only).
 
     Returns ``None`` when done, or the reason the inputs could not be drawn (the caller reports a
     ``view-skipped`` finding; the reason is the same on every rank).
     """
     rows_of = unpacked(batch)  # a PackedSequence is drawn as its padded (N, T, F) tensor
-    split = split_batch(rows_of)
+    split = split_batch(rows_of, input_key, target_key)
     inputs, targets = split if split is not None else (rows_of, None)
     x = inputs if isinstance(inputs, torch.Tensor) else first_tensor(inputs)
     if x is None:

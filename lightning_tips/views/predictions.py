@@ -39,11 +39,21 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from lightning_tips._batch import independent_copy, peek_batches, preserved_owned_rng, stream_reason
+from lightning_tips._batch import (
+    LAYOUTS,
+    call_forward,
+    describe_layout,
+    independent_copy,
+    output_logits,
+    peek_batches,
+    preserved_owned_rng,
+    split_batch,
+    stream_reason,
+)
 from lightning_tips._callback import TipCallback
 from lightning_tips._loggers import log_image, log_table
 from lightning_tips._render import figure_to_array, new_figure
-from lightning_tips._utils import apply_to_tensors, is_sampled, preserved_rng, split_batch
+from lightning_tips._utils import apply_to_tensors, is_sampled, preserved_rng
 
 __all__ = [
     "FixedBatchPredictions",
@@ -243,7 +253,8 @@ def _eval_mode(module: nn.Module) -> Iterator[None]:
 
 
 def eval_forward(module: nn.Module, inputs: Any) -> Any:
-    """``module(inputs)`` in eval mode, under ``torch.no_grad()`` and :func:`preserved_rng`, with
+    """``module(inputs)`` (``module(**inputs)`` for a Hugging Face-style dict, see
+    :func:`~lightning_tips._batch.call_forward`) in eval mode, under ``torch.no_grad()`` and :func:`preserved_rng`, with
     each submodule's train/eval mode restored exactly afterwards: the model, its BatchNorm running
     statistics and the RNG streams are as they were.
 
@@ -255,7 +266,7 @@ def eval_forward(module: nn.Module, inputs: Any) -> Any:
     """
     devices = [p.device for p in module.parameters()][:1]
     with preserved_rng(devices), torch.no_grad(), _eval_mode(module):
-        return module(inputs)
+        return call_forward(module, inputs)
 
 
 def _first_loader(loaders: Any) -> Any:
@@ -331,14 +342,24 @@ class FixedBatchPredictions(TipCallback):
     ``index, true, predicted, abs_error`` (regression). Token ids and other non-image inputs get the
     table only.
 
-    Reports ``view-skipped`` (info, once) and stops when the batch has no recognisable
-    ``(inputs, targets)`` layout, the model returns a tuple/dict, or the outputs cannot be read as
-    logits or a regression output; it never stops training. The batch and its dataset indices are
+    Reports ``view-skipped`` (a skipped info, once: the accepted layouts and the arguments to set) and
+    stops when the batch has no recognisable ``(inputs, targets)`` layout, the model returns neither
+    a tensor nor an output with ``logits``, or the outputs cannot be read as logits or a regression
+    output; it never stops training. The batch and its dataset indices are
     checkpointed: a resumed run keeps watching the same samples.
+
+    Batches: ``(inputs, targets)``, a dict with known input/target keys, or a Hugging Face-style
+    dict (``input_ids``, ``attention_mask``, …, ``labels``: the model is called as
+    ``forward(**inputs)`` and the ``logits`` of its output object or dict are read); name the fields
+    of any other dict with ``input_key`` / ``target_key``.
 
     Args:
         every_n_steps: log every this many optimizer steps (``0``: only at the start and the end).
         num_samples: how many samples the fixed batch holds (at most).
+        input_key: the batch dict's key holding the model's input (e.g. ``"pixels"``), when it is
+            not one of the recognised keys; for a tuple batch, its position (``"0"``).
+        target_key: the batch dict's key holding the targets (e.g. ``"cls"``); for a tuple batch,
+            its position (``"1"``).
 
     Example:
         >>> cb = FixedBatchPredictions(every_n_steps=100, num_samples=8)
@@ -350,14 +371,25 @@ class FixedBatchPredictions(TipCallback):
         ValueError: Expected num_samples to be a positive integer but got 0.
     """
 
-    def __init__(self, every_n_steps: int = 200, num_samples: int = 16) -> None:
+    def __init__(
+        self,
+        every_n_steps: int = 200,
+        num_samples: int = 16,
+        input_key: str | None = None,
+        target_key: str | None = None,
+    ) -> None:
         super().__init__()
         if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 0:
             raise ValueError(f"Expected every_n_steps to be a non-negative integer but got {every_n_steps!r}.")
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"Expected num_samples to be a positive integer but got {num_samples!r}.")
+        for name, key in (("input_key", input_key), ("target_key", target_key)):
+            if key is not None and not isinstance(key, str):
+                raise TypeError(f"Expected {name} to be a str or None but got {type(key).__name__}.")
         self.every_n_steps = every_n_steps
         self.num_samples = num_samples
+        self.input_key = input_key
+        self.target_key = target_key
         self._reset()
 
     def _reset(self) -> None:
@@ -440,9 +472,8 @@ class FixedBatchPredictions(TipCallback):
             "view-skipped",
             "info",
             f"FixedBatchPredictions skipped: {reason}.",
-            advice="the view needs (inputs, targets) batches — a tuple (x, y) or a dict with x/y-like keys — "
-            "and a model whose forward(x) returns one tensor of logits or regression outputs (R2.11)",
             module="FixedBatchPredictions",
+            skipped=True,
         )
 
     def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -450,9 +481,13 @@ class FixedBatchPredictions(TipCallback):
         if self._skipped or self._batch is None or step == self._last_step:
             return
         self._last_step = step
-        split = split_batch(self._batch)
-        if split is None:
-            self._skip(trainer, f"the batch layout ({type(self._batch).__name__}) has no recognisable (inputs, targets)")
+        split = split_batch(self._batch, self.input_key, self.target_key)
+        if split is None or not isinstance(split[1], torch.Tensor):
+            named = (f"input_key={self.input_key!r}, target_key={self.target_key!r} do not match it"
+                     if self.input_key or self.target_key else
+                     "name its fields with FixedBatchPredictions(input_key=..., target_key=...)")
+            self._skip(trainer, f"the batch layout ({describe_layout(self._batch)}) has no recognisable "
+                       f"(inputs, targets): accepted are {LAYOUTS}; {named}")
             return
         inputs, targets = split
         precision = trainer.precision_plugin
@@ -460,12 +495,14 @@ class FixedBatchPredictions(TipCallback):
             device_inputs = apply_to_tensors(inputs, lambda t: t.to(pl_module.device))
             device_inputs = precision.convert_input(device_inputs)
             with precision.forward_context():
-                outputs = eval_forward(pl_module, device_inputs)
+                raw = eval_forward(pl_module, device_inputs)
         except Exception as err:  # the user's forward does not take the batch's inputs
             self._skip(trainer, f"forward(inputs) raised {type(err).__name__}: {err}")
             return
-        if not isinstance(outputs, torch.Tensor):
-            self._skip(trainer, f"the model returned a {type(outputs).__name__}, not one tensor")
+        outputs = output_logits(raw)
+        if outputs is None:
+            self._skip(trainer, f"the model returned a {type(raw).__name__}, not one tensor (nor an output "
+                       "with `.logits`)")
             return
         summary = summarize_predictions(outputs, targets)
         if isinstance(summary, str):
@@ -478,8 +515,10 @@ class FixedBatchPredictions(TipCallback):
         log_table(trainer, TABLE_KEY, columns, rows, step=step)
         if summary.kind == "regression":
             log_image(trainer, IMAGE_KEY, render_regression_scatter(summary, title), step=step)
-        elif is_image_batch(inputs):
-            log_image(trainer, IMAGE_KEY, render_prediction_grid(inputs, summary, title), step=step)
+        else:
+            images = inputs.get("pixel_values") if isinstance(inputs, Mapping) else inputs  # HF image models
+            if isinstance(images, torch.Tensor) and is_image_batch(images):
+                log_image(trainer, IMAGE_KEY, render_prediction_grid(images, summary, title), step=step)
 
     # --- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -230,6 +230,46 @@ def test_class_imbalance_silent_with_balanced_sampler(make_trainer: Callable[...
     assert by_code(checks, "class-imbalance") == []
 
 
+class KeyedDataset(torch.utils.data.Dataset):
+    """Samples as dicts with keys the pack cannot guess: ``{"feats": x, "cls": y}``."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"feats": self.x[i], "cls": self.y[i]}
+
+
+class KeyedClassifier(Classifier):
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:  # type: ignore[override]
+        return self.loss_fn(self(batch["feats"]), batch["cls"])
+
+
+def test_named_keys_give_the_label_checks_their_targets(make_trainer: Callable[..., pl.Trainer]) -> None:
+    x, y = imbalanced_breast_cancer()
+    data = DataLoader(KeyedDataset(x, y), batch_size=64, shuffle=True)
+    unnamed = fit(make_trainer, KeyedClassifier(mlp(30, 2)), data)
+    assert by_code(unnamed, "class-imbalance") == []  # no target key recognised: labels n/a
+    named = fit(make_trainer, KeyedClassifier(mlp(30, 2)), data,
+                checks=DataChecks(first_batch=True, input_key="feats", target_key="cls"))
+    assert [f.severity.value for f in by_code(named, "class-imbalance")] == ["warning"]
+    assert [f.code for f in named.findings if f.code == "view-skipped"] == []
+    with pytest.raises(TypeError, match="target_key"):
+        DataChecks(target_key=1)  # type: ignore[arg-type]
+
+
+def test_hugging_face_style_batches(make_trainer: Callable[..., pl.Trainer]) -> None:
+    """``{"input_ids", "attention_mask", "labels"}`` batches: labels read, token ids not scaled."""
+    from tests.helpers.data_layouts import TinyHFClassifier, TokenDigits
+
+    checks = fit(make_trainer, TinyHFClassifier(), DataLoader(TokenDigits(), batch_size=64, shuffle=True),
+                 checks=DataChecks(first_batch=True))
+    assert [f for f in checks.findings if f.skipped or f.severity.value != "info"] == []
+
+
 def test_unnormalized_input(make_trainer: Callable[..., pl.Trainer]) -> None:
     x, y = breast_cancer_tensors(normalize=False)
     checks = fit(make_trainer, Classifier(mlp(30, 2)), loader(x, y))

@@ -232,8 +232,38 @@ def test_dict_batch_without_known_keys_is_skipped_once(make_trainer: MakeTrainer
     trainer = make_trainer(max_epochs=1, limit_train_batches=4, callbacks=[cb])
     with pytest.warns(TipWarning, match=r"\[view-skipped\] info: FixedBatchPredictions skipped: the batch layout"):
         trainer.fit(DictBatchModel(mlp()), DataLoader(DictDataset(), batch_size=16))
-    assert [(f.code, f.severity.value) for f in cb.findings] == [("view-skipped", "info")]
+    (f,) = cb.findings
+    assert (f.code, f.severity.value, f.skipped, f.advice) == ("view-skipped", "info", True, "")
+    # the message lists what is accepted and names the arguments to set
+    assert "dict with keys ['pixels', 'digit']" in f.message and "input_ids" in f.message and "labels" in f.message
+    assert "FixedBatchPredictions(input_key=..., target_key=...)" in f.message
     assert not files_dir(trainer).joinpath("tips_fixed_batch_table.csv").exists()
+
+
+def test_named_keys_read_a_dict_batch(make_trainer: MakeTrainer) -> None:
+    pl.seed_everything(0)
+    cb = FixedBatchPredictions(every_n_steps=2, num_samples=5, input_key="pixels", target_key="digit")
+    trainer = make_trainer(max_epochs=1, limit_train_batches=4, callbacks=[cb])
+    trainer.fit(DictBatchModel(mlp()), DataLoader(DictDataset(), batch_size=16))
+    assert cb.findings == []
+    rows = read_table(trainer)
+    assert len(rows) == 3 * 5 and rows[0]["true"] == str(int(DictDataset()[0]["digit"]))  # steps 0, 2, 4
+
+
+@pytest.mark.parametrize("dict_output", [False, True])
+def test_hugging_face_style_module(make_trainer: MakeTrainer, dict_output: bool) -> None:
+    """``forward(**batch)`` with ``input_ids``/``attention_mask``/``labels`` and an output with
+    ``.logits`` (an object or a dict): the view reads it like any classifier (#12)."""
+    from tests.helpers.data_layouts import TinyHFClassifier, TokenDigits
+
+    pl.seed_everything(0)
+    cb = FixedBatchPredictions(every_n_steps=2, num_samples=6)
+    trainer = make_trainer(max_epochs=1, limit_train_batches=4, callbacks=[cb])
+    trainer.fit(TinyHFClassifier(dict_output), DataLoader(TokenDigits(), batch_size=16, shuffle=True))
+    assert cb.findings == []
+    rows = read_table(trainer)
+    assert len(rows) == 3 * 6 and {r["index"] for r in rows} == {str(i) for i in range(6)}
+    assert images(trainer) == []  # token ids: the table only
 
 
 def test_tuple_outputs_are_skipped_once(make_trainer: MakeTrainer) -> None:
