@@ -2,8 +2,8 @@
 
 :func:`describe_batch` lists every tensor field of a batch with its shape, dtype and value range;
 :func:`log_first_batch` prints that list once (rank zero) and logs the inputs under the key
-``tips/first_batch``: an image grid (up to 32 samples, one shared value range stated in the caption
-with the labels) for image-like inputs — ``(N, C, H, W)`` with ``C`` in {1, 3}, or ``(N, H, W)``,
+``tips/first_batch``: a figure of titled panels (up to 32 samples, ``#i · label y``, one shared
+value range on a colour bar, stated in the caption too, with the labels; :func:`render_first_batch`) for image-like inputs — ``(N, C, H, W)`` with ``C`` in {1, 3}, or ``(N, H, W)``,
 floating point or uint8, ``H, W >= 4`` — and a table (first 16 rows, first 20 columns, plus the label)
 otherwise. :class:`~lightning_tips.checks.data.DataChecks` calls it once, in pre-flight.
 """
@@ -14,15 +14,16 @@ import math
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 
 from lightning_tips._batch import split_batch, unpacked
 from lightning_tips._console import render_table
 from lightning_tips._loggers import log_image, log_table, log_text
-from lightning_tips._render import image_grid
+from lightning_tips._render import figure_to_array, new_figure
 from lightning_tips._utils import first_tensor, named_tensors
 
-__all__ = ["FIELD_COLUMNS", "describe_batch", "is_image_like", "log_first_batch"]
+__all__ = ["FIELD_COLUMNS", "describe_batch", "is_image_like", "log_first_batch", "render_first_batch"]
 
 FIELD_COLUMNS = ["field", "shape", "dtype", "min", "max"]
 KEY = "tips/first_batch"
@@ -64,6 +65,61 @@ def is_image_like(x: torch.Tensor) -> bool:
     return x.dim() == 3 and x.shape[1] >= 4 and x.shape[2] >= 4
 
 
+def render_first_batch(images: torch.Tensor, labels: list[Any] | None = None,
+                       total: int | None = None) -> tuple[np.ndarray, float, float]:
+    """The first batch as a figure: one titled panel per sample (``#3 · label 7``), pixel axes on
+    the first panel, one shared value range shown by a colour bar (single-channel images, grey) or
+    stated in the title (RGB), about 1.3 inches a panel: readable at any batch size up to 32.
+    Returns ``(HxWx3 uint8, vmin, vmax)``.
+
+    Example:
+        >>> arr, lo, hi = render_first_batch(torch.rand(4, 1, 8, 8), [0, 1, 2, 3])
+        >>> arr.dtype, arr.shape[0] >= 250 and arr.shape[1] >= 250
+        (dtype('uint8'), True)
+    """
+    arr = images.detach().float().cpu().numpy()
+    if arr.ndim == 3:
+        arr = arr[:, None]
+    rgb = arr.shape[1] == 3
+    if not rgb:
+        arr = arr[:, :1]
+    finite = arr[np.isfinite(arr)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    n = arr.shape[0]
+    ncols = max(1, math.ceil(math.sqrt(n)))
+    nrows = math.ceil(n / ncols)
+    panel = 1.3
+    fig = new_figure(max(4.5, panel * ncols + (0.9 if not rgb else 0.3)), panel * nrows + 1.0)
+    axes = fig.subplots(nrows, ncols, squeeze=False, gridspec_kw={"hspace": 0.5, "wspace": 0.2})
+    shown = None
+    for i, ax in enumerate(axes.flat):
+        if i >= n:
+            ax.set_axis_off()
+            continue
+        if rgb:
+            span = hi - lo if hi > lo else 1.0
+            ax.imshow(np.clip(np.transpose((arr[i] - lo) / span, (1, 2, 0)), 0, 1), interpolation="nearest")
+        else:
+            shown = ax.imshow(arr[i, 0], cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+        ax.set_title(f"#{i}" + (f" · label {labels[i]}" if labels is not None else ""), fontsize=8)
+        if i == 0:  # pixel axes once, so the size is readable
+            h, w = arr.shape[2:]
+            ax.set_xticks([0, w - 1])
+            ax.set_yticks([0, h - 1])
+            ax.tick_params(labelsize=6, length=2)
+        else:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    of = f"{n} of {total}" if total is not None and total != n else f"{n}"
+    fig.suptitle(f"first batch as it enters the net\n{of} samples of shape {tuple(images.shape[1:])}, "
+                 f"values in [{lo:.4g}, {hi:.4g}]", fontsize=9)
+    fig.subplots_adjust(left=0.06, right=0.86 if shown is not None else 0.97, bottom=0.03,
+                        top=1 - 0.75 / (panel * nrows + 1.0))
+    if shown is not None:
+        fig.colorbar(shown, ax=axes.ravel().tolist(), fraction=0.03, pad=0.02).ax.tick_params(labelsize=7)
+    return figure_to_array(fig), lo, hi
+
+
 def _labels(targets: torch.Tensor | None, n: int, k: int) -> list[Any] | None:
     if targets is None or targets.dim() == 0 or targets.shape[0] != n or targets[0].numel() != 1:
         return None
@@ -103,12 +159,13 @@ def log_first_batch(trainer: pl.Trainer, batch: Any, step: int | None = None, in
     n = int(x.shape[0])
     if is_image_like(x):
         k = min(n, MAX_IMAGES)
-        grid, lo, hi = image_grid(x[:k].detach().float().cpu())
-        caption = f"first batch as it enters the net: {k} of {n} samples, values in [{lo:.4g}, {hi:.4g}]"
+        images = x[:k].detach().float().cpu()
         labels = _labels(targets, n, k)
+        picture, lo, hi = render_first_batch(images, labels, n)
+        caption = f"first batch as it enters the net: {k} of {n} samples, values in [{lo:.4g}, {hi:.4g}]"
         if labels is not None:
             caption += "; labels: " + " ".join(str(v) for v in labels)
-        log_image(trainer, KEY, grid, step=step, caption=caption)
+        log_image(trainer, KEY, picture, step=step, caption=caption)
         return None
     k = min(n, MAX_ROWS)
     integral = not (x.is_floating_point() or x.is_complex())

@@ -538,3 +538,21 @@ def test_recipe_leaves_a_dataset_with_its_own_generator_untouched(
         assert watched.samples_seen == watched_data.cursor == len(watched_data.x) == 128
     else:
         assert torch.equal(plain_data.g.get_state(), watched_data.g.get_state())
+
+
+def test_first_batch_picture_is_readable(make_trainer: Callable[..., pl.Trainer]) -> None:
+    """32 digits drawn as titled panels with a value scale, not a 55x55 px thumbnail (#12)."""
+    import numpy as np
+    from PIL import Image
+
+    from lightning_tips._loggers import files_dir
+
+    (x, y), _ = digits_split()
+    trainer = make_trainer(limit_train_batches=1, limit_val_batches=0, callbacks=[DataChecks(first_batch=True)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(digits_model(), loader(x, y, shuffle=False))
+    (png,) = files_dir(trainer).glob("tips_first_batch_step*.png")
+    arr = np.asarray(Image.open(png))
+    assert arr.shape[0] >= 600 and arr.shape[1] >= 600  # ~1.3 inch (130 px) per 8x8 digit
+    assert "32 of 64 samples" in png.with_suffix(".txt").read_text()
