@@ -422,17 +422,16 @@ def sampler_balances(loader: Any) -> bool:
 # --- the scan -------------------------------------------------------------------------------------
 @dataclass
 class _Scan:
-    """What one rank read from one split (train or val)."""
+    """What one rank read from one split (train or val): one content hash and one name per distinct
+    sample (by dataset index where known), label batches, per-field input statistics, NaN counts."""
 
     batches: int = 0
-    samples: int = 0  # distinct samples (by dataset index where known)
     batch_sizes: list[int] = field(default_factory=list)
     nonfinite: dict[str, int] = field(default_factory=dict)
-    full_keys: dict[bytes, str] = field(default_factory=dict)  # content hash -> first sample's name
-    input_keys: dict[bytes, str] = field(default_factory=dict)
-    dup_count: int = 0
-    dup_example: tuple[str, str] | None = None
-    overlap_count: int = 0
+    names: list[str] = field(default_factory=list)  # per distinct sample: "train sample 17"
+    full_hashes: list[bytes] = field(default_factory=list)  # inputs and targets
+    input_hashes: list[bytes] = field(default_factory=list)  # inputs only
+    overlap_count: int = 0  # set by :meth:`match`
     overlap_example: tuple[str, str] | None = None
     labels: list[torch.Tensor] = field(default_factory=list)
     unlabeled_batches: int = 0
@@ -440,8 +439,29 @@ class _Scan:
     errors: list[str] = field(default_factory=list)
     _seen: set[tuple[str, int]] = field(default_factory=set)
 
+    @property
+    def samples(self) -> int:
+        return len(self.names)
+
+    @property
+    def dup_count(self) -> int:
+        return find_duplicates(self.full_hashes)[0]
+
+    @property
+    def dup_example(self) -> tuple[str, str] | None:
+        pair = find_duplicates(self.full_hashes)[1]
+        return (self.names[pair[0]], self.names[pair[1]]) if pair is not None else None
+
+    def match(self, train: _Scan) -> None:
+        """Count this split's samples whose inputs are those of a training sample (train/val overlap)."""
+        first: dict[bytes, str] = {}
+        for h, name in zip(train.input_hashes, train.names):
+            first.setdefault(h, name)
+        hits = [(name, first[h]) for h, name in zip(self.input_hashes, self.names) if h in first]
+        self.overlap_count, self.overlap_example = len(hits), (hits[0] if hits else None)
+
     def add(self, loader_name: str, batch: Any, indices: list[int] | None, prefix: str,
-            train_keys: Mapping[bytes, str] | None, keys: tuple[str | None, str | None] = (None, None)) -> None:
+            keys: tuple[str | None, str | None] = (None, None)) -> None:
         self.batches += 1
         for name, count in nonfinite_fields(batch, prefix):
             self.nonfinite[name] = self.nonfinite.get(name, 0) + count
@@ -461,30 +481,21 @@ class _Scan:
         for name, t in named_tensors(batch, prefix):
             if id(t) in input_ids and t.is_floating_point() and t.dim() >= 1 and t.shape[0] == n:
                 self.stats.setdefault(name, FeatureStats()).update(t)
-        # content hashes of distinct samples
+        # content hashes of distinct samples (the same dataset index drawn again is not a duplicate)
         full, inp = sample_hashes(batch, n), sample_hashes(inputs, n)
         for j in range(min(len(full), len(inp))):
             if indices is not None:
                 if (loader_name, indices[j]) in self._seen:
-                    continue  # the same dataset index drawn again is not a duplicate
+                    continue
                 self._seen.add((loader_name, indices[j]))
-                label = f"{loader_name} sample {indices[j]}"
+                self.names.append(f"{loader_name} sample {indices[j]}")
             else:
-                label = f"{loader_name} sample #{self.samples} of the scan"
-            self.samples += 1
-            if full[j] in self.full_keys:
-                self.dup_count += 1
-                self.dup_example = self.dup_example or (label, self.full_keys[full[j]])
-            else:
-                self.full_keys[full[j]] = label
-            self.input_keys.setdefault(inp[j], label)
-            if train_keys is not None and inp[j] in train_keys:
-                self.overlap_count += 1
-                self.overlap_example = self.overlap_example or (label, train_keys[inp[j]])
+                self.names.append(f"{loader_name} sample #{self.samples} of the scan")
+            self.full_hashes.append(full[j])
+            self.input_hashes.append(inp[j])
 
 
 def _scan(loaders: Sequence[tuple[str, Any]], max_batches: int, deadline: float,
-          train_keys: Mapping[bytes, str] | None = None,
           keys: tuple[str | None, str | None] = (None, None)) -> _Scan:
     out = _Scan()
     for name, loader in loaders:
@@ -493,7 +504,7 @@ def _scan(loaders: Sequence[tuple[str, Any]], max_batches: int, deadline: float,
         try:
             with closing(peek_batches(loader)) as batches:
                 for batch, indices in batches:
-                    out.add(name, batch, indices, prefix, train_keys, keys)
+                    out.add(name, batch, indices, prefix, keys)
                     count += 1
                     if count >= max_batches or time.perf_counter() > deadline:
                         break
@@ -578,8 +589,9 @@ class DataChecks(PreflightCheck):
     Args:
         max_batches: at most this many batches of the train loader, and of the val loader(s), are scanned.
         max_scan_s: the scan stops reading after this many seconds (train gets 60% of it first).
-        first_batch: log the first batch as it enters the net (image grid or table, key
-            ``tips/first_batch``) and print its fields, shapes, dtypes and ranges once.
+        first_batch: log the first batch as it enters the net (captioned image panels or a table, key
+            ``tips/first_batch``) and print its fields, shapes, dtypes and ranges once — drawn from the
+            batch the training loop hands over at step 0, outside the pre-flight budget.
         budget_s: the pre-flight time budget when this check runs alone.
         input_key: the batch dict's key holding the model's input (e.g. ``"pixels"``) when it is not
             one of the recognised keys (see :data:`lightning_tips._batch.LAYOUTS`); for a tuple batch, its
@@ -627,25 +639,32 @@ class DataChecks(PreflightCheck):
         self.max_scan_s = max_scan_s
         self.first_batch = first_batch
         self._scanned = False  # the scan ran this fit (in pre-flight, or on the batch handed over at step 0)
+        self._draw_pending = False  # the first-batch picture is drawn on the batch handed over at step 0
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         if stage == "fit":
-            self._scanned = False
+            self._scanned = self._draw_pending = False
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
-        """A streaming training loader cannot be read in pre-flight without consuming it: the scan
-        runs once on the first batch the loop hands over (step 0), on every rank."""
-        if self._scanned or batch_idx != 0 or trainer.global_step != 0 or trainer.ckpt_path is not None:
+        """At step 0: a streaming training loader cannot be read in pre-flight without consuming it, so
+        the scan runs once on the first batch the loop hands over (on every rank); and the first-batch
+        picture is drawn from that batch, as it enters the net."""
+        if batch_idx != 0 or trainer.global_step != 0 or trainer.ckpt_path is not None:
             return
         loaders = trainer.train_dataloader
         parts = list(loaders.values()) if isinstance(loaders, Mapping) else (
             list(loaders) if isinstance(loaders, (list, tuple)) else [loaders])
-        if not any(stream_reason(ld) is not None for ld in parts if ld is not None):
-            return
-        line = self.run_check(trainer, pl_module, batch)
-        print_card(trainer, [line], title="lightning_tips pre-flight (data: the first training batch)")
+        if not self._scanned and any(stream_reason(ld) is not None for ld in parts if ld is not None):
+            line = self.run_check(trainer, pl_module, batch)
+            print_card(trainer, [line], title="lightning_tips pre-flight (data: the first training batch)")
+        if self._draw_pending:  # the first batch as it enters the net (R2.10)
+            self._draw_pending = False
+            reason = log_first_batch(trainer, batch, input_key=self.input_key, target_key=self.target_key)
+            if reason is not None:
+                self.report(trainer, "view-skipped", "info", f"first batch view: {reason}", module="first_batch",
+                            skipped=True)
 
     def run_check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> CardLine:
         start = time.perf_counter()
@@ -675,7 +694,8 @@ class DataChecks(PreflightCheck):
             with preserved_rng([pl_module.device]):
                 keys = (self.input_key, self.target_key)
                 train = _scan(train_loaders, self.max_batches, start + 0.6 * (end - start), keys=keys)
-                val = _scan(val_loaders, self.max_batches, end, train.input_keys, keys=keys)
+                val = _scan(val_loaders, self.max_batches, end, keys=keys)
+                val.match(train)
             fields = [(k, s) for k, s in train.stats.items() if s.valid and s.num_features > 0]
             dyn = [s.dynamic_range() for _, s in fields]
             if fields:
@@ -784,11 +804,9 @@ class DataChecks(PreflightCheck):
             rep("no-seed", "info", "no global seed was set before fit (PL_GLOBAL_SEED is unset): this run "
                 "cannot be reproduced")
 
-        # 4. the first batch as it enters the net (R2.10)
-        if self.first_batch:
-            reason = log_first_batch(trainer, batch, input_key=self.input_key, target_key=self.target_key)
-            if reason is not None:
-                self.report(trainer, "view-skipped", "info", f"first batch view: {reason}", module="first_batch")
+        # 4. the first batch as it enters the net (R2.10): drawn on the batch the loop hands over at
+        # step 0, outside the pre-flight budget
+        self._draw_pending = self.first_batch
 
         sizes = sorted(set(train.batch_sizes))
         bs = f"×{sizes[-1]}" if sizes else ""
