@@ -85,7 +85,7 @@ from lightning_tips._utils import (
     reduce_sum,
     split_batch,
 )
-from lightning_tips.checks._preflight import CardLine, PreflightCheck, print_card
+from lightning_tips.checks._preflight import CardLine, PreflightCheck, Verdict, print_card
 from lightning_tips.views.first_batch import log_first_batch
 
 __all__ = [
@@ -568,6 +568,151 @@ def _feature_name(field_name: str, ndim: int, k: int) -> str:
     return f"{field_name} channel {k}" if ndim >= 4 else f"{field_name} feature {k}"
 
 
+@dataclass
+class _Local:
+    """One rank's scan, before the ranks sum their figures."""
+
+    train: _Scan
+    val: _Scan
+    train_loaders: list[tuple[str, Any]]
+    val_loaders: list[tuple[str, Any]]
+    streams: list[str]  # loaders not read ahead
+    fields: list[tuple[str, FeatureStats]]  # float input fields with statistics
+    dyn: list[tuple[float, int, float]]  # per field: dynamic_range()
+    packed: torch.Tensor  # the fields' FeatureStats.pack() and dynamic-range flags, to sum over ranks
+
+
+# --- verdicts: pure functions of the rank-summed figures (the same on every rank) ---------------------
+def _nonfinite_verdicts(g: Mapping[str, int], train: _Scan, val: _Scan) -> list[Verdict]:
+    """``nonfinite-input`` (error) per split holding NaN/Inf; a skipped info when part of the scan failed."""
+    out = []
+    for name, scan, key in (("train", train, "nonfinite_train"), ("val", val, "nonfinite_val")):
+        if g[key] > 0:
+            where = ", ".join(f"{f} ({c} values)" for f, c in scan.nonfinite.items()) or "on another rank"
+            out.append(Verdict(
+                "nonfinite-input", "error",
+                f"the {name} loader's batches hold {g[key]} NaN/Inf values: {where} "
+                f"(in {g[name + '_batches']} sampled batches)",
+                module=f"{name} {next(iter(scan.nonfinite), '')}".strip(), figures={"count": g[key]}))
+    if g["scan_errors"]:
+        errs = "; ".join(train.errors + val.errors) or "on another rank"
+        out.append(Verdict("nonfinite-input", "info", f"data checks: part of the scan could not run ({errs}); the "
+                           "checks used the batches read before", module="scan", skipped=True))
+    return out
+
+
+def _duplicate_verdicts(g: Mapping[str, int], train: _Scan, val: _Scan) -> list[Verdict]:
+    """``duplicate-data`` (warning): repeats within the training sample, and train/val overlap."""
+    out = []
+    dup_frac = g["dup"] / g["train_samples"] if g["train_samples"] else 0.0
+    if dup_frac > DUPLICATE_FRACTION:
+        ex = f" e.g. {train.dup_example[0]} repeats {train.dup_example[1]}" if train.dup_example else ""
+        out.append(Verdict(
+            "duplicate-data", "warning",
+            f"{g['dup']} of {g['train_samples']} sampled training samples ({dup_frac:.1%}) repeat another "
+            f"sampled training sample (same content),{ex}",
+            module="train", figures={"fraction": dup_frac, "count": g["dup"], "samples": g["train_samples"]}))
+    if g["overlap"] > 0:
+        frac = g["overlap"] / max(1, g["val_samples"])
+        ex = f" e.g. {val.overlap_example[0]} has the inputs of {val.overlap_example[1]}" if val.overlap_example else ""
+        out.append(Verdict(
+            "duplicate-data", "warning",
+            f"{g['overlap']} of {g['val_samples']} sampled validation samples ({frac:.1%}) have the same inputs "
+            f"as a sampled training sample: validation scores are inflated,{ex}",
+            module="train/val", figures={"fraction": frac, "count": g["overlap"], "samples": g["val_samples"]}))
+    return out
+
+
+def _imbalance_verdicts(counts: torch.Tensor, balanced: bool, out: tuple[str, nn.Module] | None) -> list[Verdict]:
+    """``class-imbalance`` (warning): skewed labels, no prior-bias output layer ``out``, no balancing sampler."""
+    ratio = imbalance_ratio(counts)
+    if not ratio > IMBALANCE_RATIO or balanced:
+        return []
+    bias = getattr(out[1], "bias", None) if out is not None else None
+    usable = isinstance(bias, torch.Tensor) and not isinstance(bias, nn.parameter.UninitializedParameter)
+    gap = prior_bias_gap(bias if usable else None, counts)
+    if gap <= PRIOR_BIAS_TOLERANCE:
+        return []
+    total = int(counts.sum())
+    lo, hi = int(torch.where(counts > 0, counts, counts.max() + 1).argmin()), int(counts.argmax())
+    where = f"`{out[0]}.bias`" if out is not None else "no output layer found"
+    off = f"off by {_fmt(gap)}" if math.isfinite(gap) else "not comparable"
+    return [Verdict(
+        "class-imbalance", "warning",
+        f"training labels are skewed: class {hi} has {int(counts[hi]) / total:.1%} and class {lo} "
+        f"{int(counts[lo]) / total:.1%} of {total} sampled labels (max/min {_fmt(ratio)} > "
+        f"{IMBALANCE_RATIO:g}); the output bias ({where}) is not the log prior ({off}) and the "
+        f"loader does not balance classes",
+        module=out[0] if out is not None else None,
+        figures={"ratio": ratio, "bias_gap": gap if math.isfinite(gap) else -1.0})]
+
+
+def _order_verdicts(g: Mapping[str, int]) -> list[Verdict]:
+    """``unshuffled-data`` (warning) and ``no-seed`` (info)."""
+    out = []
+    if g["unshuffled"]:
+        out.append(Verdict("unshuffled-data", "warning",
+                           "the training loader iterates in a fixed order (SequentialSampler, or a DistributedSampler "
+                           "with shuffle=False): batches are correlated, often sorted by class", module="train"))
+    if g["no_seed"]:
+        out.append(Verdict("no-seed", "info", "no global seed was set before fit (PL_GLOBAL_SEED is unset): this "
+                           "run cannot be reproduced"))
+    return out
+
+
+def _normalization_verdicts(fields: list[tuple[str, FeatureStats]], dyn: list[tuple[float, int, float]],
+                            global_stats: torch.Tensor) -> tuple[list[Verdict], str]:
+    """``unnormalized-input`` (warning) per field from the rank-summed statistics, and the card's figures."""
+    offset, summaries, out = 0, list[str](), list[Verdict]()
+    n_fields = len(fields)
+    flags = global_stats[-n_fields:] if n_fields else global_stats[:0]
+    for i, (name, stats) in enumerate(fields):
+        f = stats.num_features
+        n, mean, std = FeatureStats.unpack(global_stats[offset : offset + 4 * f])
+        offset += 4 * f
+        v = normalization_verdict(mean, std, n)
+        per_feature, worst_dyn, pooled = dyn[i]
+        dynamic = bool(flags[i] > 0)
+        if len(fields) == 1 or not summaries:
+            summaries.append(
+                f"mean {_fmt(float(mean.mean()))} std {_fmt(float(std.mean()))}" if f == 1 else
+                f"mean {_fmt(float(mean.min()))}..{_fmt(float(mean.max()))} "
+                f"std {_fmt(float(std.min()))}..{_fmt(float(std.max()))}"
+                + (f", RMS {_fmt(v.scale)}" if math.isfinite(v.scale) else "")
+            )
+        if not v.flagged and not dynamic:
+            continue
+        what = "channels" if stats.ndim >= 4 else "features"
+        msg = []
+        if v.flagged:
+            ignored = f"; {v.ignored} constant or near-constant left out" if v.ignored else ""
+            msg.append(f"the {v.varying} varying {what} have an RMS magnitude of {_fmt(v.scale)} "
+                       f"(unit scale is 0.01..{SCALE_RANGE[1]:g}{ignored})")
+            if v.bad:
+                worst = ", ".join(
+                    f"{_feature_name(name, stats.ndim, k)} (mean {_fmt(float(mean[k]))}, std {_fmt(float(std[k]))})"
+                    for k in v.bad[:3]
+                )
+                msg.append(f"{len(v.bad)} of them are far from unit scale (RMS > {FEATURE_SCALE:g} or "
+                           f"|mean| > max(1, 3 std); {v.bad_share:.0%} of the input's energy): worst {worst}")
+        ratio = max((r for r in (per_feature, pooled) if math.isfinite(r)), default=math.nan)
+        if dynamic:
+            where = (f" ({_feature_name(name, stats.ndim, worst_dyn)})" if per_feature > DYNAMIC_RANGE else
+                     " (all features pooled)")
+            shown = f"{_fmt(ratio)}{where}" if math.isfinite(ratio) else "above 1e4 on another rank"
+            msg.append(f"huge dynamic range: max|x| / median|x| = {shown} > {DYNAMIC_RANGE:g}")
+        advice = ("standardise each feature/channel with the training mean and std (T12), or whiten (P6)"
+                  if not dynamic else
+                  "squash the huge range first with tanh(x/C) or log1p (P6), then standardise each "
+                  "feature/channel with the training mean and std (T12)")
+        worst_k = v.bad[0] if v.bad else int(torch.argmax(mean**2 + std**2))
+        out.append(Verdict("unnormalized-input", "warning", f"{name}: " + "; ".join(msg), advice=advice,
+                           module=name, figures={"bad_features": len(v.bad), "worst_mean": float(mean[worst_k]),
+                     "worst_std": float(std[worst_k]), "scale": v.scale if math.isfinite(v.scale) else -1.0,
+                     "dynamic_range": ratio if math.isfinite(ratio) else -1.0}))
+    return out, summaries[0] if summaries else ""
+
+
 # --- the callback ---------------------------------------------------------------------------------
 _META = (
     "train_batches", "train_samples", "val_batches", "val_samples", "val_loaders",
@@ -667,12 +812,81 @@ class DataChecks(PreflightCheck):
                             skipped=True)
 
     def run_check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> CardLine:
+        """Three steps: a local scan (no collectives, never raises), the global figures (the same
+        collectives in the same order on every rank: counts and moments summed over ranks), and the
+        verdicts — pure functions of those global figures, hence the same on every rank without the
+        lowest-rank agreement :func:`~lightning_tips.checks._preflight.settle` does for one-batch checks."""
+        self._scanned = True
+        m = self._measure(trainer, pl_module, batch)
+        train, val, train_loaders, val_loaders, streams = m.train, m.val, m.train_loaders, m.val_loaders, m.streams
+        fields, dyn, packed = m.fields, m.dyn, m.packed
+        shuffles = [sampler_shuffles(loader) for _, loader in train_loaders]
+        labels = torch.cat(train.labels) if train.labels else torch.zeros(0, dtype=torch.int64)
+
+        # 2. global figures: the same collectives, in the same order, on every rank
+        local = {
+            "train_batches": train.batches, "train_samples": train.samples,
+            "val_batches": val.batches, "val_samples": val.samples, "val_loaders": int(bool(val_loaders)),
+            "nonfinite_train": sum(train.nonfinite.values()), "nonfinite_val": sum(val.nonfinite.values()),
+            "dup": train.dup_count, "overlap": val.overlap_count, "scan_errors": len(train.errors + val.errors),
+            "labeled_ranks": int(labels.numel() > 0), "unlabeled_batches": train.unlabeled_batches,
+            "label_size": int(labels.max()) + 1 if labels.numel() else 0,
+            "stats_len": packed.numel(), "stats_len_sq": packed.numel() ** 2,
+            # overfit_batches > 0: Lightning itself turned shuffling off (the user's shuffle=True is moot)
+            "unshuffled": int(any(s is False for s in shuffles) and not getattr(trainer, "overfit_batches", 0)),
+            "balanced": int(any(sampler_balances(loader) for _, loader in train_loaders)),
+            "no_seed": int(os.environ.get("PL_GLOBAL_SEED") is None),
+        }  # fmt: skip
+        meta_t = _all_sum(trainer, pl_module, torch.tensor([local[k] for k in _META], dtype=torch.int64))
+        g = dict(zip(_META, (int(v) for v in meta_t.tolist())))
+        world = trainer.world_size
+        labels_apply = g["labeled_ranks"] > 0 and g["unlabeled_batches"] == 0 and 0 < g["label_size"] <= MAX_CLASSES
+        counts = None
+        if labels_apply:
+            local_counts = torch.bincount(labels, minlength=g["label_size"])[: g["label_size"]]
+            counts = _all_sum(trainer, pl_module, local_counts)
+        layout_same = g["stats_len"] > 0 and world * g["stats_len_sq"] == g["stats_len"] ** 2
+        global_stats = None
+        if layout_same:
+            global_stats = _all_sum(trainer, pl_module, packed, dtype=torch.float32)
+
+        # 3. verdicts: pure functions of the global figures (every rank reports the same; rank zero speaks)
+        verdicts = [*_nonfinite_verdicts(g, train, val), *_duplicate_verdicts(g, train, val)]
+        ratio, n_classes = math.nan, 0
+        if counts is not None:
+            ratio, n_classes = imbalance_ratio(counts), int((counts > 0).sum())
+            verdicts += _imbalance_verdicts(counts, bool(g["balanced"]), find_output_layer(pl_module))
+        summary_stats = ""
+        if g["stats_len"] > 0 and not layout_same:
+            verdicts.append(Verdict("unnormalized-input", "info", "unnormalized-input: skipped, the float input "
+                                    "fields differ across ranks", module="layout", skipped=True))
+        if global_stats is not None:
+            found, summary_stats = _normalization_verdicts(fields, dyn, global_stats)
+            verdicts += found
+        verdicts += _order_verdicts(g)
+        reported = self._report_all(trainer, verdicts)
+
+        # 4. the first batch as it enters the net (R2.10): drawn on the batch the loop hands over at
+        # step 0, outside the pre-flight budget
+        self._draw_pending = self.first_batch
+
+        sizes = sorted(set(train.batch_sizes))
+        bs = f"×{sizes[-1]}" if sizes else ""
+        parts = [f"{g['train_batches']}{bs} train / {g['val_batches']} val batches"]
+        parts.append(f"{n_classes} classes (max/min {_fmt(ratio)})" if counts is not None else "labels n/a")
+        parts.append(summary_stats or "no float inputs")
+        parts.append(f"{g['dup']} duplicates, {g['overlap']} shared with val" if g["val_loaders"] else
+                     f"{g['dup']} duplicates, no val")
+        if streams:
+            parts.append(f"streams not read ahead: {', '.join(streams)} (the training batch handed over stands in)")
+        return CardLine(self.title, "finding" if reported else "pass", ", ".join(parts))
+
+    def _measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> _Local:
+        """The local scan of the train and val loaders: no collectives, and nothing here may raise (a
+        rank that skipped the collectives that follow would hang the others)."""
         start = time.perf_counter()
-        # 1. local scan: no collectives, and nothing here may raise (a rank that skipped the
-        # collectives below would hang the others)
         train, val, train_loaders, val_loaders = _Scan(), _Scan(), list[tuple[str, Any]](), list[tuple[str, Any]]()
         streams: list[str] = []
-        self._scanned = True
         fields: list[tuple[str, FeatureStats]] = []
         dyn: list[tuple[float, int, float]] = []
         packed = torch.zeros(0, dtype=torch.float64)
@@ -705,171 +919,18 @@ class DataChecks(PreflightCheck):
         except Exception as err:
             train.errors.append(f"{type(err).__name__}: {err}")
             fields, dyn, packed = [], [], torch.zeros(0, dtype=torch.float64)
-        shuffles = [sampler_shuffles(loader) for _, loader in train_loaders]
-        labels = torch.cat(train.labels) if train.labels else torch.zeros(0, dtype=torch.int64)
+        return _Local(train, val, train_loaders, val_loaders, streams, fields, dyn, packed)
 
-        # 2. global figures: the same collectives, in the same order, on every rank
-        local = {
-            "train_batches": train.batches, "train_samples": train.samples,
-            "val_batches": val.batches, "val_samples": val.samples, "val_loaders": int(bool(val_loaders)),
-            "nonfinite_train": sum(train.nonfinite.values()), "nonfinite_val": sum(val.nonfinite.values()),
-            "dup": train.dup_count, "overlap": val.overlap_count, "scan_errors": len(train.errors + val.errors),
-            "labeled_ranks": int(labels.numel() > 0), "unlabeled_batches": train.unlabeled_batches,
-            "label_size": int(labels.max()) + 1 if labels.numel() else 0,
-            "stats_len": packed.numel(), "stats_len_sq": packed.numel() ** 2,
-            # overfit_batches > 0: Lightning itself turned shuffling off (the user's shuffle=True is moot)
-            "unshuffled": int(any(s is False for s in shuffles) and not getattr(trainer, "overfit_batches", 0)),
-            "balanced": int(any(sampler_balances(loader) for _, loader in train_loaders)),
-            "no_seed": int(os.environ.get("PL_GLOBAL_SEED") is None),
-        }  # fmt: skip
-        meta_t = _all_sum(trainer, pl_module, torch.tensor([local[k] for k in _META], dtype=torch.int64))
-        g = dict(zip(_META, (int(v) for v in meta_t.tolist())))
-        world = trainer.world_size
-        labels_apply = g["labeled_ranks"] > 0 and g["unlabeled_batches"] == 0 and 0 < g["label_size"] <= MAX_CLASSES
-        counts = None
-        if labels_apply:
-            local_counts = torch.bincount(labels, minlength=g["label_size"])[: g["label_size"]]
-            counts = _all_sum(trainer, pl_module, local_counts)
-        layout_same = g["stats_len"] > 0 and world * g["stats_len_sq"] == g["stats_len"] ** 2
-        global_stats = None
-        if layout_same:
-            global_stats = _all_sum(trainer, pl_module, packed, dtype=torch.float32)
-
-        # 3. verdicts (every rank calls report with the same verdicts; rank zero speaks)
-        reported: list[str] = []
-
-        def rep(code: str, severity: str, message: str, **kw: Any) -> None:
-            f = self.report(trainer, code, severity, message, **kw)
-            if f is not None and severity != "info":
-                reported.append(code)
-
-        for name, scan, key in (("train", train, "nonfinite_train"), ("val", val, "nonfinite_val")):
-            if g[key] > 0:
-                where = ", ".join(f"{f} ({c} values)" for f, c in scan.nonfinite.items()) or "on another rank"
-                rep("nonfinite-input", "error",
-                    f"the {name} loader's batches hold {g[key]} NaN/Inf values: {where} "
-                    f"(in {g[name + '_batches']} sampled batches)",
-                    module=f"{name} {next(iter(scan.nonfinite), '')}".strip(), figures={"count": g[key]})
-        if g["scan_errors"]:
-            errs = "; ".join(train.errors + val.errors) or "on another rank"
-            rep("nonfinite-input", "info", f"data checks: part of the scan could not run ({errs}); the "
-                "checks used the batches read before", module="scan", skipped=True)
-        dup_frac = g["dup"] / g["train_samples"] if g["train_samples"] else 0.0
-        if dup_frac > DUPLICATE_FRACTION:
-            ex = f" e.g. {train.dup_example[0]} repeats {train.dup_example[1]}" if train.dup_example else ""
-            rep("duplicate-data", "warning",
-                f"{g['dup']} of {g['train_samples']} sampled training samples ({dup_frac:.1%}) repeat another "
-                f"sampled training sample (same content),{ex}",
-                module="train", figures={"fraction": dup_frac, "count": g["dup"], "samples": g["train_samples"]})
-        if g["overlap"] > 0:
-            frac = g["overlap"] / max(1, g["val_samples"])
-            ex = f" e.g. {val.overlap_example[0]} has the inputs of {val.overlap_example[1]}" \
-                if val.overlap_example else ""
-            rep("duplicate-data", "warning",
-                f"{g['overlap']} of {g['val_samples']} sampled validation samples ({frac:.1%}) have the same inputs "
-                f"as a sampled training sample: validation scores are inflated,{ex}",
-                module="train/val", figures={"fraction": frac, "count": g["overlap"], "samples": g["val_samples"]})
-        ratio, n_classes = math.nan, 0
-        if counts is not None:
-            ratio, n_classes = imbalance_ratio(counts), int((counts > 0).sum())
-            if ratio > IMBALANCE_RATIO and not g["balanced"]:
-                out = find_output_layer(pl_module)
-                bias = getattr(out[1], "bias", None) if out is not None else None
-                usable = isinstance(bias, torch.Tensor) and not isinstance(bias, nn.parameter.UninitializedParameter)
-                gap = prior_bias_gap(bias if usable else None, counts)
-                if gap > PRIOR_BIAS_TOLERANCE:
-                    total = int(counts.sum())
-                    lo, hi = int(torch.where(counts > 0, counts, counts.max() + 1).argmin()), int(counts.argmax())
-                    where = f"`{out[0]}.bias`" if out is not None else "no output layer found"
-                    off = f"off by {_fmt(gap)}" if math.isfinite(gap) else "not comparable"
-                    rep("class-imbalance", "warning",
-                        f"training labels are skewed: class {hi} has {int(counts[hi]) / total:.1%} and class {lo} "
-                        f"{int(counts[lo]) / total:.1%} of {total} sampled labels (max/min {_fmt(ratio)} > "
-                        f"{IMBALANCE_RATIO:g}); the output bias ({where}) is not the log prior ({off}) and the "
-                        f"loader does not balance classes",
-                        module=out[0] if out is not None else None,
-                        figures={"ratio": ratio, "bias_gap": gap if math.isfinite(gap) else -1.0})
-        summary_stats = ""
-        if g["stats_len"] > 0 and not layout_same:
-            rep("unnormalized-input", "info",
-                "unnormalized-input: skipped, the float input fields differ across ranks", module="layout",
-                skipped=True)
-        if global_stats is not None:
-            summary_stats = self._normalization(trainer, fields, dyn, global_stats, rep)
-        if g["unshuffled"]:
-            rep("unshuffled-data", "warning",
-                "the training loader iterates in a fixed order (SequentialSampler, or a DistributedSampler "
-                "with shuffle=False): batches are correlated, often sorted by class", module="train")
-        if g["no_seed"]:
-            rep("no-seed", "info", "no global seed was set before fit (PL_GLOBAL_SEED is unset): this run "
-                "cannot be reproduced")
-
-        # 4. the first batch as it enters the net (R2.10): drawn on the batch the loop hands over at
-        # step 0, outside the pre-flight budget
-        self._draw_pending = self.first_batch
-
-        sizes = sorted(set(train.batch_sizes))
-        bs = f"×{sizes[-1]}" if sizes else ""
-        parts = [f"{g['train_batches']}{bs} train / {g['val_batches']} val batches"]
-        parts.append(f"{n_classes} classes (max/min {_fmt(ratio)})" if counts is not None else "labels n/a")
-        parts.append(summary_stats or "no float inputs")
-        parts.append(f"{g['dup']} duplicates, {g['overlap']} shared with val" if g["val_loaders"] else
-                     f"{g['dup']} duplicates, no val")
-        if streams:
-            parts.append(f"streams not read ahead: {', '.join(streams)} (the training batch handed over stands in)")
-        return CardLine(self.title, "finding" if reported else "pass", ", ".join(parts))
-
-    def _normalization(self, trainer: pl.Trainer, fields: list[tuple[str, FeatureStats]],
-                       dyn: list[tuple[float, int, float]], global_stats: torch.Tensor, rep: Any) -> str:
-        """unnormalized-input per field from the rank-summed statistics; returns the card's figures."""
-        offset, summaries = 0, list[str]()
-        n_fields = len(fields)
-        flags = global_stats[-n_fields:] if n_fields else global_stats[:0]
-        for i, (name, stats) in enumerate(fields):
-            f = stats.num_features
-            n, mean, std = FeatureStats.unpack(global_stats[offset : offset + 4 * f])
-            offset += 4 * f
-            v = normalization_verdict(mean, std, n)
-            per_feature, worst_dyn, pooled = dyn[i]
-            dynamic = bool(flags[i] > 0)
-            if len(fields) == 1 or not summaries:
-                summaries.append(
-                    f"mean {_fmt(float(mean.mean()))} std {_fmt(float(std.mean()))}" if f == 1 else
-                    f"mean {_fmt(float(mean.min()))}..{_fmt(float(mean.max()))} "
-                    f"std {_fmt(float(std.min()))}..{_fmt(float(std.max()))}"
-                    + (f", RMS {_fmt(v.scale)}" if math.isfinite(v.scale) else "")
-                )
-            if not v.flagged and not dynamic:
-                continue
-            what = "channels" if stats.ndim >= 4 else "features"
-            msg = []
-            if v.flagged:
-                ignored = f"; {v.ignored} constant or near-constant left out" if v.ignored else ""
-                msg.append(f"the {v.varying} varying {what} have an RMS magnitude of {_fmt(v.scale)} "
-                           f"(unit scale is 0.01..{SCALE_RANGE[1]:g}{ignored})")
-                if v.bad:
-                    worst = ", ".join(
-                        f"{_feature_name(name, stats.ndim, k)} (mean {_fmt(float(mean[k]))}, std {_fmt(float(std[k]))})"
-                        for k in v.bad[:3]
-                    )
-                    msg.append(f"{len(v.bad)} of them are far from unit scale (RMS > {FEATURE_SCALE:g} or "
-                               f"|mean| > max(1, 3 std); {v.bad_share:.0%} of the input's energy): worst {worst}")
-            ratio = max((r for r in (per_feature, pooled) if math.isfinite(r)), default=math.nan)
-            if dynamic:
-                where = (f" ({_feature_name(name, stats.ndim, worst_dyn)})" if per_feature > DYNAMIC_RANGE else
-                         " (all features pooled)")
-                shown = f"{_fmt(ratio)}{where}" if math.isfinite(ratio) else "above 1e4 on another rank"
-                msg.append(f"huge dynamic range: max|x| / median|x| = {shown} > {DYNAMIC_RANGE:g}")
-            advice = ("standardise each feature/channel with the training mean and std (T12), or whiten (P6)"
-                      if not dynamic else
-                      "squash the huge range first with tanh(x/C) or log1p (P6), then standardise each "
-                      "feature/channel with the training mean and std (T12)")
-            worst_k = v.bad[0] if v.bad else int(torch.argmax(mean**2 + std**2))
-            rep("unnormalized-input", "warning", f"{name}: " + "; ".join(msg), advice=advice, module=name,
-                figures={"bad_features": len(v.bad), "worst_mean": float(mean[worst_k]),
-                         "worst_std": float(std[worst_k]), "scale": v.scale if math.isfinite(v.scale) else -1.0,
-                         "dynamic_range": ratio if math.isfinite(ratio) else -1.0})
-        return summaries[0] if summaries else ""
+    def _report_all(self, trainer: pl.Trainer, verdicts: Sequence[Verdict]) -> list[str]:
+        """Report every verdict; the codes that gave a new warning/error."""
+        reported = []
+        for v in verdicts:
+            assert v.severity is not None
+            f = self.report(trainer, v.code, v.severity, v.message, advice=v.advice, module=v.module,
+                            figures=v.figures, skipped=v.skipped)
+            if f is not None and v.severity != "info":
+                reported.append(v.code)
+        return reported
 
 
 def _to_cpu(batch: Any) -> Any:
