@@ -79,11 +79,14 @@ def stream_reason(loader: Any) -> str | None:
 
 
 def _walk(root: Any) -> Iterator[Any]:
-    """Objects reachable from ``root`` through attributes, containers and slots (each once, at most
-    ``_MAX_WALK``), not descending into tensors, arrays, generators, modules' internals or types."""
+    """Objects reachable from ``root`` through attributes, containers and slots (each once), not
+    descending into tensors, arrays or generators. Containers and objects are visited up to
+    ``_MAX_WALK``; tensors, arrays and generators met on the way do not count (a dataset holding a
+    list of a million sample tensors still shares all of them)."""
     seen: set[int] = set()
     todo = [root]
-    while todo and len(seen) < _MAX_WALK:
+    visited = 0
+    while todo:
         obj = todo.pop()
         if id(obj) in seen or obj is None or isinstance(obj, (str, bytes, int, float, bool, type)):
             continue
@@ -91,6 +94,9 @@ def _walk(root: Any) -> Iterator[Any]:
         yield obj
         if isinstance(obj, (torch.Tensor, np.ndarray, *_RNG_TYPES)):
             continue
+        visited += 1
+        if visited > _MAX_WALK:
+            continue  # keep yielding the leaves already queued, open no more containers
         if isinstance(obj, Mapping):
             todo.extend(obj.values())
         elif isinstance(obj, (list, tuple, set, frozenset)):

@@ -556,3 +556,23 @@ def test_first_batch_picture_is_readable(make_trainer: Callable[..., pl.Trainer]
     arr = np.asarray(Image.open(png))
     assert arr.shape[0] >= 600 and arr.shape[1] >= 600  # ~1.3 inch (130 px) per 8x8 digit
     assert "32 of 64 samples" in png.with_suffix(".txt").read_text()
+
+
+def test_independent_copy_shares_data_and_copies_state() -> None:
+    """The copy a scan reads shares every sample tensor (no memory doubling, even past the walk's
+    container budget) and owns its generators and counters."""
+    from lightning_tips._batch import independent_copy, peek_batches, stream_reason
+
+    ds = NoisyDigits(8)
+    ds.items = [torch.zeros(2) for _ in range(30_000)]  # type: ignore[attr-defined]
+    ds.calls = 0  # type: ignore[attr-defined]
+    copied = independent_copy((ds,))
+    assert copied is not None
+    (c,) = copied
+    assert c.x is ds.x and all(a is b for a, b in zip(c.items, ds.items)) and c.g is not ds.g
+    state = ds.g.get_state()
+    batches = list(peek_batches(DataLoader(ds, batch_size=4, shuffle=True)))
+    assert len(batches) == 2 and torch.equal(ds.g.get_state(), state)
+    assert stream_reason(DataLoader(DigitStream(), batch_size=4)) is not None
+    with pytest.raises(ValueError, match="IterableDataset"):
+        next(peek_batches(DataLoader(DigitStream(), batch_size=4)))
