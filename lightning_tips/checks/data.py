@@ -873,7 +873,9 @@ class DataChecks(PreflightCheck):
         sizes = sorted(set(train.batch_sizes))
         bs = f"×{sizes[-1]}" if sizes else ""
         parts = [f"{g['train_batches']}{bs} train / {g['val_batches']} val batches"]
-        parts.append(f"{n_classes} classes (max/min {_fmt(ratio)})" if counts is not None else "labels n/a")
+        parts.append(f"{n_classes} classes (max/min {_fmt(ratio)})" if counts is not None else
+                     "labels n/a (no class-index targets; name a dict's with target_key=)" if g["unlabeled_batches"]
+                     else "labels n/a")
         parts.append(summary_stats or "no float inputs")
         parts.append(f"{g['dup']} duplicates, {g['overlap']} shared with val" if g["val_loaders"] else
                      f"{g['dup']} duplicates, no val")

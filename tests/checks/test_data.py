@@ -65,6 +65,19 @@ def fit(make_trainer: Callable[..., pl.Trainer], model: pl.LightningModule, trai
     return checks
 
 
+class CardChecks(DataChecks):
+    """DataChecks that keeps its card lines (the printed table may wrap them)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.lines: list[Any] = []
+
+    def run_check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> Any:
+        line = super().run_check(trainer, pl_module, batch)
+        self.lines.append(line)
+        return line
+
+
 def by_code(checks: DataChecks, code: str) -> list[Any]:
     return [f for f in checks.findings if f.code == code]
 
@@ -251,8 +264,9 @@ class KeyedClassifier(Classifier):
 def test_named_keys_give_the_label_checks_their_targets(make_trainer: Callable[..., pl.Trainer]) -> None:
     x, y = imbalanced_breast_cancer()
     data = DataLoader(KeyedDataset(x, y), batch_size=64, shuffle=True)
-    unnamed = fit(make_trainer, KeyedClassifier(mlp(30, 2)), data)
+    unnamed = fit(make_trainer, KeyedClassifier(mlp(30, 2)), data, checks=CardChecks(first_batch=False))
     assert by_code(unnamed, "class-imbalance") == []  # no target key recognised: labels n/a
+    assert "name a dict's with target_key=" in unnamed.lines[0].detail  # the card says how to name them
     named = fit(make_trainer, KeyedClassifier(mlp(30, 2)), data,
                 checks=DataChecks(first_batch=True, input_key="feats", target_key="cls"))
     assert [f.severity.value for f in by_code(named, "class-imbalance")] == ["warning"]
@@ -412,7 +426,7 @@ def test_integer_inputs(make_trainer: Callable[..., pl.Trainer]) -> None:
 
 
 def test_iterable_dataset_is_scanned_on_the_batch_training_hands_over(
-    make_trainer: Callable[..., pl.Trainer], capsys: pytest.CaptureFixture[str]
+    make_trainer: Callable[..., pl.Trainer],
 ) -> None:
     """A stream is never read ahead (its samples would be lost to training): the scan looks at the
     first batch the loop hands over, at step 0, and the card says so."""
@@ -426,12 +440,13 @@ def test_iterable_dataset_is_scanned_on_the_batch_training_hands_over(
                 taken.append(i)
                 yield x[i], y[i]
 
-    checks = fit(make_trainer, digits_model(), DataLoader(Stream(), batch_size=64))
+    checks = fit(make_trainer, digits_model(), DataLoader(Stream(), batch_size=64), checks=CardChecks(first_batch=False))
     (f,) = by_code(checks, "duplicate-data")
     assert "of the scan" in f.message and f.figures["count"] == 8 and f.figures["samples"] == 64
     assert by_code(checks, "unshuffled-data") == []  # a stream's order cannot be told from its sampler
     assert taken == list(range(128))  # limit_train_batches=2: training read exactly its two batches
-    assert "streams not read ahead: train" in capsys.readouterr().out
+    (line,) = checks.lines  # pre-flight had no batch (a stream): the scan ran once, at step 0
+    assert "streams not read ahead: train" in line.detail and line.status == "finding"
 
 
 def test_scan_error_is_an_info_finding(make_trainer: Callable[..., pl.Trainer]) -> None:
