@@ -92,7 +92,7 @@ def _walk(root: Any) -> Iterator[Any]:
             continue
         seen.add(id(obj))
         yield obj
-        if isinstance(obj, (torch.Tensor, np.ndarray, *_RNG_TYPES)):
+        if isinstance(obj, (torch.Tensor, np.ndarray, *_RNG_TYPES)) or _shared(obj):
             continue
         visited += 1
         if visited > _MAX_WALK:
@@ -110,9 +110,20 @@ def _walk(root: Any) -> Iterator[Any]:
                     todo.append(getattr(obj, slot))
 
 
+def _shared(obj: Any) -> bool:
+    """Objects a copy shares instead of copying: modules (weights, transforms), and the Trainer /
+    LightningModule / DataModule a dataset may point back to (not the dataset's own state)."""
+    if isinstance(obj, torch.nn.Module):
+        return True
+    import lightning.pytorch as pl
+
+    return isinstance(obj, (pl.Trainer, pl.LightningDataModule))
+
+
 def independent_copy(objs: tuple[Any, ...]) -> tuple[Any, ...] | None:
     """A deep copy of ``objs`` (copied together, so references between them are kept) that shares
-    their tensors and numeric arrays with the originals; ``None`` when they cannot be copied.
+    their tensors, numeric arrays and modules with the originals (and any Trainer or DataModule they
+    point back to); ``None`` when they cannot be copied.
 
     Example:
         >>> class D:
@@ -125,7 +136,7 @@ def independent_copy(objs: tuple[Any, ...]) -> tuple[Any, ...] | None:
     """
     memo: dict[int, Any] = {}
     for obj in _walk(objs):
-        if isinstance(obj, torch.Tensor) or (isinstance(obj, np.ndarray) and obj.dtype != object):
+        if isinstance(obj, torch.Tensor) or (isinstance(obj, np.ndarray) and obj.dtype != object) or _shared(obj):
             memo[id(obj)] = obj
     try:
         return tuple(copy.deepcopy(objs, memo))

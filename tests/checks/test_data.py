@@ -585,6 +585,10 @@ def test_independent_copy_shares_data_and_copies_state() -> None:
     assert copied is not None
     (c,) = copied
     assert c.x is ds.x and all(a is b for a, b in zip(c.items, ds.items)) and c.g is not ds.g
+    ds.owner = pl.Trainer(logger=False)  # type: ignore[attr-defined]  # a dataset pointing back: shared, not copied
+    ds.augment = torch.nn.Linear(2, 2)  # type: ignore[attr-defined]
+    (c,) = independent_copy((ds,)) or (None,)
+    assert c is not None and c.owner is ds.owner and c.augment is ds.augment and c.g is not ds.g
     state = ds.g.get_state()
     batches = list(peek_batches(DataLoader(ds, batch_size=4, shuffle=True)))
     assert len(batches) == 2 and torch.equal(ds.g.get_state(), state)
