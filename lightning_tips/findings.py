@@ -306,7 +306,9 @@ _ENTRIES = [
         """Floating-point input features are far from zero-mean, unit-variance (per feature or
         channel), or span a huge dynamic range. Unnormalised inputs slow training and can cause
         NaN (T9, T12, P6).""",
-        "|mean| > 3 x std or std outside [0.1, 10] per feature/channel (constant features ignored); "
+        "on the features/channels that vary (constant ones, and those with std < 1% of the median "
+        "feature's, ignored): RMS magnitude sqrt(mean(x^2)) outside [0.01, 4], or features with RMS > 4 "
+        "or |mean| > max(1, 3 x std) carrying >= 1% of the second moment; "
         "dynamic range (max |x| / median of non-zero |x|) > 1e4",
         "T12 P6 T9",
         "standardise inputs (subtract mean, divide by std), whiten (T12, P6); squash huge ranges "

@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal
 
 import lightning.pytorch as pl
 import torch
 
+from lightning_tips._batch import peek_batches, stream_reason
 from lightning_tips._callback import TipCallback
 from lightning_tips._console import render_table
 from lightning_tips._loggers import log_text
-from lightning_tips._utils import any_rank, preserved_loader_rng, preserved_rng
+from lightning_tips._utils import any_rank, preserved_rng
 
 __all__ = [
     "CardLine",
@@ -53,22 +55,34 @@ class CardLine:
 
 
 def first_train_batch(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any | None:
-    """The first batch of the training dataloader, on the module's device, without touching the
-    user's RNG (the sampler's seed draw and the loader's own generators are restored). ``None`` when there is no loader or it is empty."""
+    """The first batch of the training dataloader, on the module's device, read without touching the
+    user's data stream: the global RNGs are restored, and a map-style loader is read through an
+    independent copy of its dataset, sampler and ``collate_fn`` (see :mod:`lightning_tips._batch`), so
+    a dataset's own generators and counters do not move.
+
+    ``None`` when there is no loader, it is empty, or it is a stream (an ``IterableDataset``, a
+    generator): reading a stream would consume samples training never sees; use the batch the
+    training loop hands over instead (``stream_reason`` in :mod:`lightning_tips._batch` says why).
+    """
     loader = trainer.train_dataloader
     if loader is None:
         return None
-    with preserved_loader_rng(loader, [pl_module.device]):
-        batch: Any
-        try:  # several loaders (a dict or list): a batch of the same layout, as Lightning's default mode gives
-            if isinstance(loader, Mapping):
-                batch = {k: next(iter(v)) for k, v in loader.items()}
-            elif isinstance(loader, (list, tuple)):
-                batch = [next(iter(v)) for v in loader]
-            else:
-                batch = next(iter(loader))
-        except StopIteration:
-            return None
+    # several loaders (a dict or list): a batch of the same layout, as Lightning's default mode gives
+    several = isinstance(loader, (Mapping, list, tuple))
+    loaders = (dict(loader) if isinstance(loader, Mapping) else dict(enumerate(loader))) if several else {None: loader}
+    if any(stream_reason(v) is not None for v in loaders.values()):
+        return None
+    firsts: dict[Any, Any] = {}
+    with preserved_rng([pl_module.device]):
+        for k, v in loaders.items():
+            with closing(peek_batches(v)) as batches:
+                first = next(batches, None)
+            if first is None:
+                return None
+            firsts[k] = first[0]
+    batch: Any = firsts[None] if not several else (
+        firsts if isinstance(loader, Mapping) else type(loader)(firsts[i] for i in range(len(loader)))
+    )
     batch = trainer.precision_plugin.convert_input(batch)  # as the training loop does (e.g. float64 for 64-true)
     return trainer.strategy.batch_to_device(batch, pl_module.device)
 
