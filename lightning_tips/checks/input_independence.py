@@ -41,7 +41,7 @@ from lightning_tips._utils import (
     split_batch,
     step_loss,
 )
-from lightning_tips.checks._preflight import CardLine, CheckSkipped, PreflightCheck, Verdict, settle
+from lightning_tips.checks._preflight import CardLine, CheckSkipped, PreflightCheck, Verdict, settle, slice_batch
 from lightning_tips.checks.output_activation import eval_dropout, trace_training_step
 from lightning_tips.checks.overfit_batch import OptimizerFactory, fit_batch, optimizer_factory
 
@@ -199,8 +199,10 @@ class InputIndependenceCheck(PreflightCheck):
 
     def run_check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> CardLine:
         def measure() -> tuple[list[Verdict], str]:
-            fig = input_independence(pl_module, batch, optimizer_factory(trainer, pl_module), self.steps,
-                                     self._deadline)
+            # planned from the model's size: two copies, each on half of `samples`
+            steps, samples = self.allowance(self.steps, batch_size(batch) or 0, min_samples=8)
+            fig = input_independence(pl_module, slice_batch(batch, samples), optimizer_factory(trainer, pl_module),
+                                     steps, self._deadline)
             v = input_independence_verdict(fig)
             if fig["ignores_input"]:
                 return [v], "output unchanged by zeroed inputs"
