@@ -11,6 +11,7 @@ Example:
 """
 
 from lightning_tips._callback import TipCallback, TipComposite
+from lightning_tips._report import report
 from lightning_tips.checks.activations import ActivationStats
 from lightning_tips.checks.batch_mixing import BatchMixingCheck, batch_mixing
 from lightning_tips.checks.curves import LearningCurves
@@ -24,7 +25,7 @@ from lightning_tips.checks.nonfinite import NonFiniteGuard
 from lightning_tips.checks.output_activation import OutputActivationCheck
 from lightning_tips.checks.overfit_batch import OverfitBatchCheck
 from lightning_tips.checks.preflight import Preflight
-from lightning_tips.findings import CODES, Finding, Severity, TipError, TipWarning, explain, report
+from lightning_tips.findings import CODES, Finding, Severity, TipError, TipWarning, explain
 from lightning_tips.fixes.clipping import GradientClipping
 from lightning_tips.fixes.early_stopping import EarlyStopping
 from lightning_tips.fixes.forget_gate import ForgetGateBias, ForgetGateBiasMixin, set_forget_gate_bias_

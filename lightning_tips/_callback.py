@@ -10,17 +10,19 @@ from lightning.pytorch.callbacks import Callback
 
 from lightning_tips._console import render_table
 from lightning_tips._loggers import log_table, log_text
-from lightning_tips.findings import Finding, FindingsLog, Severity, report
+from lightning_tips._report import report
+from lightning_tips.findings import Finding, FindingsLog, Severity
 
 __all__ = ["TipCallback", "TipComposite", "summary_rows"]
 
-SUMMARY_COLUMNS = ["code", "severity", "step", "where", "message", "advice"]
+SUMMARY_COLUMNS = ["code", "severity", "skipped", "step", "where", "message", "advice"]
 
 
 def summary_rows(findings: list[Finding]) -> list[list[Any]]:
-    """Rows of the summary table, errors first."""
+    """Rows of the summary table, errors first; ``skipped`` marks a check that could not apply."""
     ordered = sorted(findings, key=lambda f: -f.severity.rank)
-    return [[f.code, f.severity.value, f.step, f.module or "", f.message, f.advice] for f in ordered]
+    return [[f.code, f.severity.value, "skipped" if f.skipped else "", f.step, f.module or "", f.message, f.advice]
+            for f in ordered]
 
 
 class TipCallback(Callback):
@@ -57,14 +59,15 @@ class TipCallback(Callback):
         step: int | None = None,
         skipped: bool = False,
     ) -> Finding | None:
-        """Build and :func:`~lightning_tips.findings.report` a finding; return it if it was new.
+        """Build and :func:`~lightning_tips._report.report` a finding; return it as recorded (an
+        ``info`` "consequence of [root]" when an earlier finding explains it) if it was new.
         ``skipped=True`` marks an ``info`` that says the check could not apply (no remedy advice)."""
         if step is None and trainer is not None:
             step = trainer.global_step
         finding = Finding(
             code, Severity(severity), message, advice, step, module, figures or {}, skipped=skipped
         )
-        return finding if report(finding, trainer, self._findings_log, stacklevel=3) else None
+        return self._findings_log.findings[-1] if report(finding, trainer, self._findings_log) else None
 
     def _share_findings_log(self, log: FindingsLog) -> None:
         # a composite's log: the composite checkpoints it, once

@@ -1,6 +1,6 @@
 """The one logger adapter: scalars, images, histograms, tables and text to W&B, TensorBoard or files.
 
-Every view and :func:`lightning_tips.findings.report` log through the functions here; no other
+Every view and :func:`lightning_tips._report.report` log through the functions here; no other
 module branches on the logger type. Each function is a no-op off rank zero.
 
 - :class:`~lightning.pytorch.loggers.WandbLogger`: ``wandb.Image``, ``wandb.Histogram``,
@@ -43,7 +43,14 @@ __all__ = [
     "require",
 ]
 
-FINDING_COLUMNS = ["code", "severity", "step", "module", "message", "advice"]
+FINDING_COLUMNS = ["code", "severity", "skipped", "step", "module", "message", "advice"]
+
+
+def _finding_row(finding: Finding) -> list[Any]:
+    """A finding as a table row; the ``skipped`` column marks a check that could not apply."""
+    d = finding.to_dict()
+    d["skipped"] = "skipped" if finding.skipped else ""
+    return [d[c] for c in FINDING_COLUMNS]
 _EXTRAS = {"wandb": "wandb", "tensorboard": "tensorboard", "optuna": "optuna"}
 _warned_unknown: set[str] = set()
 
@@ -106,8 +113,7 @@ class _WandbSink:
 
     def finding(self, finding: Finding) -> None:
         rows = self._findings.setdefault(self.logger, [])
-        d = finding.to_dict()
-        rows.append([d[c] for c in FINDING_COLUMNS])
+        rows.append(_finding_row(finding))
         self.table("tips/findings", FINDING_COLUMNS, rows, finding.step or 0)
         summary = self.logger.experiment.summary
         key = f"tips/findings/{finding.code}"
@@ -178,8 +184,7 @@ class _FileSink:
             f.write(f"# step {step}\n{text}\n")
 
     def finding(self, finding: Finding) -> None:
-        d = finding.to_dict()
-        self._append_csv("findings.csv", FINDING_COLUMNS, [[d[c] for c in FINDING_COLUMNS]])
+        self._append_csv("findings.csv", FINDING_COLUMNS, [_finding_row(finding)])
 
     def scalars(self, metrics: Mapping[str, float], step: int) -> None:
         self._append_csv("scalars.csv", ["step", "key", "value"], [[step, k, v] for k, v in metrics.items()])

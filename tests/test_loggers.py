@@ -64,8 +64,8 @@ def test_no_logger_writes_files_under_the_run_dir(make_trainer: Any, tmp_path: P
     assert "hello" in (out / "tips_test_text.txt").read_text()
     assert "2,tips/test_scalar,3.5" in (out / "scalars.csv").read_text()
     findings = (out / "findings.csv").read_text().splitlines()
-    assert findings[0] == "code,severity,step,module,message,advice"
-    assert findings[1].startswith("dead-activation,warning,2,net.1,60% of units never fire,")
+    assert findings[0] == "code,severity,skipped,step,module,message,advice"
+    assert findings[1].startswith("dead-activation,warning,,2,net.1,60% of units never fire,")
     assert (out / "tips_summary.csv").exists()
 
 
@@ -109,8 +109,8 @@ def test_wandb_offline_gets_images_tables_and_finding_counts(make_trainer: Any, 
     assert len(pngs) == 1 and np.asarray(Image.open(pngs[0])).std() > 10  # uint8, not black
     table = glob.glob(f"{run}/files/media/table/tips/findings*.table.json")
     data = json.loads(Path(table[0]).read_text())
-    assert data["columns"] == ["code", "severity", "step", "module", "message", "advice"]
-    assert data["data"][0][:4] == ["dead-activation", "warning", 2, "net.1"]
+    assert data["columns"] == ["code", "severity", "skipped", "step", "module", "message", "advice"]
+    assert data["data"][0][:5] == ["dead-activation", "warning", "", 2, "net.1"]
     assert glob.glob(f"{run}/files/media/table/tips/test_table*.table.json")
     assert glob.glob(f"{run}/files/media/table/tips/summary*.table.json")
     assert summary["tips/findings/dead-activation"] == 1

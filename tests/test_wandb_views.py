@@ -122,7 +122,7 @@ def test_wandb_findings_table(wandb_run: SimpleNamespace) -> None:
     assert tables, sorted(p.name for p in wandb_run.files.rglob("*.json"))
     data = [json.loads(p.read_text()) for p in tables]
     last = max(data, key=lambda d: len(d["data"]))
-    assert last["columns"] == FINDING_COLUMNS == ["code", "severity", "step", "module", "message", "advice"]
+    assert last["columns"] == FINDING_COLUMNS == ["code", "severity", "skipped", "step", "module", "message", "advice"]
     rows = {r[0]: dict(zip(last["columns"], r)) for r in last["data"]}
     assert set(rows) == {f.code for f in wandb_run.recipe.findings}
     dead, act = rows["dead-activation"], rows["output-activation"]
