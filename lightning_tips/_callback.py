@@ -9,7 +9,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
 from lightning_tips._console import render_table
-from lightning_tips._loggers import log_table, log_text
+from lightning_tips._loggers import log_table
 from lightning_tips._report import report
 from lightning_tips.findings import Finding, FindingsLog, Severity
 
@@ -29,8 +29,8 @@ class TipCallback(Callback):
     """Base class: keeps this callback's findings, de-duplicates them, checkpoints them, and — when
     it is the first lightning_tips callback of the Trainer — prints, at ``teardown`` of the fit
     (after every callback's ``on_train_end``/``on_fit_end``), the end-of-fit summary of every
-    lightning_tips callback's findings (a rich table in a terminal, plain text otherwise; also
-    logged as a table to every logger).
+    lightning_tips callback's findings (a table sized to the terminal; also logged as a table, one
+    row per finding, to every logger).
 
     Subclasses call :meth:`report`; when overriding ``setup``, ``teardown``, ``on_exception``,
     ``state_dict`` or ``load_state_dict`` they call ``super()``.
@@ -98,12 +98,11 @@ class TipCallback(Callback):
             return
         rows = summary_rows(findings)
         title = f"lightning_tips: {len(findings)} finding(s)"
-        if rows:
+        if rows:  # sized to the terminal; to the loggers as a table, one row per finding
             print(render_table(title, SUMMARY_COLUMNS, rows), flush=True)
             log_table(trainer, "tips/summary", SUMMARY_COLUMNS, rows)
         else:
             print(f"{title} — nothing to report.", flush=True)
-        log_text(trainer, "tips/summary_text", render_table(title, SUMMARY_COLUMNS, rows, color=False))
 
     # --- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -7,6 +7,7 @@ module branches on the logger type. Each function is a no-op off rank zero.
   ``wandb.Table``; finding counts go to the run summary.
 - :class:`~lightning.pytorch.loggers.TensorBoardLogger`: ``add_image``, ``add_histogram``,
   ``add_text`` (tables as markdown).
+- ``fast_dev_run`` (Lightning's ``DummyLogger``): nothing — Lightning suppresses logging, so does the pack.
 - :class:`~lightning.pytorch.loggers.CSVLogger`, no logger, or a logger this adapter does not know
   (said once): files under ``<run dir>/tips/`` — PNG images, CSV histograms/tables, text files.
   The run dir is the logger's ``log_dir`` or, with no logger, ``trainer.default_root_dir``.
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import torch
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.loggers.logger import DummyLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -202,6 +204,8 @@ def files_dir(trainer: pl.Trainer) -> Path:
 def _sinks(trainer: pl.Trainer) -> list[_Sink]:
     sinks: list[_Sink] = []
     file_roots: set[Path] = set()
+    if getattr(trainer, "fast_dev_run", False):  # Lightning suppresses logging there: so does the pack
+        return sinks
 
     def add_files(root: Path) -> None:
         if root not in file_roots:
@@ -215,6 +219,8 @@ def _sinks(trainer: pl.Trainer) -> list[_Sink]:
             sinks.append(_TensorBoardSink(logger))
         elif isinstance(logger, CSVLogger):
             add_files(Path(logger.log_dir))
+        elif isinstance(logger, DummyLogger):  # logging suppressed (fast_dev_run): write nothing, say nothing
+            continue
         else:
             name = type(logger).__name__
             if name not in _warned_unknown:

@@ -169,3 +169,25 @@ def test_off_rank_zero_nothing_is_logged(tmp_path: Path) -> None:
                      (log_scalars, ({"a": 1.0},)), (log_histogram, ("k", torch.ones(3)))):
         fn(FakeTrainer(), *args)  # type: ignore[operator]
     assert not (tmp_path / "tips").exists()
+
+
+def test_fast_dev_run_is_quiet_and_writes_nothing(tmp_path: Path) -> None:
+    """Lightning suppresses logging under fast_dev_run (a DummyLogger): no 'does not know how to log'
+    warning, no files; the findings still reach the callback."""
+    import warnings as _w
+
+    import lightning.pytorch as pl
+
+    import lightning_tips as lt
+    from tests.helpers.models import Classifier, small_cnn
+    from tests.helpers.preflight_models import digits_loader
+
+    recipe = lt.Recipe(every_n_steps=1)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, fast_dev_run=True, default_root_dir=tmp_path,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[recipe])
+    with _w.catch_warnings(record=True) as rec:
+        _w.simplefilter("always")
+        trainer.fit(Classifier(small_cnn()), train_dataloaders=digits_loader())
+    assert not [w for w in rec if "does not know how to log" in str(w.message)]
+    assert not list(tmp_path.rglob("tips")) and not list(tmp_path.rglob("*.png")), sorted(tmp_path.rglob("*"))
+    assert recipe.findings  # the findings channel itself is unchanged

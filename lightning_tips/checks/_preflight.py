@@ -32,7 +32,7 @@ from torch import nn
 
 from lightning_tips._callback import TipCallback
 from lightning_tips._console import render_table
-from lightning_tips._loggers import log_text
+from lightning_tips._loggers import log_table
 from lightning_tips._utils import (
     any_rank,
     apply_to_tensors,
@@ -200,12 +200,13 @@ class WorkPlan:
 
 
 def print_card(trainer: pl.Trainer, lines: Sequence[CardLine], title: str = "lightning_tips pre-flight") -> None:
-    """Print the report card on rank zero and log it as text to every logger."""
+    """Print the report card on rank zero (sized to the terminal) and log it to every logger as a
+    table, one row per check (``tips/preflight``)."""
     if not trainer.is_global_zero or not lines:
         return
     rows = [line.row() for line in lines]
     print(render_table(title, CARD_COLUMNS, rows), flush=True)
-    log_text(trainer, "tips/preflight", render_table(title, CARD_COLUMNS, rows, color=False), step=0)
+    log_table(trainer, "tips/preflight", CARD_COLUMNS, rows, step=0)
 
 
 _LIMIT = "the pre-flight time limit"

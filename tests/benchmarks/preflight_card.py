@@ -23,6 +23,7 @@ Targets: small CNN card <= 1 s; ResNet-18-sized complete on 2 cores in well unde
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 
 import lightning.pytorch as pl
@@ -107,6 +108,7 @@ def run(name: str, budget_s: float) -> tuple[float, list, dict]:
     pl.seed_everything(0, verbose=False)
     pre = Preflight(budget_s=budget_s)
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=1, limit_val_batches=0,
+                         default_root_dir=tempfile.mkdtemp(prefix="preflight-card-"),  # its files: not the repo
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, callbacks=[pre])
     t0 = time.perf_counter()
