@@ -384,12 +384,20 @@ CODES: dict[str, CodeInfo] = {e.code: e for e in _ENTRIES}
 
 
 def explain(code: str) -> str:
-    """The full registry entry of ``code``.
+    """The full registry entry of ``code``, with its place in :data:`ROOT_CAUSES`.
 
     Raises:
         ValueError: ``code`` is not a known finding code.
     """
-    return _info(code).render()
+    text = _info(code).render()
+    explains = sorted({c for row in ROOT_CAUSES if row.root == code for c in row.explains})
+    by = [row.root + (f" (when {row.figure} >= {row.at_least:g})" if row.figure else "")
+          for row in ROOT_CAUSES if code in row.explains]
+    if explains:
+        text += f"\nRoot cause of (reported later, they become 'consequence of' infos): {', '.join(explains)}"
+    if by:
+        text += f"\nExplained by (when reported earlier in the fit): {', '.join(by)}"
+    return text
 
 
 def _info(code: str) -> CodeInfo:

@@ -145,6 +145,8 @@ def test_root_cause_table_is_one_consistent_place() -> None:
                 "exploding-gradient", "input-independent", "overfitting"} <= set(table[root].explains)
     assert table["dead-activation"].explains == ("input-independent",) and table["dead-activation"].at_least == 1.0
     assert {"init-loss", "loss-reduction"} <= set(table["output-bias"].explains)
+    assert "Explained by (when reported earlier in the fit): nonfinite-input" in explain("not-learning")
+    assert "Root cause of" in explain("nonfinite-loss") and "Root cause of" not in explain("no-seed")
 
 
 def test_root_cause_needs_the_root_first_and_not_skipped_and_dead_means_all_dead() -> None:
