@@ -98,11 +98,11 @@ class TipCallback(Callback):
             return
         rows = summary_rows(findings)
         title = f"lightning_tips: {len(findings)} finding(s)"
-        if rows:  # sized to the terminal; to the loggers as a table, one row per finding
+        if rows:  # sized to the terminal
             print(render_table(title, SUMMARY_COLUMNS, rows), flush=True)
-            log_table(trainer, "tips/summary", SUMMARY_COLUMNS, rows)
         else:
             print(f"{title} — nothing to report.", flush=True)
+        log_table(trainer, "tips/summary", SUMMARY_COLUMNS, rows)  # to the loggers: one row per finding
 
     # --- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
