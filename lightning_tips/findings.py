@@ -1,12 +1,14 @@
 """Findings: the one channel every check, fix and view reports through.
 
 A :class:`Finding` is a verdict with a stable ``code`` (documented in :data:`CODES`), a
-:class:`Severity`, a message carrying the measured figures, advice citing tip ids from the
-project's ``TIPS.md``, and where it happened (step, module path). :func:`report` is the one
-function callbacks call: on rank zero it emits a :class:`TipWarning` in the exact form
-``[code] severity: message — advice``, logs the finding to every attached logger, and keeps it in
-a :class:`FindingsLog` for the end-of-fit summary. A finding is reported once per fit unless its
-figures change materially.
+:class:`Severity`, a message carrying the measured figures, advice citing tip ids (``lightning-tips
+explain R2.4``), and where it happened (step, module path). :data:`ROOT_CAUSES` says which codes
+explain which others. This module is pure data: it imports nothing from the package.
+:func:`lightning_tips._report.report` is the one function callbacks call: on rank zero it emits a
+:class:`TipWarning` in the exact form ``[code] severity: message — advice``, logs the finding to
+every attached logger, and keeps it in a :class:`FindingsLog` for the end-of-fit summary. A finding
+is reported once per fit unless its figures change materially; a consequence of a root cause
+already reported is demoted (see :func:`root_cause`).
 
 Example:
     >>> from lightning_tips.findings import Finding
@@ -20,25 +22,24 @@ Example:
 from __future__ import annotations
 
 import math
-import warnings
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:  # pragma: no cover
-    import lightning.pytorch as pl
+from typing import Any
 
 __all__ = [
     "CODES",
+    "ROOT_CAUSES",
     "CodeInfo",
     "Finding",
     "FindingsLog",
+    "RootCause",
     "Severity",
     "TipError",
     "TipWarning",
+    "demote",
     "explain",
-    "report",
+    "root_cause",
 ]
 
 
@@ -419,12 +420,20 @@ CODES: dict[str, CodeInfo] = {e.code: e for e in _ENTRIES}
 
 
 def explain(code: str) -> str:
-    """The full registry entry of ``code``.
+    """The full registry entry of ``code``, with its place in :data:`ROOT_CAUSES`.
 
     Raises:
         ValueError: ``code`` is not a known finding code.
     """
-    return _info(code).render()
+    text = _info(code).render()
+    explains = sorted({c for row in ROOT_CAUSES if row.root == code for c in row.explains})
+    by = [row.root + (f" (when {row.figure} >= {row.at_least:g})" if row.figure else "")
+          for row in ROOT_CAUSES if code in row.explains]
+    if explains:
+        text += f"\nRoot cause of (reported later, they become 'consequence of' infos): {', '.join(explains)}"
+    if by:
+        text += f"\nExplained by (when reported earlier in the fit): {', '.join(by)}"
+    return text
 
 
 def _info(code: str) -> CodeInfo:
@@ -452,6 +461,8 @@ class Finding:
         tips: tip ids; default to the code's registry entry.
         skipped: the check behind ``code`` could not apply (an ``info`` that says why): it carries no
             verdict and no remedy advice, and the summary and logger tables mark it ``skipped``.
+        cause: the code of the root cause this finding was attributed to (see :func:`root_cause`):
+            it is then an ``info`` kept as evidence of that root, not a warning of its own.
     """
 
     code: str
@@ -463,6 +474,7 @@ class Finding:
     figures: Mapping[str, float] = field(default_factory=dict)
     tips: tuple[str, ...] = ()
     skipped: bool = False
+    cause: str | None = None
 
     def __post_init__(self) -> None:
         info = _info(self.code)
@@ -475,7 +487,9 @@ class Finding:
         object.__setattr__(self, "severity", severity)
         if self.skipped and severity is not Severity.INFO:
             raise ValueError(f"Expected a skipped finding to be 'info' but got {severity.value!r}.")
-        if not self.advice and not self.skipped:
+        if self.cause is not None:
+            _info(self.cause)
+        if not self.advice and not self.skipped and self.cause is None:
             object.__setattr__(self, "advice", info.advice)
         if not self.tips:
             object.__setattr__(self, "tips", info.tips)
@@ -498,6 +512,7 @@ class Finding:
             "figures": dict(self.figures),
             "tips": list(self.tips),
             "skipped": self.skipped,
+            "cause": self.cause,
         }
 
     @classmethod
@@ -512,6 +527,7 @@ class Finding:
             figures=d.get("figures", {}),
             tips=tuple(d.get("tips", ())),
             skipped=bool(d.get("skipped", False)),
+            cause=d.get("cause"),
         )
 
 
@@ -570,33 +586,80 @@ class FindingsLog:
             self.admit(Finding.from_dict(d))
 
 
-def report(
-    finding: Finding, trainer: pl.Trainer | None = None, log: FindingsLog | None = None, stacklevel: int = 2
-) -> bool:
-    """Report ``finding``: the one function every callback calls.
+# --- root causes --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RootCause:
+    """One row of the precedence table: a finding of ``root`` explains later findings of the codes
+    in ``explains`` — when ``figure`` is given, only while the root's figure is ``>= at_least``."""
 
-    De-duplicates against ``log`` (and keeps the finding there), then on rank zero emits a
-    :class:`TipWarning` ``[code] severity: message — advice`` and logs the finding to every logger
-    attached to ``trainer``. Returns whether the finding was new (and so reported). ``stacklevel``
-    is passed to ``warnings.warn`` (2: the warning points at the caller of ``report``).
+    root: str
+    explains: tuple[str, ...]
+    why: str
+    figure: str | None = None
+    at_least: float = 0.0
+
+
+_AFTER_NONFINITE = (
+    "dead-activation", "saturated-activation", "not-learning", "init-loss", "vanishing-gradient",
+    "exploding-gradient", "input-independent", "overfitting",
+)  # fmt: skip
+
+ROOT_CAUSES: tuple[RootCause, ...] = (
+    RootCause("nonfinite-input", ("nonfinite-loss", "nonfinite-gradient", *_AFTER_NONFINITE),
+              "NaN/Inf in the data make the loss, the gradients and every statistic computed from them non-finite"),
+    RootCause("nonfinite-loss", ("nonfinite-gradient", *_AFTER_NONFINITE),
+              "a NaN/Inf loss gives NaN gradients and weights; statistics computed from them are meaningless"),
+    RootCause("nonfinite-gradient", ("nonfinite-loss", *_AFTER_NONFINITE),
+              "a NaN/Inf gradient makes the weights, then the loss and every statistic non-finite"),
+    RootCause("dead-activation", ("input-independent",),
+              "when every unit of a layer is dead, nothing of the input reaches the output",
+              figure="dead_fraction", at_least=1.0),
+    RootCause("output-bias", ("init-loss", "loss-reduction"),
+              "the pack set the output bias itself: the initial loss reflects that fix"),
+    RootCause("weight-init", ("init-loss", "loss-reduction"),
+              "the pack re-initialised the weights itself: the initial loss reflects that fix"),
+)  # fmt: skip
+"""The precedence table, in one place: which finding codes explain which others. When a consequence
+is reported after one of its root causes in the same fit, it is demoted (:func:`demote`)."""
+
+
+def root_cause(finding: Finding, earlier: Iterable[Finding]) -> Finding | None:
+    """The first of the ``earlier`` findings (this fit's, in order) that explains ``finding`` by
+    :data:`ROOT_CAUSES`, or ``None``. Only findings that are neither skipped nor demoted themselves
+    are roots, and a skipped finding is never a consequence.
 
     Example:
-        >>> import warnings
-        >>> log = FindingsLog()
-        >>> f = Finding("no-seed", "info", "no global seed was set")
-        >>> with warnings.catch_warnings(record=True) as w:
-        ...     warnings.simplefilter("always")
-        ...     report(f, log=log), report(f, log=log)
-        (True, False)
-        >>> str(w[0].message)
-        '[no-seed] info: no global seed was set — call lightning.seed_everything(seed) before building the model (R2.1)'
+        >>> nan = Finding("nonfinite-loss", "error", "loss is nan at step 12")
+        >>> dead = Finding("dead-activation", "warning", "100% of net.1 never fired", figures={"dead_fraction": 1.0})
+        >>> root_cause(dead, [nan]).code
+        'nonfinite-loss'
+        >>> root_cause(Finding("input-independent", "warning", "output unchanged"), [dead]).code
+        'dead-activation'
+        >>> root_cause(nan, [dead]) is None
+        True
     """
-    if log is not None and not log.admit(finding):
-        return False
-    if trainer is None or trainer.is_global_zero:
-        warnings.warn(finding.format(), category=TipWarning, stacklevel=stacklevel)
-        if trainer is not None:
-            from lightning_tips._loggers import log_finding
+    if finding.skipped:
+        return None
+    for root in earlier:
+        if root.skipped or root.cause is not None or root.code == finding.code:
+            continue
+        for row in ROOT_CAUSES:
+            if row.root != root.code or finding.code not in row.explains:
+                continue
+            if row.figure is not None and not root.figures.get(row.figure, -math.inf) >= row.at_least:
+                continue
+            return root
+    return None
 
-            log_finding(trainer, finding)
-    return True
+
+def demote(finding: Finding, root: Finding) -> Finding:
+    """``finding`` as evidence of ``root``: an ``info`` whose message starts ``consequence of
+    [root-code]:``, with no advice of its own (the root's advice applies).
+
+    Example:
+        >>> root = Finding("nonfinite-loss", "error", "loss is nan at step 12")
+        >>> demote(Finding("not-learning", "warning", "loss 2.3 -> nan"), root).format()
+        '[not-learning] info: consequence of [nonfinite-loss]: loss 2.3 -> nan'
+    """
+    return replace(finding, severity=Severity.INFO, message=f"consequence of [{root.code}]: {finding.message}",
+                   advice="", skipped=False, cause=root.code)

@@ -733,7 +733,9 @@ class DataChecks(PreflightCheck):
 
     Args:
         max_batches: at most this many batches of the train loader, and of the val loader(s), are scanned.
-        max_scan_s: the scan stops reading after this many seconds (train gets 60% of it first).
+        max_scan_s: a safety net for slow loaders: the scan stops reading after this many seconds
+            (train gets 60% of it first). The scan is bounded by ``max_batches``, so the figures do not
+            depend on the machine's speed unless this limit is hit.
         first_batch: log the first batch as it enters the net (captioned image panels or a table, key
             ``tips/first_batch``) and print its fields, shapes, dtypes and ranges once — drawn from the
             batch the training loop hands over at step 0, outside the pre-flight budget.
@@ -760,7 +762,7 @@ class DataChecks(PreflightCheck):
     def __init__(
         self,
         max_batches: int = 20,
-        max_scan_s: float = 1.0,
+        max_scan_s: float = 30.0,
         first_batch: bool = True,
         budget_s: float = 3.0,
         input_key: str | None = None,

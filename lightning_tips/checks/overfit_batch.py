@@ -321,9 +321,10 @@ class OverfitBatchCheck(PreflightCheck):
 
     def run_check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> CardLine:
         def measure() -> tuple[list[Verdict], str]:
-            fig = overfit_batch(pl_module, batch, optimizer_factory(trainer, pl_module), self.steps,
-                                self.max_batch, self._deadline)
-            v = overfit_verdict(fig, self.steps)
+            steps, samples = self.allowance(self.steps, self.max_batch)  # planned from the model's size
+            fig = overfit_batch(pl_module, batch, optimizer_factory(trainer, pl_module), steps, samples,
+                                self._deadline)
+            v = overfit_verdict(fig, steps)
             if v.severity == "warning" and fig["requires_grad"] and fig["changed"]:
                 v = _root_cause(v, pl_module, batch)
             detail = (f"loss {fig['start']:.3g} -> {fig['end']:.3g} in {int(fig['steps'])} steps "
