@@ -13,10 +13,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from lightning_tips._ddp import all_ranks, any_rank  # re-exported: the cross-rank helpers live in _ddp
+
 if TYPE_CHECKING:  # pragma: no cover
     import lightning.pytorch as pl
 
 __all__ = [
+    "all_ranks",
     "any_rank",
     "apply_to_tensors",
     "batch_size",
@@ -201,23 +204,6 @@ def find_output_layer(module: nn.Module, name: str | None = None) -> tuple[str, 
         if isinstance(m, (nn.Linear, nn.LazyLinear)) or (isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and all(k == 1 for k in m.kernel_size)):
             found = (n, m)
     return found
-
-
-def any_rank(trainer: pl.Trainer, flag: bool) -> bool:
-    """True on every rank when ``flag`` is true on any rank (one collective)."""
-    return bool(trainer.strategy.reduce_boolean_decision(bool(flag), all=False))
-
-
-def all_ranks(trainer: pl.Trainer, flag: bool) -> bool:
-    """True on every rank when ``flag`` is true on all ranks (one collective)."""
-    return bool(trainer.strategy.reduce_boolean_decision(bool(flag), all=True))
-
-
-def reduce_sum(trainer: pl.Trainer, tensor: torch.Tensor) -> torch.Tensor:
-    """Sum a tensor across ranks (identity on one process); stays on its device."""
-    if trainer.world_size == 1:
-        return tensor
-    return trainer.strategy.reduce(tensor.clone(), reduce_op="sum")
 
 
 def nonfinite_fields(batch: Any, prefix: str = "batch") -> list[tuple[str, int]]:

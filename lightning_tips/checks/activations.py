@@ -43,11 +43,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from lightning_tips import _loggers
+from lightning_tips import _ddp, _loggers
 from lightning_tips._callback import TipCallback
 from lightning_tips._hooks import forward_hooks
 from lightning_tips._render import colorize
-from lightning_tips._utils import find_output_layer, is_sampled, reduce_sum
+from lightning_tips._utils import find_output_layer, is_sampled
 from lightning_tips.findings import Finding, Severity, report
 
 __all__ = [
@@ -67,6 +67,8 @@ _RELU_FAMILY = (
 _HEADER = 5  # n_values, sum, sum of squares, n_saturated, n_samples
 _MAX_HISTOGRAM_VALUES = 4096  # per layer, the strided sample logged as a histogram
 _MAX_STAT_VALUES = 1 << 16  # per layer, the strided sample of the moments, saturation and histogram
+_SILENT_STEPS = 3  # sampled steps with a loss but no hook call before "the hooks never run" is concluded
+MIN_VALUES_PER_UNIT = 16  # a unit firing with probability p looks dead over n values with probability (1-p)^n
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,16 @@ def _to_host(tensor: torch.Tensor) -> list[float]:
     return tensor.tolist()
 
 
+def _host_named(tensors: Mapping[str, torch.Tensor], to_host: Callable[[torch.Tensor], list[float]]) -> dict[str, list[float]]:
+    """``{name: tensor}`` as ``{name: list of floats}`` with one device-to-host copy."""
+    flat = to_host(torch.cat([t.reshape(-1).float() for t in tensors.values()])) if tensors else []
+    out: dict[str, list[float]] = {}
+    it = iter(flat)
+    for k, t in tensors.items():
+        out[k] = [next(it) for _ in range(t.numel())]
+    return out
+
+
 @dataclass
 class _Meta:
     key: str
@@ -193,6 +205,7 @@ class _Recorder:
         self.bins = bins
         self.keep_values = keep_values
         self.fired = False  # did any hook run at all
+        self.loss_seen = False  # did the step produce a loss (a backward): a forward ran
         self.meta: list[_Meta] = []
         self.records: list[torch.Tensor] = []
         self.units: list[torch.Tensor] = []
@@ -222,38 +235,43 @@ class _Recorder:
     def size(self) -> int:
         return sum(r.numel() for r in self.records) + sum(u.numel() for u in self.units)
 
+    def state(self) -> dict[str, torch.Tensor]:
+        """The named on-device states to sum across ranks: per call, its record and per-unit fired
+        counts; and whether any hook ran / a loss was produced (so every rank learns the same)."""
+        out = {"hooks_fired": torch.tensor(float(self.fired)), "loss_seen": torch.tensor(float(self.loss_seen))}
+        for m, rec, fired in zip(self.meta, self.records, self.units):
+            out[f"{m.key}/record"] = rec
+            out[f"{m.key}/fired"] = fired
+        return out
+
     def finalize(
         self,
-        reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+        reduce: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor] | None] = lambda s: s,
         to_host: Callable[[torch.Tensor], list[float]] | None = None,
-    ) -> dict[str, LayerStats]:
-        """Sum the records across ranks with ``reduce``, count dead units on the device, sync once."""
+    ) -> dict[str, LayerStats] | None:
+        """Sum the states across ranks with ``reduce`` (``None``: the ranks' layouts differ, skip),
+        count dead units on the device, sync once."""
+        reduced = reduce(self.state())
+        if reduced is None:
+            return None
+        self.fired, self.loss_seen = bool(reduced["hooks_fired"] > 0), bool(reduced["loss_seen"] > 0)  # no sync on CPU
         if not self.records:
             return {}
-        packed = reduce(torch.cat(self.records + self.units))
-        width = _HEADER + self.bins
-        n_rec = len(self.records)
-        recs = packed[: n_rec * width].reshape(n_rec, width)
-        fired = packed[n_rec * width :]
         # "never fires over the global batch": the summed per-unit fired count is zero
-        dead = [fired.new_zeros(1)] * n_rec
-        offset = 0
-        for i, u in enumerate(self.units):
-            if u.numel():
-                dead[i] = (fired[offset : offset + u.numel()] == 0).sum().float().reshape(1)
-                offset += u.numel()
-        host = (to_host or _to_host)(torch.cat([recs.flatten(), torch.cat(dead), *self.values]))
+        host_parts = {}
+        for m in self.meta:
+            host_parts[f"{m.key}/record"] = reduced[f"{m.key}/record"]
+            host_parts[f"{m.key}/dead"] = (reduced[f"{m.key}/fired"] == 0).sum().float().reshape(1)
+        if self.keep_values:
+            host_parts.update({f"{m.key}/values": v for m, v in zip(self.meta, self.values)})
+        host = _host_named(host_parts, to_host or _to_host)
         out: dict[str, LayerStats] = {}
-        vals_at = n_rec * width + n_rec
-        for i, m in enumerate(self.meta):
-            row = host[i * width : (i + 1) * width]
+        for m in self.meta:
+            row = host[f"{m.key}/record"]
             n, s, ss, n_sat, n_samples = row[:_HEADER]
             mean = s / n
-            var = max(ss / n - mean * mean, 0.0) * (n / (n - 1) if n > 1 else 1.0)
-            values: list[float] = []
-            if self.keep_values:
-                k = self.values[i].numel()
-                values, vals_at = host[vals_at : vals_at + k], vals_at + k
+            var = max(ss / n - mean * mean, 0.0) * (n / (n - 1) if n > 1 else 1.0) if math.isfinite(ss) else math.nan
+            values: list[float] = host.get(f"{m.key}/values", [])
             relu = m.spec.kind == "relu"
             out[m.key] = LayerStats(
                 name=m.key,
@@ -264,7 +282,7 @@ class _Recorder:
                 n_units=m.n_units,
                 mean=mean,
                 std=math.sqrt(var),
-                dead_fraction=host[n_rec * width + i] / m.n_units if relu else math.nan,
+                dead_fraction=host[f"{m.key}/dead"][0] / m.n_units if relu else math.nan,
                 saturated_fraction=math.nan if relu else n_sat / n,
                 low=m.spec.low,
                 high=m.spec.high,
@@ -305,7 +323,7 @@ def activation_stats(model: nn.Module, *inputs: Any, bins: int = 40) -> dict[str
     rec = _Recorder(specs, outputs, bins, keep_values=False)
     with forward_hooks(model, lambda name, _m: name in specs, rec.hook), torch.no_grad():
         model(*inputs)
-    return rec.finalize()
+    return rec.finalize() or {}
 
 
 def activation_findings(
@@ -322,8 +340,10 @@ def activation_findings(
     """
     found: list[Finding] = []
     for key, s in stats.items():
-        if s.is_output:
-            continue
+        if s.is_output or not (math.isfinite(s.mean) and math.isfinite(s.std)):
+            continue  # non-finite activations: the root cause is NonFiniteGuard's nonfinite-* finding
+        if s.kind == "relu" and s.n_samples < MIN_VALUES_PER_UNIT:
+            continue  # too few values per unit: a healthy unit (p ~ 0.5) looks dead over 1 value half the time
         if s.kind == "relu" and s.dead_fraction > dead_fraction:
             dead = round(s.dead_fraction * s.n_units)
             found.append(Finding(
@@ -470,6 +490,7 @@ class ActivationStats(TipCallback):
         self._specs: dict[str, ActivationSpec] = {}
         self._outputs: set[str] = set()
         self._disabled = False
+        self._silent_steps = 0
         self._sampled_step = -1
         self._image_step = -1
         self._history: dict[str, dict[str, Any]] = {}
@@ -493,6 +514,7 @@ class ActivationStats(TipCallback):
             return
         self._detach()
         self._disabled = False
+        self._silent_steps = 0
         self._sampled_step = self._image_step = -1
         self._history = {}
 
@@ -516,6 +538,8 @@ class ActivationStats(TipCallback):
         self._stack.enter_context(forward_hooks(pl_module, lambda name, _m: name in self._specs, self._recorder.hook))
 
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
+        if self._recorder is not None:
+            self._recorder.loss_seen = True  # a loss: the step ran a forward
         self._detach()  # the forward is done; recomputation (activation checkpointing) is not measured twice
 
     def on_train_batch_end(
@@ -551,27 +575,27 @@ class ActivationStats(TipCallback):
         self.report(trainer, "dead-activation", "info", message,
                     advice="use nn.ReLU / nn.Sigmoid modules (not F.relu) to get activation statistics (R4.12)")
 
-    def _agree(self, trainer: pl.Trainer, rec: _Recorder) -> tuple[bool, bool]:
-        """``(every rank measured the same layout, a hook ran on some rank)`` — the same on every rank."""
-        if trainer.world_size == 1:
-            return bool(rec.records), rec.fired
-        size = rec.size
-        probe = torch.tensor([size, size * size, int(rec.fired)], dtype=torch.int64, device=trainer.strategy.root_device)
-        total_size, total_sq, fired = reduce_sum(trainer, probe).tolist()
-        world = trainer.world_size
-        same = size > 0 and total_size == world * size and total_sq == world * size * size
-        return bool(same), fired > 0
-
     def _finish(self, trainer: pl.Trainer, rec: _Recorder) -> None:
-        same, fired = self._agree(trainer, rec)
-        if not fired:
-            self._skip(trainer, f"forward hooks on {len(self._specs)} activation module(s) did not run "
-                                "(a compiled or scripted model?); activation statistics are skipped")
+        # one reduction across ranks (sums of every layer's record and per-unit fired counts, and the
+        # two flags); None when the ranks measured different layers (a zero-size batch): skip the sample
+        stats = rec.finalize(
+            reduce=lambda state: _ddp.reduce(trainer, state, site="ActivationStats sample", on_mismatch="skip")
+        )
+        if stats is None:
             return
-        if not same:
-            return  # a zero-size batch (or different layers on different ranks): skip this sample
+        if not rec.fired:
+            # a step that produced no loss (training_step returned None) ran no forward: no evidence.
+            # Hooks that stay silent on several steps that did produce a loss: a compiled/scripted model
+            self._silent_steps += int(rec.loss_seen)
+            if self._silent_steps >= _SILENT_STEPS:
+                self._skip(trainer, f"forward hooks on {len(self._specs)} activation module(s) did not run on "
+                                    f"{self._silent_steps} sampled steps that computed a loss (a compiled or scripted "
+                                    "model?); activation statistics are skipped")
+            return
+        self._silent_steps = 0
+        if not stats:
+            return  # hooks ran but measured nothing (a zero-size batch on every rank)
         step = self._sampled_step
-        stats = rec.finalize(reduce=lambda t: reduce_sum(trainer, t))
         for finding in activation_findings(stats, self.dead_fraction, self.saturated_fraction, step=step):
             report(finding, trainer, self._findings_log)
         scalars: dict[str, float] = {}

@@ -32,9 +32,10 @@ import torch
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from torch import nn
 
+from lightning_tips import _ddp
 from lightning_tips._callback import TipCallback
 from lightning_tips._loggers import log_histogram, log_scalars
-from lightning_tips._utils import is_sampled, reduce_sum
+from lightning_tips._utils import is_sampled
 
 __all__ = [
     "GradientStats",
@@ -280,11 +281,11 @@ class GradientStats(TipCallback):
         if not all_grads:
             return
         total = grad_norms(all_grads).square().sum().reshape(1)
-        sq = torch.cat([total, layer_norms.square().to(total.device)])
-        sq = reduce_sum(trainer, sq)
-        if trainer.world_size > 1 and not isinstance(trainer.strategy, _SHARDED):
-            sq = sq / trainer.world_size  # DDP: every rank holds the same averaged gradients
-        values = sq.sqrt().tolist()  # the one host sync of a sampled step
+        sq = _ddp.reduce(trainer, {"total": total, "layers": layer_norms.square().to(total.device)},
+                         site="GradientStats norms")
+        div = trainer.world_size if trainer.world_size > 1 and not isinstance(trainer.strategy, _SHARDED) else 1
+        # DDP: every rank holds the same averaged gradients; the one host sync of a sampled step
+        values = (torch.cat([sq["total"], sq["layers"]]) / div).sqrt().tolist()
         self._record(trainer, pl_module, trainer.global_step, values[0], names, values[1:])
 
     # --- the verdicts ----------------------------------------------------------------------------

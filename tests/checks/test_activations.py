@@ -116,8 +116,8 @@ def test_dead_over_the_global_batch_is_reduced_across_ranks() -> None:
 
     a, b = record(torch.tensor([[1.0, -1.0]] * 3)), record(torch.tensor([[-1.0, 1.0]] * 5))
     assert a.finalize()["0"].dead_fraction == 0.5  # locally half dead
-    other = torch.cat(b.records + b.units)
-    glob = a.finalize(reduce=lambda t: t + other)["0"]
+    other = b.state()
+    glob = a.finalize(reduce=lambda state: {k: v + other[k] for k, v in state.items()})["0"]
     assert glob.dead_fraction == 0.0 and glob.n_samples == 8 and glob.mean == pytest.approx(1.0 * 8 / 16)
     assert activation_findings({"0": glob}) == []
 
