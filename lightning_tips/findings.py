@@ -159,7 +159,8 @@ _ENTRIES = [
         layers, or practically zero: the early layers barely learn. Deep sigmoid/tanh stacks and bad
         initialisation are the usual causes (P11, P15).""",
         "first-to-last layer gradient-norm ratio < `min_ratio` (default 1e-4), or a layer's norm "
-        "< `floor` (default 1e-10)",
+        "< `floor` (default 1e-10), on 3 sampled steps in a row (zero-initialised heads and residual "
+        "branches give exact zeros at step 0 alone); non-finite norms are not judged (nonfinite-* is the cause)",
         "P11 P15 T11",
         "use ReLU hidden layers (P2), He/Xavier init (T11, P5), residual connections or normalisation",
     ),
@@ -170,7 +171,9 @@ _ENTRIES = [
         sampled batch: they get no gradient and stop learning. Very negative biases, a learning rate
         too high, or bad init are the usual causes.""",
         "fraction of units with output <= 0 for every sample of the (global) sampled batch > "
-        "`dead_fraction` (default 0.5); output activations get no verdict",
+        "`dead_fraction` (default 0.5), over at least 16 values per unit (a unit firing with probability p "
+        "looks dead over n values with probability (1-p)^n: 0.5 for one value at p=0.5, 1.5e-5 for 16); "
+        "no verdict from non-finite activations (nonfinite-* is the cause); output activations get no verdict",
         "R4.12 P2",
         "lower the learning rate (P10), He init (T11, P5), check biases; consider LeakyReLU",
     ),

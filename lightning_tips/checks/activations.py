@@ -25,8 +25,13 @@ Verdicts (both computed from the statistics of the *global* batch, the same on e
       ``saturated_fraction`` (default 0.5).
     * Activations registered after the model's output layer (a Sigmoid feeding ``BCELoss``) get
       statistics but no verdict: confident outputs are not a flaw.
+    * No ``dead-activation`` verdict over fewer than 16 values per unit (a healthy unit that fires
+      with probability p looks dead over n values with probability (1-p)^n), and none from NaN/Inf
+      statistics (the root cause is ``NonFiniteGuard``'s ``nonfinite-*`` finding).
     * ``dead-activation`` (info): the model has no activation modules (``F.relu`` cannot be
-      hooked; TorchScript modules neither), or the hooks never ran (a compiled model): skipped.
+      hooked; TorchScript modules neither), or the hooks did not run on 3 sampled steps that
+      computed a loss (a compiled model): skipped. A step whose ``training_step`` returned ``None``
+      ran no forward and is no evidence (the next step is sampled instead).
 """
 
 from __future__ import annotations
@@ -491,6 +496,7 @@ class ActivationStats(TipCallback):
         self._outputs: set[str] = set()
         self._disabled = False
         self._silent_steps = 0
+        self._resample = False  # the last sampled step ran no forward: sample the next one
         self._sampled_step = -1
         self._image_step = -1
         self._history: dict[str, dict[str, Any]] = {}
@@ -515,6 +521,7 @@ class ActivationStats(TipCallback):
         self._detach()
         self._disabled = False
         self._silent_steps = 0
+        self._resample = False
         self._sampled_step = self._image_step = -1
         self._history = {}
 
@@ -530,7 +537,8 @@ class ActivationStats(TipCallback):
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         self._detach()  # hooks of an interrupted step never outlive it
         step = trainer.global_step
-        if self._disabled or not is_sampled(step, self.every_n_steps) or step == self._sampled_step:
+        sampled = is_sampled(step, self.every_n_steps) or self._resample
+        if self._disabled or not sampled or step == self._sampled_step:
             return  # (the same global step repeats under gradient accumulation: sample its first batch)
         self._sampled_step = step
         histograms = self.log_histograms and trainer.is_global_zero and is_sampled(step, self.histogram_every_n_steps or 1)
@@ -583,6 +591,12 @@ class ActivationStats(TipCallback):
         )
         if stats is None:
             return
+        if not rec.loss_seen and not rec.fired:
+            # no loss on any rank (training_step returned None: a skipped batch): no forward ran, so this
+            # is no evidence; the next step is sampled instead (the same decision on every rank)
+            self._resample = True
+            return
+        self._resample = False
         if not rec.fired:
             # a step that produced no loss (training_step returned None) ran no forward: no evidence.
             # Hooks that stay silent on several steps that did produce a loss: a compiled/scripted model

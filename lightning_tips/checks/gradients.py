@@ -47,6 +47,7 @@ __all__ = [
 ]
 
 _SHARDED = (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)
+VANISHING_PERSIST = 3  # sampled steps in a row before vanishing-gradient is concluded
 
 
 def grad_norms(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -180,7 +181,9 @@ class GradientStats(TipCallback):
     - ``exploding-gradient`` (warning): the total norm is > ``growth`` x the median of the first 3
       sampled norms, or > ``max_norm``.
     - ``vanishing-gradient`` (warning): the first layer's norm is < ``min_ratio`` x the last layer's,
-      or some layer's norm is < ``floor``. Frozen layers and layers without a gradient are ignored.
+      or some layer's norm is < ``floor``, on 3 sampled steps in a row (one step is not training
+      dynamics: zero-initialised heads and residual branches give exact zeros at step 0). Frozen
+      layers and layers without a gradient are ignored.
 
     Norms are logged as ``tips/grad_norm/total`` and ``tips/grad_norm/<layer>``. With
     ``log_histograms`` the gradients of each layer are also logged as ``tips/grad_hist/<layer>``:
@@ -243,6 +246,7 @@ class GradientStats(TipCallback):
         self._totals: list[float] = []
         self._baseline: list[float] = []  # the first 3 sampled totals, kept beyond `history`
         self._count = 0  # sampled steps recorded so far
+        self._vanishing_steps: list[int] = []  # the current run of sampled steps with a vanishing verdict
         self._groups: list[tuple[str, list[nn.Parameter]]] | None = None
         self._idle = False
 
@@ -258,6 +262,7 @@ class GradientStats(TipCallback):
         self._groups = None
         self._idle = False
         self._steps, self._totals, self._baseline, self._count = [], [], [], 0  # a resumed fit reloads them
+        self._vanishing_steps = []
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if len(trainer.optimizers) > 1:
@@ -334,19 +339,24 @@ class GradientStats(TipCallback):
                 step=step,
             )
         vanishing = vanishing_verdict(names, norms, self.min_ratio, self.floor)
-        if vanishing is not None:
+        # a training-dynamics verdict needs more than one step: zero-initialised heads and residual
+        # branches (timm's zero_init_last, torchvision's ViT head) give exactly-zero gradients at step 0
+        self._vanishing_steps = [*self._vanishing_steps, step] if vanishing is not None else []
+        if vanishing is not None and len(self._vanishing_steps) >= VANISHING_PERSIST:
+            seen = self._vanishing_steps
+            persist = f"; on {len(seen)} sampled steps in a row ({', '.join(map(str, seen[-VANISHING_PERSIST:]))})"
             low = min(range(len(norms)), key=norms.__getitem__)
             if len(norms) > 1 and norms[-1] > 0 and vanishing["ratio"] < self.min_ratio:
                 msg = (
                     f"the first layer `{names[0]}` gets a gradient norm of {norms[0]:.3g}, "
                     f"{vanishing['ratio']:.2g}x that of the last layer `{names[-1]}` ({norms[-1]:.3g}) at step {step} "
-                    f"(threshold {self.min_ratio:g}): the early layers barely learn"
+                    f"(threshold {self.min_ratio:g}){persist}: the early layers barely learn"
                 )
                 where = names[0]
             else:
                 msg = (
                     f"layer `{names[low]}` has a gradient norm of {norms[low]:.3g} at step {step}, "
-                    f"below floor={self.floor:g}: it does not learn"
+                    f"below floor={self.floor:g}{persist}: it does not learn"
                 )
                 where = names[low]
             self.report(
@@ -364,6 +374,7 @@ class GradientStats(TipCallback):
                 "totals": list(self._totals),
                 "baseline": list(self._baseline),
                 "count": self._count,
+                "vanishing_steps": list(self._vanishing_steps),
             }
         )
         return state
@@ -374,6 +385,7 @@ class GradientStats(TipCallback):
         self._totals = [float(t) for t in state_dict.get("totals", [])]
         self._baseline = [float(t) for t in state_dict.get("baseline", self._totals[:3])]
         self._count = int(state_dict.get("count", len(self._totals)))
+        self._vanishing_steps = [int(s) for s in state_dict.get("vanishing_steps", [])]
 
 
 def _order(x: float) -> float:

@@ -366,3 +366,64 @@ def test_histograms_only_on_their_own_period(make_trainer: Factory) -> None:
     assert {int(line.split(",")[0]) for line in scalars if "net.2" in line} == {0, 2, 4, 6}
     with pytest.raises(ValueError, match="histogram_every_n_steps"):
         ActivationStats(histogram_every_n_steps=-1)
+
+
+# --- evidence (issues #10 item 4, #11 items 4-5) ---------------------------------------------------
+class _SkipFirst(Classifier):
+    """Returns ``None`` from its first ``training_step``: a legal skipped batch, no forward."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        if batch_idx == 0 and self.current_epoch == 0:
+            return None
+        return super().training_step(batch, batch_idx)
+
+
+def test_a_skipped_first_step_does_not_switch_the_check_off(make_trainer: Factory) -> None:
+    cb = ActivationStats(every_n_steps=100)  # only global step 0 is sampled: its first batch is skipped
+    pl.seed_everything(0, verbose=False)
+    trainer = make_trainer(limit_train_batches=3, limit_val_batches=0, num_sanity_val_steps=0, callbacks=[cb])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(_SkipFirst(dead_relu_mlp()), datamodule=DigitsDataModule(batch_size=64, limit=192, val_limit=64))
+    assert not any("did not run" in f.message for f in cb.findings), cb.findings
+    assert ("dead-activation", "warning", "net.2") in _codes(cb)
+
+
+def test_one_value_per_unit_is_no_evidence() -> None:
+    """About half of a healthy ReLU layer's units are off for any single sample: no verdict from one."""
+    torch.manual_seed(0)
+    net = mlp(in_features=64, hidden=32, depth=2)
+    one = activation_stats(net, torch.randn(1, 64))
+    assert any(s.dead_fraction > 0.3 for s in one.values())  # the noise the verdict must not read as a bug
+    assert activation_findings(one) == []
+    dead = activation_stats(dead_relu_mlp(), torch.randn(1, 64))
+    assert activation_findings(dead) == []  # too little evidence either way
+    assert [f.module for f in activation_findings(activation_stats(dead_relu_mlp(), torch.randn(16, 64)))] == ["2"]
+
+
+def test_healthy_model_with_batches_of_one_is_silent(make_trainer: Factory) -> None:
+    cb = ActivationStats(every_n_steps=1)
+    pl.seed_everything(0, verbose=False)
+    trainer = make_trainer(limit_train_batches=6, limit_val_batches=0, num_sanity_val_steps=0, callbacks=[cb])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(Classifier(mlp(hidden=32, depth=2)), datamodule=DigitsDataModule(batch_size=1, limit=6, val_limit=8))
+    assert [c for c in _codes(cb) if c[1] != "info"] == []
+
+
+def test_nan_activations_get_no_dead_or_saturated_verdict(make_trainer: Factory) -> None:
+    relu_net, sig_net = dead_relu_mlp(), deep_stack(nn.Sigmoid, gain=10.0)
+    for net in (relu_net, sig_net):
+        with torch.no_grad():
+            net[1].weight[0, 0] = float("nan")  # every later activation is NaN
+    for net in (relu_net, sig_net):
+        stats = activation_stats(net, torch.randn(32, 64))
+        assert any(math.isnan(s.mean) for s in stats.values())
+        assert activation_findings(stats) == []
+    cb = ActivationStats(every_n_steps=1)
+    _fit(make_trainer, dead_relu_mlp(), cb, batches=2)  # the dead twin still fires when finite
+    assert ("dead-activation", "warning", "net.2") in _codes(cb)
+    cb = ActivationStats(every_n_steps=1)
+    _fit(make_trainer, relu_net, cb, batches=2)
+    assert [c for c in _codes(cb) if c[1] != "info"] == []
+    assert not any("nan" in f.message for f in cb.findings)

@@ -137,12 +137,55 @@ def test_growth_over_training_is_exploding(make_trainer: Any) -> None:
 
 def test_deep_sigmoid_mlp_vanishes(make_trainer: Any) -> None:
     pl.seed_everything(0)
-    stats = GradientStats(every_n_steps=4)
-    trainer = make_trainer(callbacks=[stats], max_steps=4)
+    stats = GradientStats(every_n_steps=2)
+    trainer = make_trainer(callbacks=[stats], max_steps=6)
     _fit(trainer, Classifier(deep_mlp(activation="sigmoid")), _digits_loader())
-    [f] = stats.findings
-    assert (f.code, f.step, f.module) == ("vanishing-gradient", 0, "net.1")
+    [f] = stats.findings  # concluded on the third sampled step in a row, not on step 0 alone
+    assert (f.code, f.step, f.module) == ("vanishing-gradient", 4, "net.1")
     assert f.figures["ratio_order"] < 1e-4 and "barely learn" in f.message
+    assert "on 3 sampled steps in a row (0, 2, 4)" in f.message
+
+
+class _ZeroInitResNet(nn.Module):
+    """Residual blocks whose last BatchNorm weight is zero (timm's ``zero_init_last``) and a zero-initialised
+    head (torchvision's ViT): exactly-zero gradients on every earlier layer at step 0 — healthy practice."""
+
+    def __init__(self, width: int = 32, blocks: int = 2) -> None:
+        super().__init__()
+        self.stem = nn.Linear(64, width)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Linear(width, width), nn.BatchNorm1d(width), nn.ReLU(), nn.Linear(width, width),
+                          nn.BatchNorm1d(width))
+            for _ in range(blocks)
+        )
+        self.head = nn.Linear(width, 10)
+        with torch.no_grad():
+            for b in self.blocks:
+                b[4].weight.zero_()
+            self.head.weight.zero_()
+            self.head.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.stem(x.flatten(1)))
+        for b in self.blocks:
+            h = torch.relu(h + b(h))
+        return self.head(h)
+
+
+def test_zero_initialised_residual_branches_and_head_are_silent(make_trainer: Any) -> None:
+    pl.seed_everything(0)
+    net = _ZeroInitResNet()
+    # step 0 alone would be a verdict: every layer before the zero head gets exactly zero gradient
+    x, y = next(iter(_digits_loader()))
+    probe = _ZeroInitResNet()
+    probe.load_state_dict(net.state_dict())
+    torch.nn.functional.cross_entropy(probe(x), y).backward()
+    names, norms = layer_grad_norms(probe)
+    assert vanishing_verdict(names, norms.tolist()) is not None and norms[0] == 0
+    stats = GradientStats(every_n_steps=1)
+    trainer = make_trainer(callbacks=[stats], max_steps=6)
+    assert _fit(trainer, Classifier(net, lr=1e-2), _digits_loader()) == []
+    assert stats.findings == [] and stats.state_dict()["count"] == 6
 
 
 def test_deep_relu_he_mlp_is_silent(make_trainer: Any) -> None:
