@@ -50,7 +50,7 @@ from torch import nn
 
 from lightning_tips import _ddp, _loggers
 from lightning_tips._callback import TipCallback
-from lightning_tips._hooks import forward_hooks
+from lightning_tips._hooks import forward_hooks, functional_calls
 from lightning_tips._render import colorize
 from lightning_tips._utils import find_output_layer, is_sampled
 from lightning_tips.findings import Finding, Severity, report
@@ -90,6 +90,32 @@ class ActivationSpec:
     high: float
     sat_low: float = -math.inf
     sat_high: float = math.inf
+
+
+_RELU_SPEC = ActivationSpec("relu", -1.0, 3.0)
+_FUNCTIONAL_SPECS: dict[str, ActivationSpec] = {
+    **{n: _RELU_SPEC for n in ("relu", "relu_", "gelu", "silu", "mish", "elu", "celu", "selu", "leaky_relu",
+                                "hardswish")},
+    "relu6": ActivationSpec("relu", -1.0, 6.0),
+    "sigmoid": ActivationSpec("squash", 0.0, 1.0, 0.02, 0.98),
+    "tanh": ActivationSpec("squash", -1.0, 1.0, -0.96, 0.96),
+}
+
+
+def _watched_functions() -> dict[Any, str]:
+    """The functional activations observed on sampled steps: ``{torch function: name}``."""
+    import torch.nn.functional as F
+
+    found: dict[Any, str] = {}
+    for name in _FUNCTIONAL_SPECS:
+        for owner in (F, torch, torch.Tensor):
+            fn = getattr(owner, name, None)
+            if fn is not None:
+                found.setdefault(fn, name)
+    return found
+
+
+_WATCHED = _watched_functions()
 
 
 def activation_spec(module: nn.Module) -> ActivationSpec | None:
@@ -216,8 +242,23 @@ class _Recorder:
         self.units: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         self._calls: dict[str, int] = {}
+        self.output_of: Any = None
 
     def hook(self, name: str, module: nn.Module, output: Any) -> None:
+        self._add(name, type(module).__name__, self.specs[name], output, name in self.outputs)
+
+    def functional(self, module_name: str, fn: str, args: tuple[Any, ...], output: Any) -> None:
+        """A functional activation (``F.gelu`` …) called inside ``module_name``'s forward."""
+        if module_name in self.specs:
+            return  # inside an activation module (nn.GELU calls F.gelu): measured by its hook
+        is_output = bool(args) and self.output_of is not None and args[0] is self.output_of
+        key = f"{module_name or 'model'}/{fn}"
+        self._add(key, f"F.{fn}", _FUNCTIONAL_SPECS[fn], output, is_output)
+
+    def output_hook(self, name: str, module: nn.Module, output: Any) -> None:
+        self.output_of = output  # the output layer's result: an activation applied to it is the model's output
+
+    def _add(self, name: str, module_type: str, spec: ActivationSpec, output: Any, is_output: bool) -> None:
         self.fired = True
         if not isinstance(output, torch.Tensor) or not output.is_floating_point() or output.dim() == 0:
             return  # tuple outputs, integer outputs, scalars: nothing to measure
@@ -226,9 +267,8 @@ class _Recorder:
         call = self._calls.get(name, 0)
         self._calls[name] = call + 1
         key = name if call == 0 else f"{name}[{call}]"  # a module applied several times per forward
-        spec = self.specs[name]
         rec, fired, _, n_units = _record(output, spec, self.bins)
-        self.meta.append(_Meta(key, name, type(module).__name__, spec, n_units, output.numel(), name in self.outputs))
+        self.meta.append(_Meta(key, name, module_type, spec, n_units, output.numel(), is_output))
         self.records.append(rec)
         self.units.append(fired)
         if self.keep_values:
@@ -325,8 +365,13 @@ def activation_stats(model: nn.Module, *inputs: Any, bins: int = 40) -> dict[str
         (1.0, 8, 16)
     """
     specs, outputs = _specs(model)
+    out_layer = find_output_layer(model)
     rec = _Recorder(specs, outputs, bins, keep_values=False)
-    with forward_hooks(model, lambda name, _m: name in specs, rec.hook), torch.no_grad():
+    with ExitStack() as stack, torch.no_grad():
+        stack.enter_context(forward_hooks(model, lambda name, _m: name in specs, rec.hook))
+        if out_layer is not None:
+            stack.enter_context(forward_hooks(model, lambda name, _m: name == out_layer[0], rec.output_hook))
+        stack.enter_context(functional_calls(model, _WATCHED, rec.functional))
         model(*inputs)
     return rec.finalize() or {}
 
@@ -414,7 +459,7 @@ def activations_over_time(
 class ActivationStats(TipCallback):
     """Dead and saturated activations, with histograms over time (tips R4.12, T15, P2).
 
-    On every ``every_n_steps``-th step, forward hooks on the model's activation modules measure the
+    On the sampled steps — 0, 1, 2, 5, 10, 20, 50, then every ``every_n_steps``-th — forward hooks on the model's activation modules measure the
     fraction of units that never fire (ReLU family), the fraction of saturated outputs
     (sigmoid/tanh), mean, std and a ``bins``-bin histogram per layer. Findings:
 
@@ -435,7 +480,8 @@ class ActivationStats(TipCallback):
     DDP, one more small reduction checks that every rank measured the same layers).
 
     Args:
-        every_n_steps: sample every n-th optimizer step (``global_step % n == 0``).
+        every_n_steps: sample every n-th optimizer step (``global_step % n == 0``), after the dense
+            start 0, 1, 2, 5, 10, 20, 50.
         dead_fraction: warn when more than this fraction of a layer's units never fire.
         saturated_fraction: warn when more than this fraction of a layer's outputs are saturated.
         log_histograms: log per-layer histograms on sampled steps.
@@ -494,6 +540,7 @@ class ActivationStats(TipCallback):
         self._recorder: _Recorder | None = None
         self._specs: dict[str, ActivationSpec] = {}
         self._outputs: set[str] = set()
+        self._output_layer: str | None = None
         self._disabled = False
         self._silent_steps = 0
         self._resample = False  # the last sampled step ran no forward: sample the next one
@@ -527,23 +574,25 @@ class ActivationStats(TipCallback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._specs, self._outputs = _specs(pl_module)
-        if not self._specs:
-            scripted = any(isinstance(m, torch.jit.ScriptModule) for m in pl_module.modules())
-            why = "activations computed with torch.nn.functional cannot be hooked"
-            if scripted:
-                why += "; the model holds TorchScript modules, whose activations cannot be hooked either"
-            self._skip(trainer, f"no activation modules found; {why}")
+        out_layer = find_output_layer(pl_module)
+        self._output_layer = out_layer[0] if out_layer is not None else None
+        if not self._specs and any(isinstance(m, torch.jit.ScriptModule) for m in pl_module.modules()):
+            self._skip(trainer, "no activation modules found, and the model holds TorchScript modules, whose "
+                                "activations (modules or functional calls) cannot be observed")
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         self._detach()  # hooks of an interrupted step never outlive it
         step = trainer.global_step
-        sampled = is_sampled(step, self.every_n_steps) or self._resample
+        sampled = is_sampled(step, self.every_n_steps, dense_start=True) or self._resample
         if self._disabled or not sampled or step == self._sampled_step:
             return  # (the same global step repeats under gradient accumulation: sample its first batch)
         self._sampled_step = step
         histograms = self.log_histograms and trainer.is_global_zero and is_sampled(step, self.histogram_every_n_steps or 1)
-        self._recorder = _Recorder(self._specs, self._outputs, self.bins, histograms)
-        self._stack.enter_context(forward_hooks(pl_module, lambda name, _m: name in self._specs, self._recorder.hook))
+        rec = self._recorder = _Recorder(self._specs, self._outputs, self.bins, histograms)
+        self._stack.enter_context(forward_hooks(pl_module, lambda name, _m: name in self._specs, rec.hook))
+        self._stack.enter_context(forward_hooks(pl_module, lambda name, _m: name == self._output_layer, rec.output_hook))
+        # functional activations (F.gelu in nn.TransformerEncoderLayer, Hugging Face models), this step only
+        self._stack.enter_context(functional_calls(pl_module, _WATCHED, rec.functional))
 
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
         if self._recorder is not None:

@@ -35,7 +35,8 @@ from torch import nn
 from lightning_tips import _ddp
 from lightning_tips._callback import TipCallback
 from lightning_tips._loggers import log_histogram, log_scalars
-from lightning_tips._utils import is_sampled
+from lightning_tips._utils import EARLY_STEPS, is_sampled
+from lightning_tips.checks.lr_decay import optimizer_defaults_verdict
 
 __all__ = [
     "GradientStats",
@@ -172,14 +173,17 @@ class GradientStats(TipCallback):
     """Per-layer gradient norms on sampled steps, with ``exploding-gradient`` and
     ``vanishing-gradient`` verdicts (tips T8, P11, P15).
 
-    Every ``every_n_steps`` steps, in ``on_before_optimizer_step`` (after backward and AMP
+    On the sampled steps — 0, 1, 2, 5, 10, 20, 50 (most pathologies show in the first steps), then every
+    ``every_n_steps``-th (:func:`~lightning_tips._utils.is_sampled`) — in ``on_before_optimizer_step`` (after backward and AMP
     unscaling, *before* Lightning's gradient clipping, so the norms are the raw ones), it computes the
     norm of each layer's weight gradients (each module that owns parameters with ``ndim > 1``, in
     registration order) and the total norm over all parameters, as one device tensor reduced across
     ranks, and brings them to the host with one ``.tolist()``. Unsampled steps cost nothing.
 
     - ``exploding-gradient`` (warning): the total norm is > ``growth`` x the median of the first 3
-      sampled norms, or > ``max_norm``.
+      sampled norms, or > ``max_norm``. When it happens in the first 50 steps and the optimizer
+      starts with an lr above its family's usual range (SGD > 1, Adam-family > 0.01), the message
+      names the lr as the likely root cause.
     - ``vanishing-gradient`` (warning): the first layer's norm is < ``min_ratio`` x the last layer's,
       or some layer's norm is < ``floor``, on 3 sampled steps in a row (one step is not training
       dynamics: zero-initialised heads and residual branches give exact zeros at step 0). Frozen
@@ -194,7 +198,8 @@ class GradientStats(TipCallback):
     an ``info`` finding, and the callback stays idle.
 
     Args:
-        every_n_steps: sample every this many optimizer steps (``0`` never samples).
+        every_n_steps: sample every this many optimizer steps, after the dense start 0, 1, 2, 5, 10, 20, 50
+            (``0`` never samples).
         growth: ``exploding-gradient`` when the total norm grows more than this factor over the
             median of the first 3 samples.
         max_norm: ``exploding-gradient`` when the total norm passes this bound.
@@ -277,7 +282,7 @@ class GradientStats(TipCallback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        if self._idle or not is_sampled(trainer.global_step, self.every_n_steps):
+        if self._idle or not is_sampled(trainer.global_step, self.every_n_steps, dense_start=True):
             return
         if self._groups is None:
             self._groups = layer_groups(pl_module)
@@ -332,7 +337,8 @@ class GradientStats(TipCallback):
             )
             self.report(
                 trainer, "exploding-gradient", "warning",
-                f"total gradient norm {total:.4g} at step {step} {why}" + _largest(names, norms) + clipped,
+                f"total gradient norm {total:.4g} at step {step} {why}" + _largest(names, norms) + clipped
+                + _lr_cause(trainer, step),
                 # orders of magnitude: reported again only when the norm moves by 10x or more
                 figures={"total_norm_order": _order(total)},
                 module=names[max(range(len(norms)), key=norms.__getitem__)] if norms else None,
@@ -386,6 +392,22 @@ class GradientStats(TipCallback):
         self._baseline = [float(t) for t in state_dict.get("baseline", self._totals[:3])]
         self._count = int(state_dict.get("count", len(self._totals)))
         self._vanishing_steps = [int(s) for s in state_dict.get("vanishing_steps", [])]
+
+
+def _lr_cause(trainer: pl.Trainer, step: int) -> str:
+    """When the blow-up comes in the first steps and the optimizer starts with an lr far above its
+    family's usual range, the lr is the root cause: say so (the range is ``LRDecayGuard``'s, R3.2)."""
+    if step > max(EARLY_STEPS):
+        return ""
+    for opt in trainer.optimizers:
+        bad = optimizer_defaults_verdict(opt)
+        if bad is not None and bad["lr"] > bad["high"]:
+            return (
+                f"; the root cause is likely the learning rate: {type(opt).__name__} starts with lr {bad['lr']:.3g}, "
+                f"{bad['lr'] / bad['high']:.3g}x the top of the usual {bad['family']} range ({bad['low']:g}–{bad['high']:g}): "
+                "lower it (R3.2)"
+            )
+    return ""
 
 
 def _order(x: float) -> float:
