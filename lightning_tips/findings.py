@@ -148,7 +148,9 @@ _ENTRIES = [
         absolute bound. BatchNorm can hide this from the loss curve (P15); batch size 1 and no
         BatchNorm exposes it (P11).""",
         "latest total norm > `growth` (default 100) x the median of the first 3 sampled norms, or "
-        "> `max_norm` (default 1e4); sampled every `every_n_steps` (default 50, Recipe 100)",
+        "> `max_norm` (default 1e4); sampled at steps 0, 1, 2, 5, 10, 20, 50, then every `every_n_steps` "
+        "(default 50, Recipe 100); a blow-up in the first 50 steps with an lr above its family's usual range "
+        "(SGD > 1, Adam-family > 0.01) names the lr as the likely root cause",
         "T8 P11 P15",
         "clip the gradient norm (T8, `GradientClipping`), lower the learning rate (P10), use "
         "variance-scaling init (P5, `init_weights_`)",
@@ -173,7 +175,8 @@ _ENTRIES = [
         "fraction of units with output <= 0 for every sample of the (global) sampled batch > "
         "`dead_fraction` (default 0.5), over at least 16 values per unit (a unit firing with probability p "
         "looks dead over n values with probability (1-p)^n: 0.5 for one value at p=0.5, 1.5e-5 for 16); "
-        "no verdict from non-finite activations (nonfinite-* is the cause); output activations get no verdict",
+        "no verdict from non-finite activations (nonfinite-* is the cause); output activations get no verdict; "
+        "functional activations (F.relu, F.gelu, ...) are observed too, per enclosing module",
         "R4.12 P2",
         "lower the learning rate (P10), He init (T11, P5), check biases; consider LeakyReLU",
     ),

@@ -28,10 +28,15 @@ Verdicts (both computed from the statistics of the *global* batch, the same on e
     * No ``dead-activation`` verdict over fewer than 16 values per unit (a healthy unit that fires
       with probability p looks dead over n values with probability (1-p)^n), and none from NaN/Inf
       statistics (the root cause is ``NonFiniteGuard``'s ``nonfinite-*`` finding).
-    * ``dead-activation`` (info): the model has no activation modules (``F.relu`` cannot be
-      hooked; TorchScript modules neither), or the hooks did not run on 3 sampled steps that
-      computed a loss (a compiled model): skipped. A step whose ``training_step`` returned ``None``
-      ran no forward and is no evidence (the next step is sampled instead).
+    * Functional activations (``F.relu``, ``F.gelu``, ``torch.sigmoid``, ``torch.tanh`` … as in
+      ``nn.TransformerEncoderLayer`` and Hugging Face models) are observed on sampled steps too: a
+      ``TorchFunctionMode`` attributes each call to its enclosing module (key ``<module>/<fn>``,
+      :func:`~lightning_tips._hooks.functional_calls`); one applied to the output layer's result
+      gets no verdict.
+    * ``dead-activation`` (info, skipped): TorchScript modules and no activation modules, or nothing
+      observed on 3 sampled steps that computed a loss (a compiled model). A step whose
+      ``training_step`` returned ``None`` ran no forward and is no evidence (the next step is sampled
+      instead).
 """
 
 from __future__ import annotations
@@ -459,14 +464,15 @@ def activations_over_time(
 class ActivationStats(TipCallback):
     """Dead and saturated activations, with histograms over time (tips R4.12, T15, P2).
 
-    On the sampled steps — 0, 1, 2, 5, 10, 20, 50, then every ``every_n_steps``-th — forward hooks on the model's activation modules measure the
-    fraction of units that never fire (ReLU family), the fraction of saturated outputs
+    On the sampled steps — 0, 1, 2, 5, 10, 20, 50, then every ``every_n_steps``-th — forward hooks on
+    the model's activation modules, and a probe of functional activation calls (``F.gelu`` …),
+    measure the fraction of units that never fire (ReLU family), the fraction of saturated outputs
     (sigmoid/tanh), mean, std and a ``bins``-bin histogram per layer. Findings:
 
     * ``dead-activation`` (warning) when a ReLU-family layer's dead fraction > ``dead_fraction``;
     * ``saturated-activation`` (warning) when a sigmoid/tanh layer's saturated fraction > ``saturated_fraction``;
-    * ``dead-activation`` (info) once, when nothing can be hooked (functional activations, TorchScript,
-      a compiled model whose hooks do not run).
+    * ``dead-activation`` (info, skipped) once, when nothing can be observed (TorchScript, a compiled
+      model whose hooks do not run on 3 sampled steps that computed a loss).
 
     Views (through the logger adapter): scalars ``tips/dead_fraction/<layer>``,
     ``tips/saturated_fraction/<layer>``, ``tips/activation_mean/<layer>``, ``tips/activation_std/<layer>``
@@ -629,8 +635,7 @@ class ActivationStats(TipCallback):
 
     def _skip(self, trainer: pl.Trainer, message: str) -> None:
         self._disabled = True
-        self.report(trainer, "dead-activation", "info", message,
-                    advice="use nn.ReLU / nn.Sigmoid modules (not F.relu) to get activation statistics (R4.12)")
+        self.report(trainer, "dead-activation", "info", message, skipped=True)
 
     def _finish(self, trainer: pl.Trainer, rec: _Recorder) -> None:
         # one reduction across ranks (sums of every layer's record and per-unit fired counts, and the
