@@ -173,7 +173,8 @@ _ENTRIES = [
         sampled batch: they get no gradient and stop learning. Very negative biases, a learning rate
         too high, or bad init are the usual causes.""",
         "fraction of units with output <= 0 for every sample of the (global) sampled batch > "
-        "`dead_fraction` (default 0.5), over at least 16 values per unit (a unit firing with probability p "
+        "`dead_fraction` (default 0.5), over at least 16 values per unit, accumulated over sampled steps when one "
+        "batch has fewer (a unit firing with probability p "
         "looks dead over n values with probability (1-p)^n: 0.5 for one value at p=0.5, 1.5e-5 for 16); "
         "no verdict from non-finite activations (nonfinite-* is the cause); output activations get no verdict; "
         "functional activations (F.relu, F.gelu, ...) are observed too, per enclosing module",

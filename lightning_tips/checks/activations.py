@@ -26,7 +26,8 @@ Verdicts (both computed from the statistics of the *global* batch, the same on e
     * Activations registered after the model's output layer (a Sigmoid feeding ``BCELoss``) get
       statistics but no verdict: confident outputs are not a flaw.
     * No ``dead-activation`` verdict over fewer than 16 values per unit (a healthy unit that fires
-      with probability p looks dead over n values with probability (1-p)^n), and none from NaN/Inf
+      with probability p looks dead over n values with probability (1-p)^n): with small batches the
+      per-unit fired counts are accumulated over sampled steps until they hold 16. None from NaN/Inf
       statistics (the root cause is ``NonFiniteGuard``'s ``nonfinite-*`` finding).
     * Functional activations (``F.relu``, ``F.gelu``, ``torch.sigmoid``, ``torch.tanh`` … as in
       ``nn.TransformerEncoderLayer`` and Hugging Face models) are observed on sampled steps too: a
@@ -171,6 +172,7 @@ class LayerStats:
     histogram: list[float]
     is_output: bool = False
     values: list[float] = field(default_factory=list)
+    steps: int = 1  # sampled steps the dead fraction covers (accumulated when one batch has too few values)
 
 
 def _record(y: torch.Tensor, spec: ActivationSpec, bins: int) -> tuple[torch.Tensor, torch.Tensor, int, int]:
@@ -298,9 +300,15 @@ class _Recorder:
         self,
         reduce: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor] | None] = lambda s: s,
         to_host: Callable[[torch.Tensor], list[float]] | None = None,
+        carry: dict[str, tuple[torch.Tensor, int, int]] | None = None,
     ) -> dict[str, LayerStats] | None:
         """Sum the states across ranks with ``reduce`` (``None``: the ranks' layouts differ, skip),
-        count dead units on the device, sync once."""
+        count dead units on the device, sync once.
+
+        ``carry`` (updated in place): per ReLU-family layer with fewer than ``MIN_VALUES_PER_UNIT``
+        values per unit so far, ``(summed per-unit fired counts, values per unit, sampled steps)``;
+        a layer's dead fraction is then judged over the accumulated steps once they hold enough values.
+        """
         reduced = reduce(self.state())
         if reduced is None:
             return None
@@ -309,9 +317,15 @@ class _Recorder:
             return {}
         # "never fires over the global batch": the summed per-unit fired count is zero
         host_parts = {}
+        acc: dict[str, torch.Tensor] = {}
         for m in self.meta:
+            fired = reduced[f"{m.key}/fired"]
             host_parts[f"{m.key}/record"] = reduced[f"{m.key}/record"]
-            host_parts[f"{m.key}/dead"] = (reduced[f"{m.key}/fired"] == 0).sum().float().reshape(1)
+            host_parts[f"{m.key}/dead"] = (fired == 0).sum().float().reshape(1)
+            if carry is not None and m.spec.kind == "relu":
+                prev = carry.get(m.key)
+                acc[m.key] = fired + prev[0] if prev is not None and prev[0].shape == fired.shape else fired
+                host_parts[f"{m.key}/dead_acc"] = (acc[m.key] == 0).sum().float().reshape(1)
         if self.keep_values:
             host_parts.update({f"{m.key}/values": v for m, v in zip(self.meta, self.values)})
         host = _host_named(host_parts, to_host or _to_host)
@@ -323,22 +337,34 @@ class _Recorder:
             var = max(ss / n - mean * mean, 0.0) * (n / (n - 1) if n > 1 else 1.0) if math.isfinite(ss) else math.nan
             values: list[float] = host.get(f"{m.key}/values", [])
             relu = m.spec.kind == "relu"
+            dead, per_unit, steps = (host[f"{m.key}/dead"][0] if relu else math.nan), int(n_samples), 1
+            if carry is not None and m.key in acc:
+                prev = carry.pop(m.key, None)
+                if per_unit < MIN_VALUES_PER_UNIT and math.isfinite(s):  # too little evidence from this step alone
+                    fits = prev is not None and prev[0].shape == acc[m.key].shape
+                    total, steps = (prev[1] + per_unit, prev[2] + 1) if fits and prev is not None else (per_unit, 1)
+                    if total >= MIN_VALUES_PER_UNIT:
+                        dead, per_unit = host[f"{m.key}/dead_acc"][0], total
+                    else:
+                        carry[m.key] = (acc[m.key], total, steps)
+                        steps = 1
             out[m.key] = LayerStats(
                 name=m.key,
                 module_type=m.module_type,
                 kind=m.spec.kind,
                 n_values=int(n),
-                n_samples=int(n_samples),
+                n_samples=per_unit,
                 n_units=m.n_units,
                 mean=mean,
                 std=math.sqrt(var),
-                dead_fraction=host[f"{m.key}/dead"][0] / m.n_units if relu else math.nan,
+                dead_fraction=dead / m.n_units if relu else math.nan,
                 saturated_fraction=math.nan if relu else n_sat / n,
                 low=m.spec.low,
                 high=m.spec.high,
                 histogram=row[_HEADER:],
                 is_output=m.is_output,
                 values=values,
+                steps=steps,
             )
         return out
 
@@ -404,7 +430,7 @@ def activation_findings(
             found.append(Finding(
                 "dead-activation", Severity.WARNING,
                 f"{s.dead_fraction:.0%} of the units of `{key}` ({s.module_type}, {dead}/{s.n_units} units) "
-                f"never fired (output <= 0) over {s.n_samples} values per unit (every sample and position of the sampled batch; threshold {dead_fraction:.0%}); "
+                f"never fired (output <= 0) over {s.n_samples} values per unit ({_evidence(s)}; threshold {dead_fraction:.0%}); "
                 f"mean {s.mean:.3g}, std {s.std:.3g}",
                 advice="dead units get no gradient and stop learning: lower the learning rate (P10), use He init "
                 "(T11, P5), check for very negative biases; consider LeakyReLU (R4.12, P2)",
@@ -421,6 +447,12 @@ def activation_findings(
                 figures={"saturated_fraction": s.saturated_fraction},
             ))
     return found
+
+
+def _evidence(s: LayerStats) -> str:
+    if s.steps > 1:
+        return f"every sample and position of {s.steps} sampled batches"
+    return "every sample and position of the sampled batch"
 
 
 def _tails(s: LayerStats) -> str:
@@ -549,6 +581,7 @@ class ActivationStats(TipCallback):
         self._output_layer: str | None = None
         self._disabled = False
         self._silent_steps = 0
+        self._carry: dict[str, tuple[torch.Tensor, int, int]] = {}  # small batches: dead evidence across steps
         self._resample = False  # the last sampled step ran no forward: sample the next one
         self._sampled_step = -1
         self._image_step = -1
@@ -563,7 +596,7 @@ class ActivationStats(TipCallback):
     def __getstate__(self) -> dict[str, Any]:
         self._detach()
         state = self.__dict__.copy()
-        state["_stack"], state["_recorder"] = ExitStack(), None
+        state["_stack"], state["_recorder"], state["_carry"] = ExitStack(), None, {}
         return state
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -574,6 +607,7 @@ class ActivationStats(TipCallback):
         self._detach()
         self._disabled = False
         self._silent_steps = 0
+        self._carry = {}
         self._resample = False
         self._sampled_step = self._image_step = -1
         self._history = {}
@@ -641,7 +675,8 @@ class ActivationStats(TipCallback):
         # one reduction across ranks (sums of every layer's record and per-unit fired counts, and the
         # two flags); None when the ranks measured different layers (a zero-size batch): skip the sample
         stats = rec.finalize(
-            reduce=lambda state: _ddp.reduce(trainer, state, site="ActivationStats sample", on_mismatch="skip")
+            reduce=lambda state: _ddp.reduce(trainer, state, site="ActivationStats sample", on_mismatch="skip"),
+            carry=self._carry,
         )
         if stats is None:
             return

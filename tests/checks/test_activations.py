@@ -447,14 +447,23 @@ def test_one_value_per_unit_is_no_evidence() -> None:
     assert [f.module for f in activation_findings(activation_stats(dead_relu_mlp(), torch.randn(16, 64)))] == ["2"]
 
 
-def test_healthy_model_with_batches_of_one_is_silent(make_trainer: Factory) -> None:
+@pytest.mark.parametrize("dead", [False, True], ids=["healthy", "dead"])
+def test_batches_of_one_accumulate_evidence_across_sampled_steps(make_trainer: Factory, dead: bool) -> None:
+    """Batch 1: one value per unit per step. The verdict waits until 16 sampled steps hold 16 values per unit."""
     cb = ActivationStats(every_n_steps=1)
     pl.seed_everything(0, verbose=False)
-    trainer = make_trainer(limit_train_batches=6, limit_val_batches=0, num_sanity_val_steps=0, callbacks=[cb])
+    trainer = make_trainer(limit_train_batches=20, limit_val_batches=0, num_sanity_val_steps=0, callbacks=[cb])
+    net = dead_relu_mlp() if dead else mlp(hidden=32, depth=2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer.fit(Classifier(mlp(hidden=32, depth=2)), datamodule=DigitsDataModule(batch_size=1, limit=6, val_limit=8))
-    assert [c for c in _codes(cb) if c[1] != "info"] == []
+        trainer.fit(Classifier(net), datamodule=DigitsDataModule(batch_size=1, limit=20, val_limit=8))
+    found = [f for f in cb.findings if f.severity.value != "info"]
+    if not dead:
+        assert found == []
+        return
+    [f] = [f for f in found if f.module == "net.2"]
+    assert f.code == "dead-activation" and f.step == 15  # the 16th sampled step: 16 values per unit
+    assert "over 16 values per unit (every sample and position of 16 sampled batches" in f.message
 
 
 def test_nan_activations_get_no_dead_or_saturated_verdict(make_trainer: Factory) -> None:
