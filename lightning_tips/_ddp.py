@@ -53,6 +53,7 @@ __all__ = [
     "any_rank",
     "broadcast",
     "broadcast_object",
+    "check_in",
     "gather",
     "reduce",
     "setup",
@@ -299,6 +300,18 @@ def broadcast_object(trainer: pl.Trainer | None, obj: Any, src: int, *, site: st
     box = [obj]
     dist.broadcast_object_list(box, src=src, group=_group)
     return box[0]
+
+
+def check_in(trainer: pl.Trainer | None, *, site: str) -> None:
+    """Only the header exchange: raises :class:`RanksOutOfStep` on every rank when the ranks are at
+    different places or have different numbers of training batches per epoch. For callbacks whose
+    first collective would come at an epoch end (call it at ``on_train_start``, which every rank reaches)."""
+    if _world(trainer) == 1 or not _torch_dist():
+        return
+    assert trainer is not None
+    if _group is None or _group_of is not dist.group.WORLD:
+        setup(trainer)
+    _check_headers(trainer, site, {}, "raise")
 
 
 def any_rank(trainer: pl.Trainer | None, flag: bool, *, site: str = "any_rank") -> bool:

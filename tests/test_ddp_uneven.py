@@ -45,8 +45,9 @@ def _run(mode: str, out: Path) -> tuple[int | None, float, str]:
 
 
 @pytest.mark.ddp
-def test_uneven_batches_end_with_a_clear_error_on_every_rank(tmp_path: Path) -> None:
-    code, seconds, output = _run("recipe", tmp_path)
+@pytest.mark.parametrize("mode", ["recipe", "curves"], ids=["Recipe()", "LearningCurves-alone"])
+def test_uneven_batches_end_with_a_clear_error_on_every_rank(tmp_path: Path, mode: str) -> None:
+    code, seconds, output = _run(mode, tmp_path)
     assert code is not None, f"hung: killed after {seconds:.0f} s\n{output[-6000:]}"
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     # every rank ended: either both completed, or both stopped with the pack's clear message

@@ -265,6 +265,8 @@ class LearningCurves(TipCallback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._reset_train()
+        # its collectives come at epoch ends: ranks with uneven epochs must stop here, not deadlock there
+        _ddp.check_in(trainer, site="LearningCurves start")
         if not trainer.enable_validation:
             self._once(
                 trainer, "overfitting", "no-validation",

@@ -5,7 +5,7 @@ Lightning fails fast here (a gloo collective loses its peer); with the pack atta
 still end — training completes or every rank exits with an error — never hang. Each rank writes
 ``<out>/rank<r>.json`` when its ``fit`` returns (or raises). Run by ``tests/test_ddp_uneven.py``:
 
-    python tests/scripts/ddp_uneven.py {plain,recipe} OUT_DIR [EVERY_N_STEPS]
+    python tests/scripts/ddp_uneven.py {plain,recipe,curves} OUT_DIR [EVERY_N_STEPS]
 """
 
 from __future__ import annotations
@@ -44,7 +44,11 @@ def main(mode: str, out: Path, every_n_steps: int = 2) -> None:
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test dumps the stacks before it kills a hang
     torch.set_num_threads(1)
     pl.seed_everything(0, verbose=False)
-    callbacks = [lt.Recipe(every_n_steps=every_n_steps)] if mode == "recipe" else []
+    callbacks = {
+        "plain": [],
+        "recipe": [lt.Recipe(every_n_steps=every_n_steps)],
+        "curves": [lt.LearningCurves()],  # alone: its first collective would come at an epoch end
+    }[mode]
     trainer = pl.Trainer(
         strategy="ddp", accelerator="cpu", devices=2, max_epochs=2, use_distributed_sampler=False,
         callbacks=callbacks, logger=False, enable_checkpointing=False, enable_progress_bar=False,
