@@ -251,6 +251,10 @@ class SnapshotEnsemble(TipCallback):
         return torch.load(entry["path"], map_location="cpu", weights_only=True)
 
     # --- the evaluation ----------------------------------------------------------------------------
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # its collectives come at validation ends: uneven epochs across ranks stop here instead
+        _ddp.check_in(trainer, site="SnapshotEnsemble start")
+
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING or self._skipped:
             return
