@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -30,10 +31,10 @@ def _free_port() -> int:
 
 
 @pytest.mark.ddp
-def test_two_gloo_processes() -> None:
-    proc = run_python(["tests/scripts/ddp_helper.py", str(_free_port())], timeout=120)
+def test_two_gloo_processes(tmp_path: Path) -> None:
+    proc = run_python(["tests/scripts/ddp_helper.py", str(_free_port()), str(tmp_path)], timeout=120)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    ranks = sorted((json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")), key=lambda r: r["rank"])
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["rank"] for r in ranks] == [0, 1]
     for r in ranks:
         assert r["sum"] == {"count": [3, 10], "x": 2.0, "b": 1}

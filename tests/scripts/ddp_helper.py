@@ -1,13 +1,14 @@
 """``lightning_tips._ddp`` across 2 gloo processes (no Lightning): sum/max/min/any/all over named
-tensors, gather, broadcast, the layout check and the out-of-step check. Prints one JSON line per rank.
+tensors, gather, broadcast, the layout check and the out-of-step check. Writes ``OUT/rank<r>.json``.
 
-    python tests/scripts/ddp_helper.py PORT
+    python tests/scripts/ddp_helper.py PORT OUT
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
@@ -17,7 +18,7 @@ import torch.multiprocessing as mp
 from lightning_tips import _ddp
 
 
-def worker(rank: int, port: int) -> None:
+def worker(rank: int, port: int, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     trainer = SimpleNamespace(world_size=2, global_rank=rank, global_step=7, num_training_batches=5)
     _ddp.setup(trainer)  # type: ignore[arg-type]
@@ -51,9 +52,9 @@ def worker(rank: int, port: int) -> None:
         out["uneven"] = None
     except _ddp.RanksOutOfStep as e:
         out["uneven"] = str(e)
-    print(json.dumps(out), flush=True)
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(out))
     dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    mp.spawn(worker, args=(int(sys.argv[1]),), nprocs=2)
+    mp.spawn(worker, args=(int(sys.argv[1]), sys.argv[2]), nprocs=2)
