@@ -8,6 +8,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
+from lightning_tips import _ddp
 from lightning_tips._console import render_table
 from lightning_tips._loggers import log_table
 from lightning_tips._report import report
@@ -76,6 +77,7 @@ class TipCallback(Callback):
 
     # --- lifecycle -------------------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        _ddp.setup(trainer)  # the pack's own process group: every rank, at the same point
         if stage == "fit":
             self._findings_log.clear()
             self._summarised = False

@@ -149,7 +149,9 @@ _ENTRIES = [
         absolute bound. BatchNorm can hide this from the loss curve (P15); batch size 1 and no
         BatchNorm exposes it (P11).""",
         "latest total norm > `growth` (default 100) x the median of the first 3 sampled norms, or "
-        "> `max_norm` (default 1e4); sampled every `every_n_steps` (default 50, Recipe 100)",
+        "> `max_norm` (default 1e4); sampled at steps 0, 1, 2, 5, 10, 20, 50, then every `every_n_steps` "
+        "(default 50, Recipe 100); a blow-up in the first 50 steps with an lr above its family's usual range "
+        "(SGD > 1, Adam-family > 0.01) names the lr as the likely root cause",
         "T8 P11 P15",
         "clip the gradient norm (T8, `GradientClipping`), lower the learning rate (P10), use "
         "variance-scaling init (P5, `init_weights_`)",
@@ -160,7 +162,8 @@ _ENTRIES = [
         layers, or practically zero: the early layers barely learn. Deep sigmoid/tanh stacks and bad
         initialisation are the usual causes (P11, P15).""",
         "first-to-last layer gradient-norm ratio < `min_ratio` (default 1e-4), or a layer's norm "
-        "< `floor` (default 1e-10)",
+        "< `floor` (default 1e-10), on 3 sampled steps in a row (zero-initialised heads and residual "
+        "branches give exact zeros at step 0 alone); non-finite norms are not judged (nonfinite-* is the cause)",
         "P11 P15 T11",
         "use ReLU hidden layers (P2), He/Xavier init (T11, P5), residual connections or normalisation",
     ),
@@ -171,7 +174,11 @@ _ENTRIES = [
         sampled batch: they get no gradient and stop learning. Very negative biases, a learning rate
         too high, or bad init are the usual causes.""",
         "fraction of units with output <= 0 for every sample of the (global) sampled batch > "
-        "`dead_fraction` (default 0.5); output activations get no verdict",
+        "`dead_fraction` (default 0.5), over at least 16 values per unit, accumulated over sampled steps when one "
+        "batch has fewer (a unit firing with probability p "
+        "looks dead over n values with probability (1-p)^n: 0.5 for one value at p=0.5, 1.5e-5 for 16); "
+        "no verdict from non-finite activations (nonfinite-* is the cause); output activations get no verdict; "
+        "functional activations (F.relu, F.gelu, ...) are observed too, per enclosing module",
         "R4.12 P2",
         "lower the learning rate (P10), He init (T11, P5), check biases; consider LeakyReLU",
     ),

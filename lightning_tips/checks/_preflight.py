@@ -31,6 +31,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
+from lightning_tips import _ddp
 from lightning_tips._batch import peek_batches, stream_reason
 from lightning_tips._callback import TipCallback
 from lightning_tips._console import render_table
@@ -326,12 +327,12 @@ def _agreed(trainer: pl.Trainer, mine: Verdict | None) -> tuple[Verdict, int] | 
     rank when no rank has one. One ``all_gather`` of a flag, plus one broadcast when some rank has one."""
     if trainer.world_size == 1:
         return None if mine is None else (mine, 0)
-    flag = torch.tensor([float(mine is not None)], device=trainer.strategy.root_device)
-    ranks = [i for i, f in enumerate(trainer.strategy.all_gather(flag).flatten().tolist()) if f]
+    flags = _ddp.gather(trainer, {"has_verdict": torch.tensor(mine is not None)}, site="Preflight verdict")
+    ranks = [i for i, f in enumerate(flags["has_verdict"].tolist()) if f]
     if not ranks:
         return None
     src = ranks[0]
-    chosen = trainer.strategy.broadcast(mine if trainer.global_rank == src else None, src=src)
+    chosen = _ddp.broadcast_object(trainer, mine if trainer.global_rank == src else None, src, site="Preflight verdict")
     assert isinstance(chosen, Verdict)
     if src != 0:
         chosen = replace(chosen, message=f"{chosen.message} (rank {src}'s data)")

@@ -33,10 +33,11 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
+from lightning_tips import _ddp
 from lightning_tips._callback import TipCallback
 from lightning_tips._loggers import log_image, log_scalars
 from lightning_tips._render import figure_to_array, new_figure
-from lightning_tips._utils import reduce_sum, split_batch
+from lightning_tips._utils import split_batch
 from lightning_tips.checks._curves import flat_loss_verdict, overfitting_verdict
 
 __all__ = ["HISTORY_KEYS", "LearningCurves", "render_learning_curves"]
@@ -264,6 +265,8 @@ class LearningCurves(TipCallback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._reset_train()
+        # its collectives come at epoch ends: ranks with uneven epochs must stop here, not deadlock there
+        _ddp.check_in(trainer, site="LearningCurves start")
         if not trainer.enable_validation:
             self._once(
                 trainer, "overfitting", "no-validation",
@@ -368,7 +371,7 @@ class LearningCurves(TipCallback):
             )
         for value in (logged_val, train_acc, val_acc):
             entries += [value.to(device), one] if value is not None else [zero, zero]
-        sums = reduce_sum(trainer, torch.stack(entries)).tolist()  # the one host sync of the point
+        sums = _ddp.reduce(trainer, {"point": torch.stack(entries)}, site="LearningCurves point")["point"].tolist()  # the one host sync
         t_sum, t_n, v_sum, v_n, lv, lv_n, ta, ta_n, va, va_n = sums
         nan = float("nan")
         train_loss = t_sum / t_n if t_n else nan

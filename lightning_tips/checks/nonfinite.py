@@ -29,6 +29,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
+from lightning_tips import _ddp
 from lightning_tips._callback import TipCallback
 from lightning_tips._hooks import forward_hooks
 from lightning_tips._utils import (
@@ -37,7 +38,6 @@ from lightning_tips._utils import (
     named_tensors,
     nonfinite_fields,
     preserved_rng,
-    reduce_sum,
     step_loss,
 )
 from lightning_tips.checks.gradients import grad_norms
@@ -299,12 +299,7 @@ class NonFiniteGuard(TipCallback):
         """The one host sync: per rank, per queued step, ``[input sum, loss, grad-norm sum]``."""
         device = next((v.device for row in self._pending for v in row if v.device.type != "cpu"), torch.device("cpu"))
         mat = torch.stack([v.to(device, torch.float32) for row in self._pending for v in row]).view(-1, 3)
-        if trainer.world_size > 1:
-            # every rank's rows at its own index, zeros elsewhere: the sum is everyone's rows
-            full = torch.zeros(trainer.world_size, *mat.shape, device=device)
-            full[trainer.global_rank] = mat
-            return reduce_sum(trainer, full).tolist()
-        return [mat.tolist()]
+        return _ddp.gather(trainer, {"rows": mat}, site="NonFiniteGuard flags")["rows"].tolist()
 
     def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, params: list[nn.Parameter] | None) -> None:
         self._flush_row()
@@ -338,7 +333,7 @@ class NonFiniteGuard(TipCallback):
         result: dict[str, Any] | None = None
         if trainer.global_rank == culprit:
             result = self._investigate(trainer, pl_module, kind, params, current)
-        result = trainer.strategy.broadcast(result, src=culprit)
+        result = _ddp.broadcast_object(trainer, result, culprit, site="NonFiniteGuard locate")
         if result is None or not result.get("confirmed", False):
             return
         if kind == 1 and result.get("fields"):

@@ -38,6 +38,7 @@ from lightning.pytorch.callbacks import EarlyStopping as _LightningEarlyStopping
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
+from lightning_tips import _ddp
 from lightning_tips._callback import TipCallback
 from lightning_tips._utils import any_rank
 from lightning_tips.checks._curves import overfitting_verdict
@@ -153,6 +154,10 @@ class EarlyStopping(_LightningEarlyStopping, TipCallback):
         TipCallback.setup(self, trainer, pl_module, stage)
         if stage == "fit":
             self._reset_history()
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # the checks' collectives come at validation ends: uneven epochs across ranks stop here instead
+        _ddp.check_in(trainer, site="EarlyStopping start")
 
     def _run_early_stopping_check(self, trainer: pl.Trainer) -> None:
         # Lightning's documented extension point: called once per check, after `_should_skip_check`

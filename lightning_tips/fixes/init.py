@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.nn.parameter import UninitializedParameter
 
+from lightning_tips import _ddp
 from lightning_tips._callback import TipCallback
 from lightning_tips._utils import find_output_layer, preserved_rng
 
@@ -204,7 +205,7 @@ class WeightInit(TipCallback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.ckpt_path is not None:
             return  # resuming: the checkpoint's weights are the trained ones
-        seed = int(trainer.strategy.broadcast(torch.initial_seed() % 2**63, src=0))
+        seed = int(_ddp.broadcast_object(trainer, torch.initial_seed() % 2**63, 0, site="WeightInit seed"))
         with preserved_rng([pl_module.device]):
             torch.manual_seed(seed)
             applied = init_weights_(pl_module, self.scheme)

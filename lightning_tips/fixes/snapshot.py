@@ -38,10 +38,11 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from lightning_tips import _ddp
 from lightning_tips._batch import call_forward
 from lightning_tips._callback import TipCallback
 from lightning_tips._loggers import files_dir, log_scalars
-from lightning_tips._utils import any_rank, apply_to_tensors, model_copy, preserved_rng, reduce_sum, split_batch
+from lightning_tips._utils import any_rank, apply_to_tensors, model_copy, preserved_rng, split_batch
 
 __all__ = ["EnsembleResult", "SnapshotEnsemble", "evaluate_snapshots"]
 
@@ -251,6 +252,10 @@ class SnapshotEnsemble(TipCallback):
         return torch.load(entry["path"], map_location="cpu", weights_only=True)
 
     # --- the evaluation ----------------------------------------------------------------------------
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # its collectives come at validation ends: uneven epochs across ranks stop here instead
+        _ddp.check_in(trainer, site="SnapshotEnsemble start")
+
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING or self._skipped:
             return
@@ -288,8 +293,8 @@ class SnapshotEnsemble(TipCallback):
         assert isinstance(result, EnsembleResult)
         if trainer.world_size > 1:
             n = result.samples
-            totals = torch.tensor([result.ensemble * n, result.single * n, float(n)], device=pl_module.device)
-            e, s1, n_all = reduce_sum(trainer, totals).tolist()
+            totals = torch.tensor([result.ensemble * n, result.single * n, float(n)])
+            e, s1, n_all = _ddp.reduce(trainer, {"totals": totals}, site="SnapshotEnsemble totals")["totals"].tolist()
             result = EnsembleResult(result.kind, e / n_all, s1 / n_all, int(n_all))
         self.last_result = result
         self._report(trainer, result)
