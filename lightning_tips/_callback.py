@@ -10,6 +10,7 @@ from lightning.pytorch.callbacks import Callback
 
 from lightning_tips._console import render_table
 from lightning_tips._loggers import log_table, log_text
+from lightning_tips._validate import check_callbacks
 from lightning_tips.findings import Finding, FindingsLog, Severity, report
 
 __all__ = ["TipCallback", "TipComposite", "summary_rows"]
@@ -129,6 +130,7 @@ class TipComposite(TipCallback):
 
     def __init__(self, children: list[Callback] | None = None) -> None:
         super().__init__()
+        check_callbacks("children", children, optional=True)
         self._children: list[Callback] = []
         self._by_hook: dict[str, list[Callback]] = {hook: [] for hook in (*_HOOKS, "setup", "teardown", "on_exception")}
         for child in children or []:

@@ -7,6 +7,7 @@ from typing import Literal
 from lightning.pytorch.callbacks import Callback
 
 from lightning_tips._callback import TipComposite
+from lightning_tips._validate import check_bool, check_choice, check_float, check_int, check_str
 from lightning_tips.checks.activations import ActivationStats
 from lightning_tips.checks.curves import LearningCurves
 from lightning_tips.checks.gradients import GradientStats
@@ -119,13 +120,40 @@ class Recipe(TipComposite):
         patience: int = 3,
         snapshot_ensemble: int = 0,
     ) -> None:
-        for name, value in (("every_n_steps", every_n_steps), ("view_every_n_steps", view_every_n_steps)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"Expected {name} to be an int >= 1 but got {value!r}.")
-        if snapshot_ensemble < 0 or snapshot_ensemble == 1:
-            raise ValueError(f"Expected snapshot_ensemble to be 0 (off) or k >= 2 but got {snapshot_ensemble}.")
+        # every argument is checked here, under the name the user passed (the parts' own checks would
+        # name their parameters: budget_s for preflight_budget_s, max_norm for gradient_clip, ...)
+        check_int("every_n_steps", every_n_steps, low=1)
+        check_int("view_every_n_steps", view_every_n_steps, low=1)
+        check_float("preflight_budget_s", preflight_budget_s, low=0.0, low_open=True)
+        check_choice("nonfinite_action", nonfinite_action, ("stop", "skip", "warn", "raise"))
+        check_int("nonfinite_every_n_steps", nonfinite_every_n_steps, low=1, optional=True)
+        if nonfinite_action == "skip" and nonfinite_every_n_steps not in (None, 1):
+            raise ValueError(
+                "Expected nonfinite_every_n_steps to be 1 or None with nonfinite_action='skip' (an update can only "
+                f"be skipped on a checked step) but got {nonfinite_every_n_steps!r}."
+            )
+        for name, flag in (
+            ("preflight", preflight), ("gradients", gradients), ("activations", activations), ("lr_decay", lr_decay),
+            ("learning_curves", learning_curves), ("first_layer_filters", first_layer_filters),
+            ("fixed_batch_predictions", fixed_batch_predictions), ("histograms", histograms),
+            ("output_bias_init", output_bias_init), ("adaptive_clipping", adaptive_clipping),
+            ("early_stopping", early_stopping),
+        ):  # fmt: skip
+            check_bool(name, flag)
+        check_choice("weight_init", weight_init, ("auto", "he", "xavier", "orthogonal", "lecun"), optional=True)
+        check_float("forget_gate_bias", forget_gate_bias, optional=True)
+        check_float("gradient_clip", gradient_clip, low=0.0, low_open=True, optional=True)
+        check_float("lr_floor", lr_floor, low=0.0, high=1.0, low_open=True, high_open=True, optional=True)
+        check_str("monitor", monitor)
+        check_int("patience", patience, low=1)
+        check_int("snapshot_ensemble", snapshot_ensemble, low=0)
+        if snapshot_ensemble == 1:
+            raise ValueError(f"Expected snapshot_ensemble to be 0 (off) or an int >= 2 but got {snapshot_ensemble!r}.")
         if adaptive_clipping and gradient_clip is not None:
-            raise ValueError("Expected either gradient_clip (a fixed bound) or adaptive_clipping, not both.")
+            raise ValueError(
+                f"Expected either gradient_clip (a fixed bound) or adaptive_clipping, not both, but got "
+                f"gradient_clip={gradient_clip!r} with adaptive_clipping=True."
+            )
         # the guard syncs its flags on the sampled steps; "skip" must decide on every step
         guard_every = nonfinite_every_n_steps or (1 if nonfinite_action == "skip" else every_n_steps)
         parts: list[Callback] = []

@@ -24,6 +24,7 @@ from lightning_tips._callback import TipCallback
 from lightning_tips._console import render_table
 from lightning_tips._loggers import log_text
 from lightning_tips._utils import any_rank, preserved_loader_rng, preserved_rng
+from lightning_tips._validate import check_float
 
 __all__ = [
     "CardLine",
@@ -258,8 +259,7 @@ class PreflightCheck(_OncePerFit):
 
     def __init__(self, budget_s: float = 3.0) -> None:
         super().__init__()
-        if budget_s <= 0:
-            raise ValueError(f"Expected budget_s > 0 but got {budget_s}.")
+        check_float("budget_s", budget_s, low=0.0, low_open=True)
         self.budget_s = budget_s
         self._deadline: float | None = None  # perf_counter() time the pre-flight budget ends (set by run_preflight)
 

@@ -37,6 +37,7 @@ from lightning_tips._callback import TipCallback
 from lightning_tips._loggers import log_image, log_scalars
 from lightning_tips._render import figure_to_array, new_figure
 from lightning_tips._utils import reduce_sum, split_batch
+from lightning_tips._validate import check_int, check_str
 from lightning_tips.checks._curves import flat_loss_verdict, overfitting_verdict
 
 __all__ = ["HISTORY_KEYS", "LearningCurves", "render_learning_curves"]
@@ -199,18 +200,14 @@ class LearningCurves(TipCallback):
         image_every_n_steps: int = 0,
     ) -> None:
         super().__init__()
-        if isinstance(image_every_n_steps, bool) or not isinstance(image_every_n_steps, int) or image_every_n_steps < 0:
-            raise ValueError(f"Expected image_every_n_steps to be an integer >= 0 but got {image_every_n_steps!r}.")
+        check_int("image_every_n_steps", image_every_n_steps, low=0)
         self.image_every_n_steps = image_every_n_steps
         self._drawn_points, self._drawn_step = -1, 0
         self._acc_from_log, self._point_epoch = False, -1
-        for name, value, low in (("patience", patience, 1), ("min_points", min_points, 2)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                kind = "a positive integer" if low == 1 else f"an integer >= {low}"
-                raise ValueError(f"Expected {name} to be {kind} but got {value!r}.")
+        check_int("patience", patience, low=1)
+        check_int("min_points", min_points, low=2)
         for name, key in (("val_loss_key", val_loss_key), ("train_acc_key", train_acc_key), ("val_acc_key", val_acc_key)):
-            if not isinstance(key, str) or not key:
-                raise TypeError(f"Expected {name} to be a non-empty string but got {key!r}.")
+            check_str(name, key)
         self.patience = patience
         self.min_points = min_points
         self.val_loss_key = val_loss_key

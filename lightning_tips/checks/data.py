@@ -78,6 +78,7 @@ from lightning_tips._utils import (
     reduce_sum,
     split_batch,
 )
+from lightning_tips._validate import check_bool, check_float, check_int
 from lightning_tips.checks._preflight import CardLine, PreflightCheck
 from lightning_tips.views.first_batch import log_first_batch
 
@@ -553,14 +554,9 @@ class DataChecks(PreflightCheck):
         budget_s: float = 3.0,
     ) -> None:
         super().__init__(budget_s=budget_s)
-        if isinstance(max_batches, bool) or not isinstance(max_batches, int):
-            raise TypeError(f"Expected max_batches to be an int but got {type(max_batches).__name__}.")
-        if max_batches < 1:
-            raise ValueError(f"Expected max_batches >= 1 but got {max_batches}.")
-        if not max_scan_s > 0:
-            raise ValueError(f"Expected max_scan_s > 0 but got {max_scan_s}.")
-        if not isinstance(first_batch, bool):
-            raise TypeError(f"Expected first_batch to be a bool but got {type(first_batch).__name__}.")
+        check_int("max_batches", max_batches, low=1)
+        check_float("max_scan_s", max_scan_s, low=0.0, low_open=True)
+        check_bool("first_batch", first_batch)
         self.max_batches = max_batches
         self.max_scan_s = max_scan_s
         self.first_batch = first_batch

@@ -41,6 +41,7 @@ from lightning_tips._utils import (
     split_batch,
     step_loss,
 )
+from lightning_tips._validate import check_int
 from lightning_tips.checks._preflight import CardLine, CheckSkipped, PreflightCheck, Verdict, settle
 from lightning_tips.checks.output_activation import eval_dropout, trace_training_step
 from lightning_tips.checks.overfit_batch import OptimizerFactory, fit_batch, optimizer_factory
@@ -191,10 +192,7 @@ class InputIndependenceCheck(PreflightCheck):
 
     def __init__(self, steps: int = 50, budget_s: float = 3.0) -> None:
         super().__init__(budget_s=budget_s)
-        if isinstance(steps, bool) or not isinstance(steps, int):
-            raise TypeError(f"Expected steps to be an int but got {type(steps).__name__}.")
-        if steps < 1:
-            raise ValueError(f"Expected steps >= 1 but got {steps}.")
+        check_int("steps", steps, low=1)
         self.steps = steps
 
     def run_check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> CardLine:

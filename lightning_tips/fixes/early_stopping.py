@@ -40,6 +40,7 @@ from torch import nn
 
 from lightning_tips._callback import TipCallback
 from lightning_tips._utils import any_rank
+from lightning_tips._validate import check_bool, check_choice, check_float, check_int, check_str
 from lightning_tips.checks._curves import overfitting_verdict
 
 __all__ = ["EarlyStopping", "best_weights_copy"]
@@ -116,12 +117,17 @@ class EarlyStopping(_LightningEarlyStopping, TipCallback):
         restore_best_weights: bool = True,
         train_loss_key: str = "train_loss",
     ) -> None:
-        if mode not in ("min", "max"):
-            raise ValueError(f"Expected mode to be 'min' or 'max' but got {mode!r}.")
-        if not isinstance(patience, int) or patience < 1:
-            raise ValueError(f"Expected patience to be a positive int but got {patience!r}.")
-        if not isinstance(train_loss_key, str) or not train_loss_key:
-            raise TypeError(f"Expected train_loss_key to be a non-empty str but got {train_loss_key!r}.")
+        check_str("monitor", monitor)
+        check_float("min_delta", min_delta, low=0.0)
+        check_int("patience", patience, low=1)
+        check_choice("mode", mode, ("min", "max"))
+        for name, flag in (("verbose", verbose), ("strict", strict), ("check_finite", check_finite),
+                           ("log_rank_zero_only", log_rank_zero_only), ("restore_best_weights", restore_best_weights)):
+            check_bool(name, flag)
+        check_float("stopping_threshold", stopping_threshold, optional=True)
+        check_float("divergence_threshold", divergence_threshold, optional=True)
+        check_bool("check_on_train_epoch_end", check_on_train_epoch_end, optional=True)
+        check_str("train_loss_key", train_loss_key)
         # Lightning's __init__ calls super().__init__(), which (by the MRO) is TipCallback.__init__
         super().__init__(
             monitor=monitor,

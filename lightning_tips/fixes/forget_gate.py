@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from lightning_tips._callback import TipCallback
+from lightning_tips._validate import check_float
 
 if TYPE_CHECKING:  # pragma: no cover
     import lightning.pytorch as pl
@@ -116,9 +117,7 @@ class ForgetGateBias(TipCallback):
 
     def __init__(self, value: float = 1.0) -> None:
         super().__init__()
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"Expected value to be a finite float but got {value!r}.")
-        self.value = float(value)
+        self.value = check_float("value", value)
         self.gates_set = 0  # how many gates the fix set (kept in the checkpoint)
 
     @property

@@ -21,6 +21,7 @@ from torch.nn.parameter import UninitializedParameter
 
 from lightning_tips._callback import TipCallback
 from lightning_tips._utils import find_output_layer, preserved_rng
+from lightning_tips._validate import check_choice
 
 if TYPE_CHECKING:  # pragma: no cover
     import lightning.pytorch as pl
@@ -192,8 +193,7 @@ class WeightInit(TipCallback):
 
     def __init__(self, scheme: Scheme = "auto") -> None:
         super().__init__()
-        if scheme not in get_args(Scheme):
-            raise ValueError(f"Expected scheme to be one of {', '.join(map(repr, get_args(Scheme)))} but got {scheme!r}.")
+        check_choice("scheme", scheme, get_args(Scheme))
         self.scheme = scheme
         self.applied: dict[str, str] = {}  # what was applied (kept in the checkpoint)
 

@@ -43,6 +43,7 @@ from lightning_tips._callback import TipCallback
 from lightning_tips._loggers import log_image, log_table
 from lightning_tips._render import figure_to_array, new_figure
 from lightning_tips._utils import apply_to_tensors, is_sampled, preserved_rng, split_batch
+from lightning_tips._validate import check_int
 
 __all__ = [
     "FixedBatchPredictions",
@@ -337,10 +338,8 @@ class FixedBatchPredictions(TipCallback):
 
     def __init__(self, every_n_steps: int = 200, num_samples: int = 16) -> None:
         super().__init__()
-        if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 0:
-            raise ValueError(f"Expected every_n_steps to be a non-negative integer but got {every_n_steps!r}.")
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"Expected num_samples to be a positive integer but got {num_samples!r}.")
+        check_int("every_n_steps", every_n_steps, low=0)
+        check_int("num_samples", num_samples, low=1)
         self.every_n_steps = every_n_steps
         self.num_samples = num_samples
         self._reset()

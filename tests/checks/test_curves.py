@@ -77,7 +77,7 @@ def test_correct_matches_argmax_and_sign() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error"),
     [({"patience": 0}, ValueError), ({"min_points": 1}, ValueError), ({"patience": 2.5}, ValueError),
-     ({"val_loss_key": ""}, TypeError)],
+     ({"val_loss_key": ""}, ValueError), ({"val_loss_key": 5}, TypeError)],
 )
 def test_bad_arguments(kwargs: dict, error: type[Exception]) -> None:
     with pytest.raises(error, match="Expected"):

@@ -97,7 +97,7 @@ def test_token_inputs_are_info(make_trainer) -> None:
 
 
 def test_bad_arguments() -> None:
-    with pytest.raises(ValueError, match="Expected steps >= 1"):
+    with pytest.raises(ValueError, match="Expected steps to be an int >= 1"):
         InputIndependenceCheck(steps=0)
     with pytest.raises(TypeError, match="Expected steps to be an int"):
         InputIndependenceCheck(steps=2.5)  # type: ignore[arg-type]

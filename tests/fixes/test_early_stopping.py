@@ -46,10 +46,13 @@ def test_is_lightning_early_stopping_and_tip_callback():
 
 @pytest.mark.parametrize(
     ("kwargs", "error"),
-    [({"mode": "median"}, ValueError), ({"patience": 0}, ValueError), ({"train_loss_key": ""}, TypeError)],
+    [({"mode": "median"}, ValueError), ({"patience": 0}, ValueError), ({"train_loss_key": ""}, ValueError),
+     ({"train_loss_key": None}, TypeError), ({"min_delta": "abc"}, TypeError), ({"monitor": None}, TypeError),
+     ({"monitor": -5}, TypeError), ({"strict": "abc"}, TypeError)],
 )
 def test_bad_arguments(kwargs, error):
-    with pytest.raises(error):
+    (name,) = kwargs
+    with pytest.raises(error, match=f"Expected {name} "):
         EarlyStopping(**kwargs)
 
 
