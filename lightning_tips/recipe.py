@@ -195,7 +195,9 @@ class Recipe(TipComposite):
         if first_layer_filters:
             parts.append(FirstLayerFilters(every_n_steps=view_every_n_steps))
         if early_stopping:
-            parts.append(EarlyStopping(monitor=monitor, patience=patience))
+            stopper = EarlyStopping(monitor=monitor, patience=patience)
+            stopper._skip_missing_monitor = True  # no validation loop / monitor never logged: an info, not a crash
+            parts.append(stopper)
         if snapshot_ensemble:
             parts.append(SnapshotEnsemble(k=snapshot_ensemble))
         super().__init__(parts)

@@ -152,8 +152,10 @@ class LearningCurves(TipCallback):
       a ``"target"``/``"y"``/``"labels"`` key or from the ``(x, y)`` batch); a torchmetrics
       ``BinaryAccuracy`` kept on the callback (on the module's device, synced across ranks) counts
       the correct arg-max / ``logit > 0`` predictions; or (2) log ``train_acc_key`` / ``val_acc_key``
-      yourself with ``self.log`` and they are read from ``trainer.callback_metrics`` (a train metric
-      logged only ``on_epoch`` is read at the first point after it is computed).
+      yourself with ``self.log`` and they are read from ``trainer.callback_metrics``; a logged train
+      accuracy is read at the end of the training epoch, when Lightning has aggregated it (at a
+      validation check it still holds the previous epoch's value): the epoch's last point gets
+      exactly your epoch value, logged once; a point of a mid-epoch check gets none.
 
     Each point is logged as scalars ``tips/curves/train_loss``, ``tips/curves/val_loss``,
     ``tips/curves/train_acc``, ``tips/curves/val_acc`` and the chart as the image
@@ -187,7 +189,7 @@ class LearningCurves(TipCallback):
         >>> LearningCurves(patience=0)
         Traceback (most recent call last):
         ...
-        ValueError: Expected patience to be a positive integer but got 0.
+        ValueError: Expected patience to be an int >= 1 but got 0.
     """
 
     def __init__(
@@ -266,7 +268,7 @@ class LearningCurves(TipCallback):
                 trainer, "overfitting", "no-validation",
                 "LearningCurves: there is no validation loop, so only the training curve is drawn and "
                 "overfitting cannot be checked.",
-                "add a validation set and evaluate it every epoch (T2, R2.3)",
+                skipped=True,
             )
 
     def on_train_batch_end(
@@ -323,16 +325,19 @@ class LearningCurves(TipCallback):
             self._record(trainer, pl_module, validated=False)
         elif self._acc_from_log and self._point_epoch == trainer.current_epoch:
             # a train accuracy logged on_epoch is aggregated only now: at this epoch's validation it
-            # still held the previous epoch's value, so the point gets the fresh one
+            # still held the previous epoch's value, so the point was left without one (never logged
+            # stale) and gets the fresh value here — one value per point, the user's own
             value = self._metric_value(trainer, self.train_acc_key)
-            if value is not None and self.history["train_acc"]:
+            if value is not None and self.history["train_acc"] and math.isnan(self.history["train_acc"][-1]):
                 fresh = float(value.item())  # once per epoch
                 self.history["train_acc"][-1] = fresh
                 log_scalars(trainer, {f"{SCALAR_PREFIX}train_acc": fresh}, step=int(self.history["step"][-1]))
 
     # --- one point -------------------------------------------------------------------------------
     def _metric_value(self, trainer: pl.Trainer, key: str) -> torch.Tensor | None:
-        value = trainer.callback_metrics.get(key)
+        metrics = trainer.callback_metrics
+        # several validation loaders: Lightning logs `key/dataloader_idx_N`; the curves follow the first loader
+        value = metrics.get(key, metrics.get(f"{key}/dataloader_idx_0"))
         if isinstance(value, torch.Tensor) and value.numel() == 1:
             return value.detach().float().reshape(())
         return None
@@ -351,11 +356,10 @@ class LearningCurves(TipCallback):
         logged_val = self._metric_value(trainer, self.val_loss_key) if validated else None
         self._acc_from_log = not (self._train_metric is not None and self._train_acc_n > 0)
         self._point_epoch = trainer.current_epoch
-        train_acc = (
-            self._metric_value(trainer, self.train_acc_key)
-            if self._acc_from_log
-            else self._train_metric.compute().float()  # type: ignore[union-attr]
-        )
+        if not self._acc_from_log:
+            train_acc = self._train_metric.compute().float()  # type: ignore[union-attr]
+        else:  # at a validation check a logged on_epoch value is the previous epoch's: read at epoch end
+            train_acc = None if validated else self._metric_value(trainer, self.train_acc_key)
         val_acc = None
         if validated:
             val_acc = (
@@ -411,26 +415,28 @@ class LearningCurves(TipCallback):
 
     # --- verdicts --------------------------------------------------------------------------------
     def _once(self, trainer: pl.Trainer, code: str, tag: str, message: str, advice: str = "", severity: str = "info",
-              figures: Mapping[str, float] | None = None) -> None:
+              figures: Mapping[str, float] | None = None, skipped: bool = False) -> None:
         if tag in self._reported:
             return
         self._reported.add(tag)
-        self.report(trainer, code, severity, message, advice=advice, figures=figures)
+        self.report(trainer, code, severity, message, advice="" if skipped else advice, figures=figures, skipped=skipped)
 
     def _verdicts(self, trainer: pl.Trainer, validated: bool, saw_train_loss: bool, saw_val_loss: bool) -> None:
         if not saw_train_loss:
             self._once(
                 trainer, "not-learning", "no-train-loss",
                 "LearningCurves cannot check that the training loss goes down: training_step returned no "
-                "loss tensor (manual optimization or a None return).",
-                "return the loss (a tensor, or a dict with 'loss') from training_step (R2.9)",
+                "loss tensor (manual optimization or a None return) — return the loss (a tensor, or a dict with "
+                "'loss') to get this check (R2.9).",
+                skipped=True,
             )
         if validated and not saw_val_loss:
             self._once(
                 trainer, "overfitting", "no-val-loss",
                 f"LearningCurves cannot check for overfitting: no validation loss — `{self.val_loss_key}` is "
-                "not logged and validation_step returns no loss.",
-                f"self.log('{self.val_loss_key}', loss) in validation_step, or return the loss from it (T2)",
+                f"not logged and validation_step returns no loss (self.log('{self.val_loss_key}', loss) in "
+                "validation_step, or return the loss from it, to get this check).",
+                skipped=True,
             )
         train = self.history["train_loss"]
         flat = flat_loss_verdict(train, min_points=self.min_points)

@@ -30,12 +30,14 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import EarlyStopping as _LightningEarlyStopping
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
 
 from lightning_tips._callback import TipCallback
@@ -49,6 +51,23 @@ _ADVICE = (
     "add dropout (R4.7) or weight decay (R4.8), get more or augmented data (R4.1-R4.3), or use a smaller "
     "model (R4.5); early stopping keeps the best weights meanwhile (R4.9)"
 )
+
+
+def _no_validation_loop(trainer: pl.Trainer, pl_module: pl.LightningModule) -> str | None:
+    """Why this fit has no validation loop, when that is known at ``setup``; else ``None``."""
+    if not is_overridden("validation_step", pl_module):
+        return f"{type(pl_module).__name__} defines no validation_step"
+    limit = trainer.limit_val_batches
+    if limit is not None and limit == 0:
+        return "limit_val_batches=0"
+    return None
+
+
+def _per_loader_key(monitor: str, logs: Mapping[str, Any]) -> str | None:
+    """``monitor/dataloader_idx_N`` for the lowest N logged, when ``monitor`` itself is not (several val loaders)."""
+    prefix = f"{monitor}/dataloader_idx_"
+    indices = sorted(int(k[len(prefix) :]) for k in logs if k.startswith(prefix) and k[len(prefix) :].isdigit())
+    return f"{prefix}{indices[0]}" if indices else None
 
 
 def best_weights_copy(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -72,6 +91,13 @@ class EarlyStopping(_LightningEarlyStopping, TipCallback):
         best check. Figures: ``best_val``, ``val_now``, ``train_at_best``, ``train_now``,
         ``checks_since_best``. If ``train_loss_key`` is never logged, one ``info`` ``overfitting``
         finding says the verdict was skipped.
+
+    A monitor that is not available: with several validation loaders (Lightning logs
+    ``val_loss/dataloader_idx_N``) the first loader's key is monitored and one ``info`` says so.
+    With no validation loop (no ``validation_step``, or ``limit_val_batches=0``) and a ``val*`` monitor,
+    ``strict=True`` raises Lightning's ``RuntimeError`` at ``setup``, before the first step (not after
+    an epoch); with ``strict=False`` — and always inside :class:`~lightning_tips.Recipe` — a skipped
+    ``info`` says early stopping is off, and training goes on.
 
     Checkpoint state: Lightning's (``wait_count``, ``stopped_epoch``, ``best_score``, ``patience``,
     stopping reason) plus the findings, the per-check histories, and — only with
@@ -147,6 +173,9 @@ class EarlyStopping(_LightningEarlyStopping, TipCallback):
         self._reset_history()
         self.best_weights: dict[str, torch.Tensor] | None = None
         self.best_epoch: int | None = None
+        # set by Recipe: a monitor that is not available is an `info` (skipped), never Lightning's error
+        self._skip_missing_monitor = False
+        self._no_validation: str | None = None  # why this fit has no validation loop (known at setup)
 
     def _reset_history(self) -> None:
         self._val_history: list[float] = []  # the monitored metric per check, as reported
@@ -159,19 +188,67 @@ class EarlyStopping(_LightningEarlyStopping, TipCallback):
         TipCallback.setup(self, trainer, pl_module, stage)
         if stage == "fit":
             self._reset_history()
+            self._no_validation = _no_validation_loop(trainer, pl_module)
+            if self._no_validation is not None and self.monitor.startswith("val"):
+                if self.strict and not self._skip_missing_monitor:
+                    # Lightning would say so after a whole epoch; it is known now
+                    raise RuntimeError(
+                        f"Early stopping conditioned on metric `{self.monitor}` which is not available: this fit has "
+                        f"no validation loop ({self._no_validation}). Add a validation loop, monitor a metric "
+                        f"logged in training_step, or pass EarlyStopping(strict=False)."
+                    )
+                self._report_missing(trainer, f"this fit has no validation loop ({self._no_validation})")
+
+    def _report_missing(self, trainer: pl.Trainer, why: str) -> None:
+        self.report(
+            trainer,
+            "overfitting",
+            "info",
+            f"early stopping and its overfitting verdict skipped: `{self.monitor}` is not available — {why}",
+            module=self.monitor,  # its own line: LearningCurves may say "no validation loop" for its curves
+            skipped=True,
+        )
 
     def _run_early_stopping_check(self, trainer: pl.Trainer) -> None:
         # Lightning's documented extension point: called once per check, after `_should_skip_check`
+        logs = trainer.callback_metrics
+        if getattr(trainer, "fast_dev_run", False) or self.monitor in logs:
+            self._check(trainer, self.monitor)
+            return
+        key = _per_loader_key(self.monitor, logs)
+        if key is not None:  # two or more validation loaders: Lightning logs `val_loss/dataloader_idx_N`
+            self.report(
+                trainer,
+                "overfitting",
+                "info",
+                f"early stopping monitors `{key}` (the first validation loader's `{self.monitor}`): with several "
+                f"validation loaders Lightning logs one `{self.monitor}` per loader",
+                advice=f"pass monitor={key!r} (or another loader's key) to choose explicitly",
+                module=self.monitor,
+            )
+            monitor, self.monitor = self.monitor, key  # Lightning's check reads self.monitor
+            try:
+                self._check(trainer, key)
+            finally:
+                self.monitor = monitor
+            return
+        if self.strict and not self._skip_missing_monitor:
+            super()._run_early_stopping_check(trainer)  # Lightning's RuntimeError, listing the available keys
+            return
+        available = ", ".join(f"`{k}`" for k in sorted(logs)) or "none"
+        self._report_missing(trainer, f"it was never logged (available: {available})")
+
+    def _check(self, trainer: pl.Trainer, key: str) -> None:
         before = self.best_score
         super()._run_early_stopping_check(trainer)
         logs = trainer.callback_metrics
-        if getattr(trainer, "fast_dev_run", False) or self.monitor not in logs:
+        if getattr(trainer, "fast_dev_run", False) or key not in logs:
             return
         improved = self.best_score is not before  # Lightning rebinds best_score only on improvement
         if self.restore_best_weights and any_rank(trainer, improved):
             self.best_weights = best_weights_copy(trainer.lightning_module)
             self.best_epoch = trainer.current_epoch
-        self._check_overfitting(trainer, float(logs[self.monitor].squeeze()))
+        self._check_overfitting(trainer, float(logs[key].squeeze()))
 
     def _check_overfitting(self, trainer: pl.Trainer, current: float) -> None:
         train = trainer.callback_metrics.get(self.train_loss_key)

@@ -329,3 +329,28 @@ def test_train_accuracy_logged_on_epoch_lands_on_its_own_epoch(make_trainer: Mak
     trainer.fit(DigitsCNN(), datamodule=DigitsDataModule(image=True))
     assert len(cb.history["train_acc"]) == 3 and len(probe.values) == 3
     assert cb.history["train_acc"] == pytest.approx(probe.values)
+
+
+def test_logged_train_accuracy_is_written_once_per_point_equal_to_the_users(
+    make_trainer: MakeTrainer, tmp_path: Path
+) -> None:
+    """#12: with the CSV logger `tips/curves/train_acc` was written twice per point (the previous epoch's
+    value at validation, then the fresh one). One value per point, equal to the user's on-epoch `train_acc`."""
+    import csv
+
+    from examples.digits import DigitsCNN
+
+    pl.seed_everything(0)
+    cb = LearningCurves()
+    logger = CSVLogger(tmp_path, name="csv")
+    trainer = make_trainer(max_epochs=3, limit_train_batches=6, limit_val_batches=2, callbacks=[cb], logger=logger)
+    trainer.fit(DigitsCNN(), datamodule=DigitsDataModule(image=True))
+    with open(Path(logger.log_dir) / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    ours = [(int(r["step"]), float(r["tips/curves/train_acc"])) for r in rows if r.get("tips/curves/train_acc")]
+    users = [float(r["train_acc"]) for r in rows if r.get("train_acc")]
+    assert len(users) == 3
+    assert [s for s, _ in ours] == [6, 12, 18]  # one row per point, no repeated step
+    assert [v for _, v in ours] == pytest.approx(users, abs=1e-7)
+    assert cb.history["train_acc"] == pytest.approx(users, abs=1e-7)
+    assert len(set(users)) == 3  # the epochs differ: a stale value could not pass
