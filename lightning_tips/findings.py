@@ -347,8 +347,12 @@ _ENTRIES = [
     _entry(
         "weight-init", "fix", "weights were (re)initialised by scheme",
         """`init_weights_` initialised layers by the activation that follows them: He for ReLU,
-        Xavier for tanh/sigmoid, orthogonal for recurrent matrices, LeCun for SELU (T11, P5).""",
-        "always reported when applied (info)",
+        Xavier for tanh/sigmoid, orthogonal for recurrent matrices, LeCun for SELU (T11, P5). Frozen
+        layers (`requires_grad=False`) are never touched; layers whose weights are not a plausible draw
+        of PyTorch's default init (pretrained, trained or loaded before the fit, or user-initialised)
+        are left alone unless `WeightInit(force=True)`; the finding names what was left alone.""",
+        "always reported when applied (info); 'not freshly initialised': a value outside PyTorch's default "
+        "bound 1/sqrt(fan_in), or a std more than 5 standard errors (min 2%) from bound/sqrt(3)",
         "T11 P5 P15",
         "none needed",
     ),

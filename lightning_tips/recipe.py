@@ -74,7 +74,8 @@ class Recipe(TipComposite):
         first_layer_filters: the first layer's filters as a picture (``FirstLayerFilters``).
         fixed_batch_predictions: predictions on a fixed batch (``FixedBatchPredictions``).
         histograms: log activation and gradient histograms (every ``view_every_n_steps``).
-        weight_init: fix — re-initialise weights by scheme at fit start (``WeightInit``, T11).
+        weight_init: fix — re-initialise weights by scheme at fit start (``WeightInit``, T11); frozen layers
+            and layers that do not look freshly initialised (pretrained, loaded) are left alone.
         forget_gate_bias: fix — set LSTM forget-gate biases to this value (``ForgetGateBias``, T17).
         output_bias_init: fix — set the output bias to the data's prior (``OutputBiasInit``, R2.5).
         gradient_clip: fix — clip the gradient norm at this value (``GradientClipping``, T8).
