@@ -242,7 +242,9 @@ _ENTRIES = [
         in a bounded number of steps (R2.8, P9), or the real training loss did not fall in the first
         epochs (R2.9, T10).""",
         "overfit one batch (16 samples, 50 steps): final/initial loss > 0.5, a detached loss, or no "
-        "parameter changed; training: no epoch loss below 0.98 x the first within 3 epochs",
+        "parameter changed; training: no epoch loss below 0.98 x the first within 3 epochs nor a fall of "
+        "more than 0.5% and 3x the check-to-check noise (a fall beyond that but under 2%: info, 'learns, "
+        "slowly'); never after a NaN/Inf loss (reported as nonfinite-loss)",
         "R2.8 R2.9 P9 T10 T2",
         "check the loss, the labels and the optimizer wiring; raise or lower the lr (P10); overfit "
         "~10 samples first (T10)",
@@ -322,9 +324,14 @@ _ENTRIES = [
     ),
     _entry(
         "overfitting", "check", "val loss rises while train loss falls",
-        """The validation loss has risen for `patience` consecutive checks while the training loss
-        kept falling: the model is overfitting (T2, R4.9).""",
-        "val loss above its best for `patience` checks (default 3) while train loss decreased",
+        """The validation loss has stayed above its best for `patience` consecutive checks while the
+        training loss kept falling, by a rise that is beyond the curve's own noise and material: the
+        model is overfitting (T2, R4.9). Validation accuracy that did not fall is counter-evidence for a
+        moderate rise. Noise model: the check-to-check std of the validation curve, estimated from its
+        median absolute second difference (robust to the trend).""",
+        "warning: val loss above its best for `patience` checks (default 3) while train loss decreased, the "
+        "rise > 3x the check-to-check noise and >= 10% of the best, and (below a 25% rise) val accuracy, when "
+        "logged, fell; info: the same with val accuracy not falling; nothing below that",
         "T2 R4.7 R4.8 R4.9",
         "add dropout (R4.7) or weight decay (R4.8), get more data (R4.1), stop early (R4.9, `EarlyStopping`)",
     ),

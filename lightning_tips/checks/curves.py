@@ -7,10 +7,13 @@ put human-readable metrics beside the loss (R2.6), and verify the training loss 
 :class:`LearningCurves` records one point per validation check (per epoch by default; per epoch
 when there is no validation loop), draws the chart, logs the values as scalars, and reports:
 
-- ``overfitting`` (warning): the validation loss stayed above its best for ``patience`` checks
-  while the training loss kept falling (:func:`~lightning_tips.checks._curves.overfitting_verdict`);
+- ``overfitting`` (warning): the validation loss stayed above its best for ``patience`` checks,
+  by a rise beyond the curve's noise and at least 10% of the best, while the training loss kept
+  falling and the validation accuracy (when known) fell; ``info`` when the accuracy did not fall
+  (:func:`~lightning_tips.checks._curves.overfitting_verdict`);
 - ``not-learning`` (warning): over the first ``min_points`` points the training loss never went
-  below 0.98 x its first value (:func:`~lightning_tips.checks._curves.flat_loss_verdict`).
+  below 0.98 x its first value nor down beyond its noise; ``info`` when it falls, slowly; nothing
+  when a loss is non-finite (:func:`~lightning_tips.checks._curves.flat_loss_verdict`).
 
 Pure functions first (:func:`render_learning_curves` and the shared verdicts); the callback is a
 thin adapter.
@@ -164,10 +167,14 @@ class LearningCurves(TipCallback):
     Findings (each at most once per fit, also across a resume):
 
     - ``overfitting`` (warning): the validation loss stayed above its best for ``patience`` points
-      while the training loss fell below its value at the best point (T2, R4.9); ``overfitting``
-      (info) when no validation loss can be seen or there is no validation loop;
+      while the training loss fell below its value at the best point, by a rise beyond the noise
+      and >= 10% of the best, and the validation accuracy (when known) fell (T2, R4.9); ``info``
+      when the accuracy did not fall; a skipped ``info`` when no validation loss can be seen or
+      there is no validation loop (:func:`~lightning_tips.checks._curves.overfitting_verdict`);
     - ``not-learning`` (warning): after ``min_points`` points no training loss went below 0.98 x
-      the first (R2.9, T10); ``not-learning`` (info) when ``training_step`` returns no loss.
+      the first nor down beyond the noise (R2.9, T10); ``info`` when it falls slowly; nothing when a
+      loss is NaN/Inf (the non-finite guard's root cause); a skipped ``info`` when ``training_step``
+      returns no loss.
 
     The history and the reported verdicts are checkpointed: a resumed run continues the curves.
 
@@ -182,7 +189,7 @@ class LearningCurves(TipCallback):
 
     Example:
         >>> from lightning_tips.checks._curves import overfitting_verdict
-        >>> overfitting_verdict([1.0, 0.8, 0.6, 0.5, 0.4], [0.9, 0.7, 0.75, 0.8, 0.85], patience=3)["best_val"]
+        >>> overfitting_verdict([1.0, 0.8, 0.6, 0.5, 0.4], [0.9, 0.7, 0.75, 0.8, 0.85], patience=3).figures["best_val"]
         0.7
         >>> LearningCurves(patience=3).state_key
         "LearningCurves{'patience': 3, 'min_points': 3, 'val_loss_key': 'val_loss'}"
@@ -439,24 +446,23 @@ class LearningCurves(TipCallback):
                 skipped=True,
             )
         train = self.history["train_loss"]
-        flat = flat_loss_verdict(train, min_points=self.min_points)
-        if flat is not None:
+        flat = flat_loss_verdict(train, min_points=self.min_points)  # None once a loss is NaN/Inf (root cause)
+        if flat is not None and flat.severity is not None:
             self._once(
-                trainer, "not-learning", "not-learning",
-                f"the training loss did not go down over the first {int(flat['points'])} points (epochs): "
-                f"first {flat['first']:.4g}, best since {flat['best_later']:.4g} "
-                f"({flat['ratio']:.1%} of the first; a learning model gets below 98%).",
-                severity="warning", figures=flat,
+                trainer, "not-learning", f"not-learning-{flat.severity}", f"{flat.message}.",
+                severity=flat.severity, figures=flat.figures,
             )
-        pairs = [(t, v) for t, v in zip(train, self.history["val_loss"]) if math.isfinite(t) and math.isfinite(v)]
-        over = overfitting_verdict([p[0] for p in pairs], [p[1] for p in pairs], patience=self.patience)
-        if over is not None:
+        points = [
+            (t, v, a) for t, v, a in zip(train, self.history["val_loss"], self.history["val_acc"])
+            if math.isfinite(t) and math.isfinite(v)
+        ]  # fmt: skip
+        over = overfitting_verdict(
+            [p[0] for p in points], [p[1] for p in points], patience=self.patience, val_accs=[p[2] for p in points]
+        )
+        if over is not None and over.severity is not None:
             self._once(
-                trainer, "overfitting", "overfitting",
-                f"the validation loss rose from its best {over['best_val']:.4g} to {over['val_now']:.4g} over "
-                f"{int(over['checks_since_best'])} checks while the training loss fell from "
-                f"{over['train_at_best']:.4g} to {over['train_now']:.4g}: the model is overfitting.",
-                severity="warning", figures=over,
+                trainer, "overfitting", f"overfitting-{over.severity}", f"{over.message}.",
+                severity=over.severity, figures=over.figures,
             )
 
     # --- state -----------------------------------------------------------------------------------

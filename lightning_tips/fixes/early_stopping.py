@@ -63,6 +63,18 @@ def _no_validation_loop(trainer: pl.Trainer, pl_module: pl.LightningModule) -> s
     return None
 
 
+_VAL_ACC_KEY = "val_acc"  # read when logged: a validation accuracy that did not fall speaks against overfitting
+
+
+def _metric(logs: Mapping[str, Any], key: str) -> float | None:
+    """``logs[key]`` (or the first validation loader's ``key/dataloader_idx_0``) as a float, if a finite scalar."""
+    value = logs.get(key, logs.get(f"{key}/dataloader_idx_0"))
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        out = float(value.detach().float().reshape(()))
+        return out if math.isfinite(out) else None
+    return None
+
+
 def _per_loader_key(monitor: str, logs: Mapping[str, Any]) -> str | None:
     """``monitor/dataloader_idx_N`` for the lowest N logged, when ``monitor`` itself is not (several val loaders)."""
     prefix = f"{monitor}/dataloader_idx_"
@@ -180,6 +192,7 @@ class EarlyStopping(_LightningEarlyStopping, TipCallback):
     def _reset_history(self) -> None:
         self._val_history: list[float] = []  # the monitored metric per check, as reported
         self._train_history: list[float] = []  # the training loss at the same checks
+        self._acc_history: list[float] = []  # `val_acc` at the same checks (NaN when not logged): counter-evidence
         self._missing_train_reported = False
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -268,21 +281,22 @@ class EarlyStopping(_LightningEarlyStopping, TipCallback):
             return
         self._val_history.append(current)
         self._train_history.append(float(train))
+        acc = _metric(trainer.callback_metrics, _VAL_ACC_KEY)
+        self._acc_history.append(float("nan") if acc is None else float(acc))
         sign = 1.0 if self.mode == "min" else -1.0  # the verdict wants "lower is better"
-        verdict = overfitting_verdict(self._train_history, [sign * v for v in self._val_history], self.patience)
-        if verdict is None:
-            return
-        figures = dict(verdict)
-        figures["best_val"], figures["val_now"] = sign * verdict["best_val"], sign * verdict["val_now"]
-        if math.isnan(figures["val_now"]):
-            return
-        message = (
-            f"`{self.monitor}` has been worse than its best ({figures['best_val']:.4g}) for "
-            f"{int(figures['checks_since_best'])} checks (now {figures['val_now']:.4g}) while "
-            f"`{self.train_loss_key}` fell from {figures['train_at_best']:.4g} to {figures['train_now']:.4g}: "
-            f"the model is overfitting"
+        verdict = overfitting_verdict(
+            self._train_history,
+            [sign * v for v in self._val_history],
+            self.patience,
+            val_accs=self._acc_history if self.mode == "min" else None,  # a monitored accuracy is its own evidence
+            sign=sign,
+            val_name=f"`{self.monitor}`",
+            train_name=f"`{self.train_loss_key}`",
         )
-        self.report(trainer, "overfitting", "warning", message, advice=_ADVICE, figures=figures)
+        if verdict is None or verdict.severity is None:
+            return
+        advice = _ADVICE if verdict.severity == "warning" else "none needed yet; watch the validation accuracy (T2)"
+        self.report(trainer, "overfitting", verdict.severity, verdict.message, advice=advice, figures=verdict.figures)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.restore_best_weights or self.best_weights is None:
@@ -300,6 +314,7 @@ class EarlyStopping(_LightningEarlyStopping, TipCallback):
         state.update(
             val_history=list(self._val_history),
             train_history=list(self._train_history),
+            acc_history=list(self._acc_history),
             missing_train_reported=self._missing_train_reported,
             best_epoch=self.best_epoch,
         )
@@ -312,6 +327,8 @@ class EarlyStopping(_LightningEarlyStopping, TipCallback):
         TipCallback.load_state_dict(self, state_dict)
         self._val_history = [float(v) for v in state_dict.get("val_history", [])]
         self._train_history = [float(v) for v in state_dict.get("train_history", [])]
+        acc = [float(v) for v in state_dict.get("acc_history", [])]
+        self._acc_history = acc if len(acc) == len(self._val_history) else [float("nan")] * len(self._val_history)
         self._missing_train_reported = bool(state_dict.get("missing_train_reported", False))
         self.best_epoch = state_dict.get("best_epoch")
         self.best_weights = state_dict.get("best_weights") if self.restore_best_weights else None
