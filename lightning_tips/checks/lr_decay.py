@@ -324,12 +324,19 @@ class LRDecayGuard(TipCallback):
                 self._initial.setdefault((i, g), initial)
             bad = optimizer_defaults_verdict(opt)
             if bad is not None:
+                # an info at the start: an unusual lr is not yet evidence of harm. When the loss or the
+                # gradients blow up in the first steps, GradientStats' `exploding-gradient` warning names
+                # this lr as the root cause (it reads the same optimizer_defaults_verdict)
+                side = f"{bad['lr'] / bad['high']:.3g}x above" if bad["lr"] > bad["high"] else (
+                    f"{bad['low'] / bad['lr']:.3g}x below" if bad["lr"] > 0 else "below"
+                )
                 self.report(
                     trainer,
                     "optimizer-defaults",
                     "info",
-                    f"{type(opt).__name__} starts with lr {bad['lr']:.3g}, outside the usual "
-                    f"[{bad['low']:g}, {bad['high']:g}] for {bad['family']} optimizers",
+                    f"{type(opt).__name__} starts with lr {bad['lr']:.3g}, {side} the usual "
+                    f"[{bad['low']:g}, {bad['high']:g}] for {bad['family']} optimizers; if the loss or the "
+                    "gradients blow up in the first steps, `exploding-gradient` names this lr as the cause",
                     module=f"optimizer[{i}]",
                     figures={"lr": bad["lr"], "low": bad["low"], "high": bad["high"]},
                 )
