@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import inspect
+from typing import Any, Literal
 
 from lightning.pytorch.callbacks import Callback
 
@@ -85,6 +86,9 @@ class Recipe(TipComposite):
         monitor: the metric early stopping watches.
         patience: validation checks without improvement before stopping; also the overfitting verdict's.
         snapshot_ensemble: fix-side view — evaluate the ensemble of the last k snapshots (0: off, R6.1).
+        input_key: the batch dict's key holding the model input when it is not recognised (e.g. ``"pixels"``;
+            a position ``"0"`` for tuple batches); forwarded to the data checks and the fixed-batch view.
+        target_key: the same for the targets (e.g. ``"cls"``; ``"1"`` for tuple batches).
 
     Example:
         >>> import lightning as L
@@ -120,6 +124,8 @@ class Recipe(TipComposite):
         monitor: str = "val_loss",
         patience: int = 3,
         snapshot_ensemble: int = 0,
+        input_key: str | None = None,
+        target_key: str | None = None,
     ) -> None:
         # every argument is checked here, under the name the user passed (the parts' own checks would
         # name their parameters: budget_s for preflight_budget_s, max_norm for gradient_clip, ...)
@@ -148,6 +154,8 @@ class Recipe(TipComposite):
         check_str("monitor", monitor)
         check_int("patience", patience, low=1)
         check_int("snapshot_ensemble", snapshot_ensemble, low=0)
+        check_str("input_key", input_key, optional=True)
+        check_str("target_key", target_key, optional=True)
         if snapshot_ensemble == 1:
             raise ValueError(f"Expected snapshot_ensemble to be 0 (off) or an int >= 2 but got {snapshot_ensemble!r}.")
         if adaptive_clipping and gradient_clip is not None:
@@ -157,6 +165,10 @@ class Recipe(TipComposite):
             )
         # the guard syncs its flags on the sampled steps; "skip" must decide on every step
         guard_every = nonfinite_every_n_steps or (1 if nonfinite_action == "skip" else every_n_steps)
+        # only the keys given are forwarded: the parts' defaults stay theirs
+        batch_keys: dict[str, Any] = {
+            k: v for k, v in (("input_key", input_key), ("target_key", target_key)) if v is not None
+        }
         parts: list[Callback] = []
         # fixes that change the initial model run first (WeightInit zeroes biases the next two set)
         if weight_init is not None:
@@ -166,7 +178,9 @@ class Recipe(TipComposite):
         if output_bias_init:
             parts.append(OutputBiasInit())
         if preflight:
-            parts.append(Preflight(budget_s=preflight_budget_s))
+            # the data checks inside Preflight take the keys once Preflight forwards them (integration note)
+            takes_keys = "input_key" in inspect.signature(Preflight.__init__).parameters
+            parts.append(Preflight(budget_s=preflight_budget_s, **(batch_keys if takes_keys else {})))
         # gradient observers see the unclipped gradients, then the clipper acts
         parts.append(
             NonFiniteGuard(action=nonfinite_action, every_n_steps=guard_every, full_every_n_steps=every_n_steps)
@@ -192,7 +206,7 @@ class Recipe(TipComposite):
         if learning_curves:
             parts.append(LearningCurves(patience=patience, image_every_n_steps=view_every_n_steps))
         if fixed_batch_predictions:
-            parts.append(FixedBatchPredictions(every_n_steps=view_every_n_steps))
+            parts.append(FixedBatchPredictions(every_n_steps=view_every_n_steps, **batch_keys))
         if first_layer_filters:
             parts.append(FirstLayerFilters(every_n_steps=view_every_n_steps))
         if early_stopping:
