@@ -333,7 +333,7 @@ class FixedBatchPredictions(TipCallback):
         >>> FixedBatchPredictions(num_samples=0)
         Traceback (most recent call last):
         ...
-        ValueError: Expected num_samples to be a positive integer but got 0.
+        ValueError: Expected num_samples to be an int >= 1 but got 0.
     """
 
     def __init__(self, every_n_steps: int = 200, num_samples: int = 16) -> None:
