@@ -634,3 +634,35 @@ def test_recipe_errors_name_the_recipe_argument(kwargs: dict[str, Any], named: s
     assert named in message, message
     for inner in ("budget_s ", "max_norm", " k ", "floor ", "value "):
         assert inner not in message.replace(named, ""), message
+
+
+# --- fixes never wipe weights that matter (#10 item 2) ----------------------------------------------------------
+class FrozenContractNet(ContractNet):
+    """The contract model with a frozen "pretrained backbone": the conv branch and the LSTM."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv.requires_grad_(False)
+        self.lstm.requires_grad_(False)
+
+
+def test_every_fix_leaves_frozen_parameters_bit_for_bit(tmp_path: Path) -> None:
+    pl.seed_everything(0, verbose=False)
+    model = FrozenContractNet()
+    frozen = {k: v.detach().clone() for k, v in model.named_parameters() if not v.requires_grad}
+    assert any(k.startswith("lstm.") for k in frozen) and any(k.startswith("conv.") for k in frozen)
+    recipe = lt.Recipe(**ALL_FIXES)
+    probe = Probe(recipe)
+    train, val = _loaders()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = pl.Trainer(default_root_dir=tmp_path, accelerator="cpu", devices=1, max_epochs=1,
+                             limit_train_batches=2, limit_val_batches=1, logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False, callbacks=[recipe, probe])
+        trainer.fit(model, train, val)
+    assert probe.weights is not None
+    for name, before in frozen.items():
+        assert torch.equal(probe.weights[name], before), f"a fix changed the frozen `{name}`"
+        assert torch.equal(dict(model.named_parameters())[name], before), f"training changed the frozen `{name}`"
+    applied = recipe.child(lt.WeightInit).applied  # type: ignore[union-attr]
+    assert applied and not any(k.startswith(("conv", "lstm")) for k in applied)
