@@ -476,4 +476,5 @@ class LearningCurves(TipCallback):
         super().load_state_dict(state_dict)
         history = state_dict.get("history", {})
         self.history = {k: [float(v) for v in history.get(k, [])] for k in HISTORY_KEYS}
-        self._reported = set(state_dict.get("reported", []))
+        legacy = {"overfitting": "overfitting-warning", "not-learning": "not-learning-warning"}  # older checkpoints
+        self._reported = {legacy.get(tag, tag) for tag in state_dict.get("reported", [])}

@@ -100,9 +100,12 @@ class EarlyStopping(_LightningEarlyStopping, TipCallback):
         ``overfitting`` (``warning``): the monitored metric has been worse than its best for
         ``patience`` checks while the training loss — ``trainer.callback_metrics[train_loss_key]`` at
         the check, e.g. ``self.log("train_loss", loss, on_epoch=True)`` — fell below its value at the
-        best check. Figures: ``best_val``, ``val_now``, ``train_at_best``, ``train_now``,
-        ``checks_since_best``. If ``train_loss_key`` is never logged, one ``info`` ``overfitting``
-        finding says the verdict was skipped.
+        best check, by a rise beyond the metric's check-to-check noise and >= 10% of the best; below a
+        25% rise a logged ``val_acc`` that did not fall makes it an ``info`` (the decision is
+        :func:`~lightning_tips.checks._curves.overfitting_verdict`, shared with ``LearningCurves``).
+        Figures: ``best_val``, ``val_now``, ``train_at_best``, ``train_now``, ``checks_since_best``,
+        ``rise``, ``noise`` (and ``acc_at_best``/``acc_now``). If ``train_loss_key`` is never logged,
+        one ``info`` ``overfitting`` finding says the verdict was skipped.
 
     A monitor that is not available: with several validation loaders (Lightning logs
     ``val_loss/dataloader_idx_N``) the first loader's key is monitored and one ``info`` says so.
