@@ -308,8 +308,12 @@ class WeightInit(TipCallback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.ckpt_path is not None:
             return  # resuming: the checkpoint's weights are the trained ones
-        seed = int(trainer.strategy.broadcast(torch.initial_seed() % 2**63, src=0))
-        keep = layers_to_keep(pl_module, fresh_only=not self.force)
+        # rank zero's seed and rank zero's view of which layers to keep, in the one broadcast: every rank
+        # initialises the same layers the same way even if the ranks' starting weights differed
+        seed, keep = trainer.strategy.broadcast(
+            (torch.initial_seed() % 2**63, layers_to_keep(pl_module, fresh_only=not self.force)), src=0
+        )
+        seed = int(seed)
         with preserved_rng([pl_module.device]):
             torch.manual_seed(seed)
             applied = init_weights_(pl_module, self.scheme, keep=keep)
