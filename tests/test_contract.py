@@ -666,3 +666,40 @@ def test_every_fix_leaves_frozen_parameters_bit_for_bit(tmp_path: Path) -> None:
         assert torch.equal(dict(model.named_parameters())[name], before), f"training changed the frozen `{name}`"
     applied = recipe.child(lt.WeightInit).applied  # type: ignore[union-attr]
     assert applied and not any(k.startswith(("conv", "lstm")) for k in applied)
+
+
+def test_weight_init_leaves_a_pretrained_looking_model_alone(tmp_path: Path) -> None:
+    """A model trained by a first fit and handed to a second one (fine-tuning): `weight_init="auto"` keeps it."""
+    _, model, _ = _fit([], tmp_path)
+    trained = _weights(model)
+    recipe = lt.Recipe(weight_init="auto", every_n_steps=2, view_every_n_steps=2, preflight=False)
+    probe = Probe(recipe)
+    train, val = _loaders()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = pl.Trainer(default_root_dir=tmp_path, accelerator="cpu", devices=1, max_epochs=1,
+                             limit_train_batches=1, limit_val_batches=1, logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False, callbacks=[recipe, probe])
+        trainer.fit(model, train, val)
+    assert probe.weights is not None
+    for name, before in trained.items():
+        assert torch.equal(probe.weights[name], before), f"weight_init changed the trained `{name}`"
+    [f] = [f for f in recipe.findings if f.code == "weight-init"]
+    assert f.skipped and "not freshly initialised" in f.message
+
+
+@pytest.mark.parametrize("monitor", ["val_loss_never_logged", "val_loss"])
+def test_recipe_early_stopping_never_crashes_on_a_missing_monitor(tmp_path: Path, monitor: str) -> None:
+    """A monitor that is never logged, and no validation loop at all: the fit completes, an info says why."""
+    recipe = lt.Recipe(early_stopping=True, monitor=monitor, every_n_steps=2, view_every_n_steps=2, preflight=False)
+    pl.seed_everything(0, verbose=False)
+    train, val = _loaders()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = pl.Trainer(default_root_dir=tmp_path, accelerator="cpu", devices=1, max_epochs=2,
+                             limit_train_batches=2, limit_val_batches=0 if monitor == "val_loss" else 1, logger=False,
+                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                             callbacks=[recipe])
+        trainer.fit(ContractNet(), train, val)
+    assert trainer.state.finished and trainer.current_epoch == 2
+    assert any(f.skipped and f.module == monitor for f in recipe.findings)

@@ -177,9 +177,12 @@ def layers_to_keep(module: nn.Module, fresh_only: bool = True) -> dict[str, str]
     A layer with a frozen parameter (``requires_grad=False``: a frozen pretrained backbone) is always
     kept. With ``fresh_only`` a layer whose weights are not a plausible draw of PyTorch's default init
     (:func:`not_default_init`: trained, loaded from a checkpoint, pretrained, or initialised by the user)
-    is kept too. Limits: a weight trained so little that no value left the default bound and its scale
-    stayed within the noise looks fresh; a user's init that happens to equal PyTorch's default is
-    treated as fresh (re-initialising it is what was asked).
+    is kept too; so is one whose bias leaves the default bound (a bias set on purpose — a prior, a
+    forget gate, a large negative bias — or trained). Limits: a layer trained so little that no value
+    left the default bound and its scale stayed within the noise looks fresh, and so does a layer of a
+    pretrained model that never received a gradient (an unused branch) with default-looking weights
+    and bias; a user's init that happens to equal PyTorch's default is treated as fresh
+    (re-initialising it is what was asked).
 
     Example:
         >>> net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
@@ -199,11 +202,21 @@ def layers_to_keep(module: nn.Module, fresh_only: bool = True) -> dict[str, str]
             continue
         if not fresh_only:
             continue
+        weight = next((p for p_name, p in params if p_name.startswith("weight")), None)
+        module_bound = _default_bound(m, weight) if weight is not None else None
         for p_name, p in params:
             if p_name.startswith("bias"):
-                continue  # biases are often set on purpose (prior, forget gate): judged by the weights
-            bound = _default_bound(m, p)
-            why = not_default_init(p, bound) if bound is not None else None
+                # a bias is judged by the bound only (zeros are a common deliberate init): one set on purpose
+                # (a prior, -100 for a dead branch, a forget gate) or trained past the bound keeps the layer
+                peak = float(p.detach().abs().max()) if p.numel() else 0.0
+                why = (
+                    f"max |b| {peak:.3g} > {module_bound:.3g}, the bound of PyTorch's default init"
+                    if module_bound is not None and not peak <= module_bound * (1.0 + 1e-4)
+                    else None
+                )
+            else:
+                bound = _default_bound(m, p)
+                why = not_default_init(p, bound) if bound is not None else None
             if why is not None:
                 keep[name] = f"not freshly initialised: `{p_name}` {why}"
                 break
