@@ -358,8 +358,9 @@ _ENTRIES = [
         layers (`requires_grad=False`) are never touched; layers whose weights are not a plausible draw
         of PyTorch's default init (pretrained, trained or loaded before the fit, or user-initialised)
         are left alone unless `WeightInit(force=True)`; the finding names what was left alone.""",
-        "always reported when applied (info); 'not freshly initialised': a value outside PyTorch's default "
-        "bound 1/sqrt(fan_in), or a std more than 5 standard errors (min 2%) from bound/sqrt(3)",
+        "always reported when applied (info); 'not freshly initialised': a weight or bias value outside "
+        "PyTorch's default bound 1/sqrt(fan_in), or a weight std more than 5 standard errors (min 2%) from "
+        "bound/sqrt(3)",
         "T11 P5 P15",
         "none needed",
     ),
