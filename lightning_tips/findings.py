@@ -284,7 +284,9 @@ _ENTRIES = [
         "2000 planned steps): final/initial loss > 0.9, a detached loss, no parameter changed, or a "
         "diverged loss (0.5 < ratio <= 0.9 is info 'learns, slowly'; info when the output does not depend on "
         "the input at all — input-independent or dead units are the root cause; skipped when the loss is "
-        "non-finite before any step); training: no epoch loss below 0.98 x the first within 3 epochs",
+        "non-finite before any step); training: no epoch loss below 0.98 x the first within 3 epochs nor a "
+        "fall of more than 0.5% and 3x the check-to-check noise (a fall beyond that but under 2%: info, "
+        "'learns, slowly'); never after a NaN/Inf loss (reported as nonfinite-loss)",
         "R2.8 R2.9 P9 T10 T2",
         "check the loss, the labels and the optimizer wiring; raise or lower the lr (P10); overfit "
         "~10 samples first (T10)",
@@ -366,9 +368,14 @@ _ENTRIES = [
     ),
     _entry(
         "overfitting", "check", "val loss rises while train loss falls",
-        """The validation loss has risen for `patience` consecutive checks while the training loss
-        kept falling: the model is overfitting (T2, R4.9).""",
-        "val loss above its best for `patience` checks (default 3) while train loss decreased",
+        """The validation loss has stayed above its best for `patience` consecutive checks while the
+        training loss kept falling, by a rise that is beyond the curve's own noise and material: the
+        model is overfitting (T2, R4.9). Validation accuracy that did not fall is counter-evidence for a
+        moderate rise. Noise model: the check-to-check std of the validation curve, estimated from its
+        median absolute second difference (robust to the trend).""",
+        "warning: val loss above its best for `patience` checks (default 3) while train loss decreased, the "
+        "rise > 3x the check-to-check noise and >= 10% of the best, and (below a 25% rise) val accuracy, when "
+        "logged, fell; info: the same with val accuracy not falling; nothing below that",
         "T2 R4.7 R4.8 R4.9",
         "add dropout (R4.7) or weight decay (R4.8), get more data (R4.1), stop early (R4.9, `EarlyStopping`)",
     ),
@@ -391,8 +398,13 @@ _ENTRIES = [
     _entry(
         "weight-init", "fix", "weights were (re)initialised by scheme",
         """`init_weights_` initialised layers by the activation that follows them: He for ReLU,
-        Xavier for tanh/sigmoid, orthogonal for recurrent matrices, LeCun for SELU (T11, P5).""",
-        "always reported when applied (info)",
+        Xavier for tanh/sigmoid, orthogonal for recurrent matrices, LeCun for SELU (T11, P5). Frozen
+        layers (`requires_grad=False`) are never touched; layers whose weights are not a plausible draw
+        of PyTorch's default init (pretrained, trained or loaded before the fit, or user-initialised)
+        are left alone unless `WeightInit(force=True)`; the finding names what was left alone.""",
+        "always reported when applied (info); 'not freshly initialised': a weight or bias value outside "
+        "PyTorch's default bound 1/sqrt(fan_in), or a weight std more than 5 standard errors (min 2%) from "
+        "bound/sqrt(3)",
         "T11 P5 P15",
         "none needed",
     ),

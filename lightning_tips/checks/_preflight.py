@@ -44,6 +44,7 @@ from lightning_tips._utils import (
     preserved_rng,
     step_loss,
 )
+from lightning_tips._validate import check_float
 
 __all__ = [
     "CardLine",
@@ -433,8 +434,7 @@ class PreflightCheck(_OncePerFit):
 
     def __init__(self, budget_s: float = DEFAULT_BUDGET_S) -> None:
         super().__init__()
-        if isinstance(budget_s, bool) or not isinstance(budget_s, int | float) or not budget_s > 0:
-            raise ValueError(f"Expected budget_s > 0 but got {budget_s!r}.")
+        check_float("budget_s", budget_s, low=0.0, low_open=True)
         self.budget_s = float(budget_s)
         # set by run_preflight for each card
         self._deadline: float | None = None  # perf_counter() time the safety net trips

@@ -60,6 +60,7 @@ from lightning_tips._hooks import forward_hooks, functional_calls
 from lightning_tips._render import colorize
 from lightning_tips._report import report
 from lightning_tips._utils import find_output_layer, is_sampled
+from lightning_tips._validate import check_bool, check_float, check_int
 from lightning_tips.findings import Finding, Severity
 
 __all__ = [
@@ -552,26 +553,17 @@ class ActivationStats(TipCallback):
         bins: int = 40,
     ) -> None:
         super().__init__()
-        for arg, value in (("every_n_steps", every_n_steps), ("history", history), ("bins", bins)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"Expected `{arg}` to be an int but got {value!r}.")
-        if every_n_steps < 1:
-            raise ValueError(f"Expected `every_n_steps` >= 1 but got {every_n_steps}.")
-        if history < 1:
-            raise ValueError(f"Expected `history` >= 1 but got {history}.")
-        if bins < 2:
-            raise ValueError(f"Expected `bins` >= 2 but got {bins}.")
-        for arg, frac in (("dead_fraction", dead_fraction), ("saturated_fraction", saturated_fraction)):
-            if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0.0 <= frac < 1.0:
-                raise ValueError(f"Expected `{arg}` to be a float in [0, 1) but got {frac!r}.")
-        if not isinstance(log_histograms, bool):
-            raise TypeError(f"Expected `log_histograms` to be a bool but got {log_histograms!r}.")
+        check_int("every_n_steps", every_n_steps, low=1)
+        check_int("history", history, low=1)
+        check_int("bins", bins, low=2)
+        check_float("dead_fraction", dead_fraction, low=0.0, high=1.0, high_open=True)
+        check_float("saturated_fraction", saturated_fraction, low=0.0, high=1.0, high_open=True)
+        check_bool("log_histograms", log_histograms)
+        check_int("histogram_every_n_steps", histogram_every_n_steps, low=0)
         self.every_n_steps = every_n_steps
         self.dead_fraction = float(dead_fraction)
         self.saturated_fraction = float(saturated_fraction)
         self.log_histograms = log_histograms
-        if isinstance(histogram_every_n_steps, bool) or not isinstance(histogram_every_n_steps, int) or histogram_every_n_steps < 0:
-            raise ValueError(f"Expected histogram_every_n_steps to be an int >= 0 but got {histogram_every_n_steps!r}.")
         self.histogram_every_n_steps = histogram_every_n_steps
         self.history = history
         self.bins = bins

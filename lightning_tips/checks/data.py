@@ -85,6 +85,7 @@ from lightning_tips._utils import (
     preserved_rng,
     split_batch,
 )
+from lightning_tips._validate import check_bool, check_float, check_int, check_str
 from lightning_tips.checks._preflight import CardLine, PreflightCheck, Verdict, print_card
 from lightning_tips.views.first_batch import log_first_batch
 
@@ -769,19 +770,11 @@ class DataChecks(PreflightCheck):
         target_key: str | None = None,
     ) -> None:
         super().__init__(budget_s=budget_s)
-        for name, key in (("input_key", input_key), ("target_key", target_key)):
-            if key is not None and not isinstance(key, str):
-                raise TypeError(f"Expected {name} to be a str or None but got {type(key).__name__}.")
-        self.input_key = input_key
-        self.target_key = target_key
-        if isinstance(max_batches, bool) or not isinstance(max_batches, int):
-            raise TypeError(f"Expected max_batches to be an int but got {type(max_batches).__name__}.")
-        if max_batches < 1:
-            raise ValueError(f"Expected max_batches >= 1 but got {max_batches}.")
-        if not max_scan_s > 0:
-            raise ValueError(f"Expected max_scan_s > 0 but got {max_scan_s}.")
-        if not isinstance(first_batch, bool):
-            raise TypeError(f"Expected first_batch to be a bool but got {type(first_batch).__name__}.")
+        self.input_key = check_str("input_key", input_key, optional=True)
+        self.target_key = check_str("target_key", target_key, optional=True)
+        check_int("max_batches", max_batches, low=1)
+        check_float("max_scan_s", max_scan_s, low=0.0, low_open=True)
+        check_bool("first_batch", first_batch)
         self.max_batches = max_batches
         self.max_scan_s = max_scan_s
         self.first_batch = first_batch

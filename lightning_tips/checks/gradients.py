@@ -36,6 +36,7 @@ from lightning_tips import _ddp
 from lightning_tips._callback import TipCallback
 from lightning_tips._loggers import log_histogram, log_scalars
 from lightning_tips._utils import EARLY_STEPS, is_sampled
+from lightning_tips._validate import check_bool, check_float, check_int
 from lightning_tips.checks.lr_decay import optimizer_defaults_verdict
 
 __all__ = [
@@ -230,21 +231,18 @@ class GradientStats(TipCallback):
         history: int = 100,
     ) -> None:
         super().__init__()
-        if not isinstance(every_n_steps, int) or isinstance(every_n_steps, bool) or every_n_steps < 0:
-            raise ValueError(f"Expected every_n_steps to be an int >= 0 but got {every_n_steps!r}.")
+        check_int("every_n_steps", every_n_steps, low=0)
         for name, value in (("growth", growth), ("max_norm", max_norm), ("min_ratio", min_ratio), ("floor", floor)):
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-                raise ValueError(f"Expected {name} to be a positive number but got {value!r}.")
-        if not isinstance(history, int) or isinstance(history, bool) or history < 4:
-            raise ValueError(f"Expected history to be an int >= 4 but got {history!r}.")
+            check_float(name, value, low=0.0, low_open=True)
+        check_int("history", history, low=4)
+        check_bool("log_histograms", log_histograms)
+        check_int("histogram_every_n_steps", histogram_every_n_steps, low=0)
         self.every_n_steps = every_n_steps
         self.growth = float(growth)
         self.max_norm = float(max_norm)
         self.min_ratio = float(min_ratio)
         self.floor = float(floor)
         self.log_histograms = bool(log_histograms)
-        if isinstance(histogram_every_n_steps, bool) or not isinstance(histogram_every_n_steps, int) or histogram_every_n_steps < 0:
-            raise ValueError(f"Expected histogram_every_n_steps to be an int >= 0 but got {histogram_every_n_steps!r}.")
         self.histogram_every_n_steps = histogram_every_n_steps
         self.history = history
         self._steps: list[int] = []

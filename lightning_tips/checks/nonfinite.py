@@ -40,6 +40,7 @@ from lightning_tips._utils import (
     preserved_rng,
     step_loss,
 )
+from lightning_tips._validate import check_bool, check_choice, check_int
 from lightning_tips.checks.gradients import grad_norms
 from lightning_tips.findings import CODES, TipError
 
@@ -188,12 +189,11 @@ class NonFiniteGuard(TipCallback):
         full_every_n_steps: int = 1,
     ) -> None:
         super().__init__()
-        if not isinstance(full_every_n_steps, int) or isinstance(full_every_n_steps, bool) or full_every_n_steps < 1:
-            raise ValueError(f"Expected full_every_n_steps to be an int >= 1 but got {full_every_n_steps!r}.")
-        if action not in ("stop", "skip", "warn", "raise"):
-            raise ValueError(f"Expected action to be one of 'stop', 'skip', 'warn', 'raise' but got {action!r}.")
-        if not isinstance(every_n_steps, int) or isinstance(every_n_steps, bool) or every_n_steps < 1:
-            raise ValueError(f"Expected every_n_steps to be an int >= 1 but got {every_n_steps!r}.")
+        check_int("full_every_n_steps", full_every_n_steps, low=1)
+        check_choice("action", action, ("stop", "skip", "warn", "raise"))
+        check_int("every_n_steps", every_n_steps, low=1)
+        check_bool("check_inputs", check_inputs)
+        check_bool("locate", locate)
         if action == "skip" and every_n_steps != 1:
             raise ValueError(
                 "Expected every_n_steps=1 with action='skip' (an update can only be skipped on a checked step) "

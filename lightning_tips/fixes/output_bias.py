@@ -16,8 +16,6 @@ Three ways to use it, all with the same result:
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import torch
@@ -27,6 +25,7 @@ from torch.nn.parameter import UninitializedParameter
 from lightning_tips import _ddp
 from lightning_tips._callback import TipCallback
 from lightning_tips._utils import find_output_layer, preserved_loader_rng, split_batch
+from lightning_tips._validate import check_bool, check_choice, check_float_list, check_int, check_module_path
 
 if TYPE_CHECKING:  # pragma: no cover
     import lightning.pytorch as pl
@@ -280,17 +279,12 @@ class OutputBiasInit(TipCallback):
         center: bool = False,
     ) -> None:
         super().__init__()
-        if task not in get_args(Task):
-            raise ValueError(f"Expected task to be one of {', '.join(map(repr, get_args(Task)))} but got {task!r}.")
-        if prior is not None:
-            if isinstance(prior, (str, bytes)) or not isinstance(prior, Sequence) or len(prior) == 0:
-                raise TypeError(f"Expected prior to be a non-empty list of floats but got {prior!r}.")
-            if not all(isinstance(p, (int, float)) and math.isfinite(p) for p in prior):
-                raise ValueError(f"Expected prior to hold finite numbers but got {prior!r}.")
-            if task in ("auto", "multiclass", "binary", "multilabel") and not all(0 <= p <= 1 for p in prior):
-                raise ValueError(f"Expected prior probabilities in [0, 1] but got {prior!r}.")
-        if not isinstance(max_batches, int) or max_batches < 1:
-            raise ValueError(f"Expected max_batches to be a positive int but got {max_batches!r}.")
+        check_choice("task", task, get_args(Task))
+        probabilities = task in ("auto", "multiclass", "binary", "multilabel")
+        check_float_list("prior", prior, low=0.0 if probabilities else None, high=1.0 if probabilities else None, optional=True)
+        check_module_path("layer", layer, optional=True)
+        check_int("max_batches", max_batches, low=1)
+        check_bool("center", center)
         self.task = task
         self.prior = None if prior is None else [float(p) for p in prior]
         self.layer = layer

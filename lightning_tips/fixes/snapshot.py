@@ -43,6 +43,7 @@ from lightning_tips._batch import call_forward
 from lightning_tips._callback import TipCallback
 from lightning_tips._loggers import files_dir, log_scalars
 from lightning_tips._utils import any_rank, apply_to_tensors, model_copy, preserved_rng, split_batch
+from lightning_tips._validate import check_bool, check_int
 
 __all__ = ["EnsembleResult", "SnapshotEnsemble", "evaluate_snapshots"]
 
@@ -204,12 +205,10 @@ class SnapshotEnsemble(TipCallback):
         max_batches: int | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(k, int) or k < 2:
-            raise ValueError(f"Expected k to be an int >= 2 (an ensemble needs two snapshots) but got {k!r}.")
-        if not isinstance(every_n_epochs, int) or every_n_epochs < 1:
-            raise ValueError(f"Expected every_n_epochs to be a positive int but got {every_n_epochs!r}.")
-        if max_batches is not None and (not isinstance(max_batches, int) or max_batches < 1):
-            raise ValueError(f"Expected max_batches to be a positive int or None but got {max_batches!r}.")
+        check_int("k", k, low=2)  # an ensemble needs two snapshots
+        check_int("every_n_epochs", every_n_epochs, low=1)
+        check_bool("on_disk", on_disk)
+        check_int("max_batches", max_batches, low=1, optional=True)
         self.k = k
         self.every_n_epochs = every_n_epochs
         self.on_disk = on_disk

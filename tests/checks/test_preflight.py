@@ -34,7 +34,7 @@ def test_children_and_arguments() -> None:
     assert Preflight(data=False, missing_bias=False, batch_mixing=False).checks[0].title == "initial loss"
     with pytest.raises(TypeError, match="Expected init_loss to be a bool"):
         Preflight(init_loss=1)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="Expected budget_s > 0"):
+    with pytest.raises(ValueError, match="Expected budget_s to be a finite number > 0"):
         Preflight(budget_s=0.0)
 
 
