@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Literal
 
 from lightning.pytorch.callbacks import Callback
@@ -179,9 +178,7 @@ class Recipe(TipComposite):
         if output_bias_init:
             parts.append(OutputBiasInit())
         if preflight:
-            # the data checks inside Preflight take the keys once Preflight forwards them (integration note)
-            takes_keys = "input_key" in inspect.signature(Preflight.__init__).parameters
-            parts.append(Preflight(budget_s=preflight_budget_s, **(batch_keys if takes_keys else {})))
+            parts.append(Preflight(budget_s=preflight_budget_s, **batch_keys))
         # gradient observers see the unclipped gradients, then the clipper acts
         parts.append(
             NonFiniteGuard(action=nonfinite_action, every_n_steps=guard_every, full_every_n_steps=every_n_steps)

@@ -30,7 +30,7 @@ from typing import Any
 import lightning.pytorch as pl
 
 from lightning_tips._callback import TipComposite
-from lightning_tips._validate import check_bool, check_float
+from lightning_tips._validate import check_bool, check_float, check_str
 from lightning_tips.checks._preflight import (
     DEFAULT_BUDGET_S,
     CardLine,
@@ -50,12 +50,12 @@ from lightning_tips.checks.overfit_batch import OverfitBatchCheck
 __all__ = ["Preflight"]
 
 
-def _data_checks() -> PreflightCheck | None:
+def _data_checks(input_key: str | None, target_key: str | None) -> PreflightCheck | None:
     try:
         from lightning_tips.checks.data import DataChecks
     except ImportError:  # pragma: no cover - the data checks ship with the package
         return None
-    return DataChecks()
+    return DataChecks(input_key=input_key, target_key=target_key)
 
 
 class Preflight(_OncePerFit, TipComposite):
@@ -80,6 +80,9 @@ class Preflight(_OncePerFit, TipComposite):
         data: the data checks (``DataChecks``).
         missing_bias: ``missing-bias`` (:class:`~lightning_tips.checks.missing_bias.MissingBiasCheck`, P4).
         budget_s: the safety net, in seconds for all checks together (the planned work takes far less).
+        input_key: the dict batch's input key for the data checks when it is not recognised (see
+            :class:`~lightning_tips.checks.data.DataChecks`).
+        target_key: the dict batch's target key for the data checks.
 
     Example:
         >>> pre = Preflight(data=False, overfit_batch=False)
@@ -97,6 +100,8 @@ class Preflight(_OncePerFit, TipComposite):
         data: bool = True,
         missing_bias: bool = True,
         budget_s: float = DEFAULT_BUDGET_S,
+        input_key: str | None = None,
+        target_key: str | None = None,
     ) -> None:
         flags = {"init_loss": init_loss, "output_activation": output_activation, "batch_mixing": batch_mixing,
                  "input_independence": input_independence, "overfit_batch": overfit_batch, "data": data,
@@ -104,10 +109,12 @@ class Preflight(_OncePerFit, TipComposite):
         for name, v in flags.items():
             check_bool(name, v)
         check_float("budget_s", budget_s, low=0.0, low_open=True)
+        check_str("input_key", input_key, optional=True)
+        check_str("target_key", target_key, optional=True)
         checks: list[PreflightCheck] = []
         if missing_bias:  # static: reads the module tree only
             checks.append(MissingBiasCheck())
-        if data and (dc := _data_checks()) is not None:
+        if data and (dc := _data_checks(input_key, target_key)) is not None:
             checks.append(dc)
         for enabled, cls in (
             (init_loss, InitialLossCheck), (output_activation, OutputActivationCheck),
