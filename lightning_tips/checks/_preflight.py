@@ -188,7 +188,8 @@ class WorkPlan:
     @classmethod
     def for_model(cls, module: nn.Module, batch: Any) -> WorkPlan:
         """Count ``module``'s parameters and forward FLOPs per sample on ``batch``."""
-        params = sum(p.numel() for p in module.parameters())
+        # lazy modules' parameters are uninitialised before the first forward: they count as none
+        params = sum(p.numel() for p in module.parameters() if not isinstance(p, nn.parameter.UninitializedParameter))
         flops = forward_flops_per_sample(module, batch) if isinstance(module, pl.LightningModule) else float("nan")
         if not math.isfinite(flops) or flops <= 0:
             flops = 2.0 * params
