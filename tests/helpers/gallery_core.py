@@ -190,6 +190,19 @@ def run_case(case: Case, root_dir: str | None = None, quiet: bool = True) -> Cas
     )
 
 
+def with_known_gaps(cases: list[Case], gaps: dict[str, str]) -> list[Case]:
+    """``cases`` with ``xfail(strict=False, reason=gaps[name])`` added to the ones named in ``gaps``."""
+    import dataclasses
+
+    import pytest
+
+    return [
+        dataclasses.replace(c, marks=(*c.marks, pytest.mark.xfail(strict=False, reason=gaps[c.name])))
+        if c.name in gaps else c
+        for c in cases
+    ]
+
+
 # --- scores ----------------------------------------------------------------------------------------
 @dataclass
 class CodeScore:
@@ -278,9 +291,8 @@ def markdown_table(s: Scores) -> str:
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for c in s.codes.values():
-        lines.append(
-            f"| `{c.code}` | {c.warned} | {c.correct} | {_fmt(c.precision)} | {c.expected} | {c.caught} | {_fmt(c.recall)} |"
-        )
+        row = [f"`{c.code}`", c.warned, c.correct, _fmt(c.precision), c.expected, c.caught, _fmt(c.recall)]
+        lines.append("| " + " | ".join(str(v) for v in row) + " |")
     lines += [
         "",
         f"Healthy gallery: {s.healthy_clean}/{s.healthy_runs} runs without a warning "
