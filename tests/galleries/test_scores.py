@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch.utils.data import DataLoader
 
-from lightning_tips import Finding
+from lightning_tips import Finding, Severity
 from tests.helpers.gallery_core import Case, CaseResult, markdown_table, results_table, score
 
 
@@ -20,7 +20,7 @@ def _case(name: str, expected: str | None, also: tuple[str, ...] = ()) -> Case:
 
 
 def _f(code: str, severity: str = "warning") -> Finding:
-    return Finding(code, severity, f"{code} measured")
+    return Finding(code, Severity(severity), f"{code} measured")
 
 
 def test_scores_follow_the_definitions() -> None:
