@@ -442,6 +442,18 @@ class IgnoresInput(nn.Module):
         return self.logits.expand(x.shape[0], -1)
 
 
+class DetachedBody(nn.Module):
+    """``body(x).detach()`` in the forward (meant for a logging copy): only the added bias learns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = cnn(bn=False)
+        self.bias = nn.Parameter(torch.zeros(10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x).detach() + self.bias
+
+
 def frozen(net: nn.Sequential) -> nn.Sequential:
     """Everything frozen except the last bias (a forgotten ``requires_grad_(True)``)."""
     for p in net.parameters():
@@ -712,6 +724,8 @@ FAULTY: list[Case] = [
          note="labels permuted apart from the images"),
     Case("frozen-model", lambda: Task(frozen(cnn(bn=False))), lambda: digits(), expected_code="not-learning",
          note="every parameter frozen except the last bias"),
+    Case("detached-body", lambda: Task(DetachedBody()), lambda: digits(), expected_code="not-learning",
+         note="the body's output detached in forward: only a bias gets gradients"),
     Case("lr-zero", lambda: Task(mlp(), optimizer=adam(0.0)), lambda: digits(flat=True), expected_code="not-learning",
          also=("optimizer-defaults",), note="Adam lr=0"),
     Case("steplr-per-batch", lambda: Task(mlp(), scheduler=lr_decay_per_batch()), lambda: digits(flat=True),
