@@ -9,26 +9,28 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
 from lightning_tips._console import render_table
-from lightning_tips._loggers import log_table, log_text
-from lightning_tips.findings import Finding, FindingsLog, Severity, report
+from lightning_tips._loggers import log_table
+from lightning_tips._report import report
+from lightning_tips.findings import Finding, FindingsLog, Severity
 
 __all__ = ["TipCallback", "TipComposite", "summary_rows"]
 
-SUMMARY_COLUMNS = ["code", "severity", "step", "where", "message", "advice"]
+SUMMARY_COLUMNS = ["code", "severity", "skipped", "step", "where", "message", "advice"]
 
 
 def summary_rows(findings: list[Finding]) -> list[list[Any]]:
-    """Rows of the summary table, errors first."""
+    """Rows of the summary table, errors first; ``skipped`` marks a check that could not apply."""
     ordered = sorted(findings, key=lambda f: -f.severity.rank)
-    return [[f.code, f.severity.value, f.step, f.module or "", f.message, f.advice] for f in ordered]
+    return [[f.code, f.severity.value, "skipped" if f.skipped else "", f.step, f.module or "", f.message, f.advice]
+            for f in ordered]
 
 
 class TipCallback(Callback):
     """Base class: keeps this callback's findings, de-duplicates them, checkpoints them, and — when
     it is the first lightning_tips callback of the Trainer — prints, at ``teardown`` of the fit
     (after every callback's ``on_train_end``/``on_fit_end``), the end-of-fit summary of every
-    lightning_tips callback's findings (a rich table in a terminal, plain text otherwise; also
-    logged as a table to every logger).
+    lightning_tips callback's findings (a table sized to the terminal; also logged as a table, one
+    row per finding, to every logger).
 
     Subclasses call :meth:`report`; when overriding ``setup``, ``teardown``, ``on_exception``,
     ``state_dict`` or ``load_state_dict`` they call ``super()``.
@@ -57,14 +59,15 @@ class TipCallback(Callback):
         step: int | None = None,
         skipped: bool = False,
     ) -> Finding | None:
-        """Build and :func:`~lightning_tips.findings.report` a finding; return it if it was new.
+        """Build and :func:`~lightning_tips._report.report` a finding; return it as recorded (an
+        ``info`` "consequence of [root]" when an earlier finding explains it) if it was new.
         ``skipped=True`` marks an ``info`` that says the check could not apply (no remedy advice)."""
         if step is None and trainer is not None:
             step = trainer.global_step
         finding = Finding(
             code, Severity(severity), message, advice, step, module, figures or {}, skipped=skipped
         )
-        return finding if report(finding, trainer, self._findings_log, stacklevel=3) else None
+        return self._findings_log.findings[-1] if report(finding, trainer, self._findings_log) else None
 
     def _share_findings_log(self, log: FindingsLog) -> None:
         # a composite's log: the composite checkpoints it, once
@@ -95,12 +98,11 @@ class TipCallback(Callback):
             return
         rows = summary_rows(findings)
         title = f"lightning_tips: {len(findings)} finding(s)"
-        if rows:
+        if rows:  # sized to the terminal
             print(render_table(title, SUMMARY_COLUMNS, rows), flush=True)
-            log_table(trainer, "tips/summary", SUMMARY_COLUMNS, rows)
         else:
             print(f"{title} — nothing to report.", flush=True)
-        log_text(trainer, "tips/summary_text", render_table(title, SUMMARY_COLUMNS, rows, color=False))
+        log_table(trainer, "tips/summary", SUMMARY_COLUMNS, rows)  # to the loggers: one row per finding
 
     # --- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -1,12 +1,13 @@
 """The one logger adapter: scalars, images, histograms, tables and text to W&B, TensorBoard or files.
 
-Every view and :func:`lightning_tips.findings.report` log through the functions here; no other
+Every view and :func:`lightning_tips._report.report` log through the functions here; no other
 module branches on the logger type. Each function is a no-op off rank zero.
 
 - :class:`~lightning.pytorch.loggers.WandbLogger`: ``wandb.Image``, ``wandb.Histogram``,
   ``wandb.Table``; finding counts go to the run summary.
 - :class:`~lightning.pytorch.loggers.TensorBoardLogger`: ``add_image``, ``add_histogram``,
   ``add_text`` (tables as markdown).
+- ``fast_dev_run`` (Lightning's ``DummyLogger``): nothing — Lightning suppresses logging, so does the pack.
 - :class:`~lightning.pytorch.loggers.CSVLogger`, no logger, or a logger this adapter does not know
   (said once): files under ``<run dir>/tips/`` — PNG images, CSV histograms/tables, text files.
   The run dir is the logger's ``log_dir`` or, with no logger, ``trainer.default_root_dir``.
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import torch
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.loggers.logger import DummyLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -43,7 +45,14 @@ __all__ = [
     "require",
 ]
 
-FINDING_COLUMNS = ["code", "severity", "step", "module", "message", "advice"]
+FINDING_COLUMNS = ["code", "severity", "skipped", "step", "module", "message", "advice"]
+
+
+def _finding_row(finding: Finding) -> list[Any]:
+    """A finding as a table row; the ``skipped`` column marks a check that could not apply."""
+    d = finding.to_dict()
+    d["skipped"] = "skipped" if finding.skipped else ""
+    return [d[c] for c in FINDING_COLUMNS]
 _EXTRAS = {"wandb": "wandb", "tensorboard": "tensorboard", "optuna": "optuna"}
 _warned_unknown: set[str] = set()
 
@@ -106,8 +115,7 @@ class _WandbSink:
 
     def finding(self, finding: Finding) -> None:
         rows = self._findings.setdefault(self.logger, [])
-        d = finding.to_dict()
-        rows.append([d[c] for c in FINDING_COLUMNS])
+        rows.append(_finding_row(finding))
         self.table("tips/findings", FINDING_COLUMNS, rows, finding.step or 0)
         summary = self.logger.experiment.summary
         key = f"tips/findings/{finding.code}"
@@ -178,8 +186,7 @@ class _FileSink:
             f.write(f"# step {step}\n{text}\n")
 
     def finding(self, finding: Finding) -> None:
-        d = finding.to_dict()
-        self._append_csv("findings.csv", FINDING_COLUMNS, [[d[c] for c in FINDING_COLUMNS]])
+        self._append_csv("findings.csv", FINDING_COLUMNS, [_finding_row(finding)])
 
     def scalars(self, metrics: Mapping[str, float], step: int) -> None:
         self._append_csv("scalars.csv", ["step", "key", "value"], [[step, k, v] for k, v in metrics.items()])
@@ -197,6 +204,8 @@ def files_dir(trainer: pl.Trainer) -> Path:
 def _sinks(trainer: pl.Trainer) -> list[_Sink]:
     sinks: list[_Sink] = []
     file_roots: set[Path] = set()
+    if getattr(trainer, "fast_dev_run", False):  # Lightning suppresses logging there: so does the pack
+        return sinks
 
     def add_files(root: Path) -> None:
         if root not in file_roots:
@@ -210,6 +219,8 @@ def _sinks(trainer: pl.Trainer) -> list[_Sink]:
             sinks.append(_TensorBoardSink(logger))
         elif isinstance(logger, CSVLogger):
             add_files(Path(logger.log_dir))
+        elif isinstance(logger, DummyLogger):  # logging suppressed (fast_dev_run): write nothing, say nothing
+            continue
         else:
             name = type(logger).__name__
             if name not in _warned_unknown:

@@ -13,6 +13,9 @@ import numpy as np
 import torch
 from torch import nn
 
+# batch splitting lives with the rest of the batch logic (lightning_tips._batch); re-exported here
+from lightning_tips._batch import join_batch, split_batch
+
 if TYPE_CHECKING:  # pragma: no cover
     import lightning.pytorch as pl
 
@@ -23,6 +26,7 @@ __all__ = [
     "find_output_layer",
     "first_tensor",
     "is_sampled",
+    "join_batch",
     "loader_samplers",
     "model_copy",
     "named_tensors",
@@ -33,8 +37,6 @@ __all__ = [
     "step_loss",
 ]
 
-_INPUT_KEYS = ("x", "input", "inputs", "image", "images", "features", "input_ids", "data")
-_TARGET_KEYS = ("y", "target", "targets", "label", "labels")
 
 
 def is_sampled(step: int, every_n_steps: int) -> bool:
@@ -76,33 +78,6 @@ def batch_size(batch: Any) -> int | None:
     """The leading dimension of the batch's first tensor."""
     t = first_tensor(batch)
     return int(t.shape[0]) if t is not None and t.dim() > 0 else None
-
-
-def split_batch(batch: Any) -> tuple[Any, torch.Tensor] | None:
-    """``(inputs, targets)`` of a supervised batch, or ``None`` when the layout is not recognised.
-
-    Recognised: ``(x, y)`` / ``[x, y]`` with a tensor ``y``, and dicts with an input key
-    (``x``, ``input(s)``, ``image(s)``, …) and a target key (``y``, ``target(s)``, ``label(s)``).
-    """
-    if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[1], torch.Tensor):
-        return batch[0], batch[1]
-    if isinstance(batch, Mapping):
-        xk = next((k for k in _INPUT_KEYS if k in batch), None)
-        yk = next((k for k in _TARGET_KEYS if k in batch), None)
-        if xk is not None and yk is not None and isinstance(batch[yk], torch.Tensor):
-            return batch[xk], batch[yk]
-    return None
-
-
-def join_batch(batch: Any, inputs: Any, targets: torch.Tensor) -> Any:
-    """The batch with its inputs/targets replaced, in the layout :func:`split_batch` recognised."""
-    if isinstance(batch, (tuple, list)):
-        return type(batch)([inputs, targets]) if isinstance(batch, list) else (inputs, targets)
-    new = dict(batch)
-    xk = next(k for k in _INPUT_KEYS if k in batch)
-    yk = next(k for k in _TARGET_KEYS if k in batch)
-    new[xk], new[yk] = inputs, targets
-    return new
 
 
 @contextmanager

@@ -1,12 +1,14 @@
 """Findings: the one channel every check, fix and view reports through.
 
 A :class:`Finding` is a verdict with a stable ``code`` (documented in :data:`CODES`), a
-:class:`Severity`, a message carrying the measured figures, advice citing tip ids from the
-project's ``TIPS.md``, and where it happened (step, module path). :func:`report` is the one
-function callbacks call: on rank zero it emits a :class:`TipWarning` in the exact form
-``[code] severity: message — advice``, logs the finding to every attached logger, and keeps it in
-a :class:`FindingsLog` for the end-of-fit summary. A finding is reported once per fit unless its
-figures change materially.
+:class:`Severity`, a message carrying the measured figures, advice citing tip ids (``lightning-tips
+explain R2.4``), and where it happened (step, module path). :data:`ROOT_CAUSES` says which codes
+explain which others. This module is pure data: it imports nothing from the package.
+:func:`lightning_tips._report.report` is the one function callbacks call: on rank zero it emits a
+:class:`TipWarning` in the exact form ``[code] severity: message — advice``, logs the finding to
+every attached logger, and keeps it in a :class:`FindingsLog` for the end-of-fit summary. A finding
+is reported once per fit unless its figures change materially; a consequence of a root cause
+already reported is demoted (see :func:`root_cause`).
 
 Example:
     >>> from lightning_tips.findings import Finding
@@ -20,25 +22,24 @@ Example:
 from __future__ import annotations
 
 import math
-import warnings
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:  # pragma: no cover
-    import lightning.pytorch as pl
+from typing import Any
 
 __all__ = [
     "CODES",
+    "ROOT_CAUSES",
     "CodeInfo",
     "Finding",
     "FindingsLog",
+    "RootCause",
     "Severity",
     "TipError",
     "TipWarning",
+    "demote",
     "explain",
-    "report",
+    "root_cause",
 ]
 
 
@@ -187,20 +188,32 @@ _ENTRIES = [
     _entry(
         "init-loss", "check", "the loss at init is far from what a well-initialised output gives",
         """The first-batch loss on the untrained model is far from the value a well-initialised
-        output gives: log C for C-class cross-entropy, the prior's entropy for imbalanced classes,
-        the target variance for MSE regression. Large initial logits waste the first iterations
-        ("hockey stick" loss) and can mean too-large init weights (T9).""",
-        "|measured - e| > max(0.5, 0.25 x e) for both e = log C and e = prior entropy (CE, NLL, BCE); "
-        "measured > 2 x target variance (MSE)",
+        output gives: log C for C-class cross-entropy, the prior's entropy for imbalanced classes
+        (or the loss of the output bias alone, when the bias already holds the prior, e.g. set by
+        `OutputBiasInit` — then that fix is never advised again), the target variance for MSE
+        regression. Large initial logits waste the first iterations ("hockey stick" loss) and can
+        mean too-large init weights (T9). A loss already *below* every expectation is info: a trained
+        or loaded model (fine-tuning) — or labels leaking into the inputs. Noise model: the batch
+        prior is used only from >= 5 x C labels (its plug-in entropy is biased on fewer); a mean loss
+        far above log C needs large logits on real samples whatever the batch size (the per-sample
+        standard error is reported). A non-finite loss is skipped: non-finite inputs or weights are
+        the root cause, reported by their own checks.""",
+        "|measured - e| > max(0.5, 0.25 x e) for every e in {log C, prior entropy (>= 5 x C labels), "
+        "loss of the output bias alone (when <= log C + tolerance)} and measured above them (CE, NLL, BCE; "
+        "below: info); measured > 2 x target variance (MSE, >= 8 samples)",
         "R2.4 R2.5 T9 T13 P13",
         "initialise the output layer small and its bias to the prior (R2.5, `OutputBiasInit`)",
     ),
     _entry(
         "loss-reduction", "check", "the loss is summed, not averaged, over the batch",
         """The initial loss scales with the batch size: the loss is a sum over samples, not a mean,
-        so the effective learning rate depends on the batch size (T13).""",
-        "`reduction='sum'` seen in the loss call, or loss(full batch) / loss(half batch) within 25% of "
-        "n / n_half",
+        so the effective learning rate depends on the batch size (T13). A traced loss call decides:
+        `reduction='sum'` flags, `reduction='mean'` returned unchanged passes. Only an untraced
+        reduction is measured, on the batch and its two halves: a mean gives full = (first +
+        second) / 2, a sum full = first + second — exact up to batch-statistics layers, so the
+        margins (10% / 30%) cover BatchNorm and round-off, not sampling noise.""",
+        "`reduction='sum'` seen in the loss call; or, with no traced mean returned unchanged, "
+        "|full / (first half + second half) - 1| <= 0.1 and |2 x full / (first + second) - 1| > 0.3",
         "T13 P13",
         "use reduction='mean' (the default of torch losses) so gradients are averaged over the batch (T13)",
     ),
@@ -208,10 +221,13 @@ _ENTRIES = [
         "output-activation", "check", "an activation on the output layer feeding a loss that expects logits",
         """The model's output passes through ReLU, Softmax, LogSoftmax or Sigmoid before a loss that
         expects raw logits (cross-entropy, BCE-with-logits). The loss then optimises the wrong
-        thing and gradients shrink (P3). Sigmoid followed by `BCELoss` is legitimate.""",
+        thing and gradients shrink (P3). Sigmoid followed by `BCELoss` is legitimate. Noise model:
+        none — one traced step on the real batch; the evidence is structural (which function
+        produced the tensor) or exact value patterns that a logit layer cannot produce.""",
         "the loss input is a Softmax/Sigmoid/ReLU output (traced activation call, last module, values: "
-        "rows summing to 1, all in (0, 1), all >= 0) and the loss expects logits; LogSoftmax before "
-        "cross-entropy is info",
+        "rows summing to 1, all in (0, 1), all >= 0 with > 5% exact zeros mixed with positive values; "
+        "all-zero logits of a zero-initialised head are not evidence) and the loss expects logits; "
+        "LogSoftmax before cross-entropy is info; non-finite loss inputs: skipped",
         "P3 P13",
         "remove the activation after the last layer; the loss applies its own (P3)",
     ),
@@ -220,19 +236,33 @@ _ENTRIES = [
         """Backpropagating from one sample's output gives a non-zero gradient on other samples'
         inputs: some operation mixes the batch dimension (a wrong reshape/permute/view, a
         `batch_first` mistake). This silently corrupts training (R2.12, P12). Normalisation layers
-        run in eval mode for the check so BatchNorm is not a false alarm.""",
-        "any input-gradient on samples other than i with |g| > 1e-7 x max |g|",
+        run in eval mode for the check so BatchNorm is not a false alarm. Only per-sample tensors
+        are evidence: a tensor broadcast over the batch (leading dimension 1, e.g. a (1, S, D)
+        position embedding) is shared like a parameter and ignored; all-zero weights (a
+        zero-initialised head) get small noise on the check's copy so gradients can flow. Noise
+        model: none — an
+        independent sample's gradient is exactly zero; the threshold only absorbs float round-off.""",
+        "any input-gradient on samples other than i with |g| > 1e-7 x max |g|, over the float inputs and "
+        "the per-sample nn.Embedding outputs (batch of 1, non-finite gradients: skipped)",
         "R2.12 P12",
         "check the operations that reshape and permute tensor dimensions (view, transpose, "
         "batch_first of RNNs) (P12)",
     ),
     _entry(
-        "input-independent", "check", "the model does as well with zeroed inputs as with the real ones",
-        """Trained briefly on real inputs and on zeroed inputs (on copies), the model does no
-        better on real inputs: either the forward ignores its input or the labels do not belong to
-        the inputs (shuffled apart) (R2.7).""",
-        "an output unchanged by zeroed inputs; or, trained 50 steps on one half of the batch (split by "
-        "class), held-out loss with real inputs >= 0.9 x with zeroed inputs",
+        "input-independent", "check", "the output ignores the input, or the labels do not follow the inputs",
+        """Either the forward ignores its input (a wrong variable, an input multiplied by 0), or the
+        model learns nothing from the inputs that carries over to validation data (labels shuffled
+        apart from their inputs) (R2.7). Pre-flight proves only what one batch can: the output is
+        exactly unchanged when the inputs are zeroed and replaced by noise, and no layer's output
+        depends on them (exact, no noise; a zero-initialised head and a representation collapsed by
+        dead units are recognised: silent and info). During training the validation loss is compared
+        with the exact loss of the best constant prediction on the same validation labels; noise
+        model: any model that uses the inputs goes below that exact baseline, and the minimum over
+        checks is used, so noise can only hide the finding, never raise it.""",
+        "pre-flight: output change <= 1e-6 x its scale under zeroed and random inputs with no layer "
+        "depending on them; training: after `steps` (default 100) steps, >= 3 validation checks and >= 30 "
+        "validation samples, best val loss >= the best constant prediction's loss (the class entropy of "
+        "the validation labels; CE/NLL classification only) while the training loss < 0.8 x that baseline",
         "R2.7",
         "check that the forward uses its input and that labels stay aligned with inputs (R2.7)",
     ),
@@ -240,9 +270,14 @@ _ENTRIES = [
         "not-learning", "check", "the loss does not go down; one batch cannot be overfitted",
         """On a copy with a fresh optimizer of the user's type, one batch could not be overfitted
         in a bounded number of steps (R2.8, P9), or the real training loss did not fall in the first
-        epochs (R2.9, T10).""",
-        "overfit one batch (16 samples, 50 steps): final/initial loss > 0.5, a detached loss, or no "
-        "parameter changed; training: no epoch loss below 0.98 x the first within 3 epochs",
+        epochs (R2.9, T10). Noise model of the one-batch part: deterministic (one fixed batch, dropout
+        off, full-batch steps), so the wide thresholds guard against slow-but-healthy models, not
+        noise: a loss that halves passes, one that falls by less than 10% (or rises) is flagged.""",
+        "overfit one batch (16 samples, 50 steps, at the peak lr the user's schedule reaches in its first "
+        "2000 planned steps): final/initial loss > 0.9, a detached loss, no parameter changed, or a "
+        "diverged loss (0.5 < ratio <= 0.9 is info 'learns, slowly'; info when the output does not depend on "
+        "the input at all — input-independent or dead units are the root cause; skipped when the loss is "
+        "non-finite before any step); training: no epoch loss below 0.98 x the first within 3 epochs",
         "R2.8 R2.9 P9 T10 T2",
         "check the loss, the labels and the optimizer wiring; raise or lower the lr (P10); overfit "
         "~10 samples first (T10)",
@@ -272,7 +307,9 @@ _ENTRIES = [
         """Floating-point input features are far from zero-mean, unit-variance (per feature or
         channel), or span a huge dynamic range. Unnormalised inputs slow training and can cause
         NaN (T9, T12, P6).""",
-        "|mean| > 3 x std or std outside [0.1, 10] per feature/channel (constant features ignored); "
+        "on the features/channels that vary (constant ones, and those with std < 1% of the median "
+        "feature's, ignored): RMS magnitude sqrt(mean(x^2)) outside [0.01, 4], or features with RMS > 4 "
+        "or |mean| > max(1, 3 x std) carrying >= 1% of the second moment; "
         "dynamic range (max |x| / median of non-zero |x|) > 1e4",
         "T12 P6 T9",
         "standardise inputs (subtract mean, divide by std), whiten (T12, P6); squash huge ranges "
@@ -383,12 +420,20 @@ CODES: dict[str, CodeInfo] = {e.code: e for e in _ENTRIES}
 
 
 def explain(code: str) -> str:
-    """The full registry entry of ``code``.
+    """The full registry entry of ``code``, with its place in :data:`ROOT_CAUSES`.
 
     Raises:
         ValueError: ``code`` is not a known finding code.
     """
-    return _info(code).render()
+    text = _info(code).render()
+    explains = sorted({c for row in ROOT_CAUSES if row.root == code for c in row.explains})
+    by = [row.root + (f" (when {row.figure} >= {row.at_least:g})" if row.figure else "")
+          for row in ROOT_CAUSES if code in row.explains]
+    if explains:
+        text += f"\nRoot cause of (reported later, they become 'consequence of' infos): {', '.join(explains)}"
+    if by:
+        text += f"\nExplained by (when reported earlier in the fit): {', '.join(by)}"
+    return text
 
 
 def _info(code: str) -> CodeInfo:
@@ -416,6 +461,8 @@ class Finding:
         tips: tip ids; default to the code's registry entry.
         skipped: the check behind ``code`` could not apply (an ``info`` that says why): it carries no
             verdict and no remedy advice, and the summary and logger tables mark it ``skipped``.
+        cause: the code of the root cause this finding was attributed to (see :func:`root_cause`):
+            it is then an ``info`` kept as evidence of that root, not a warning of its own.
     """
 
     code: str
@@ -427,6 +474,7 @@ class Finding:
     figures: Mapping[str, float] = field(default_factory=dict)
     tips: tuple[str, ...] = ()
     skipped: bool = False
+    cause: str | None = None
 
     def __post_init__(self) -> None:
         info = _info(self.code)
@@ -439,7 +487,9 @@ class Finding:
         object.__setattr__(self, "severity", severity)
         if self.skipped and severity is not Severity.INFO:
             raise ValueError(f"Expected a skipped finding to be 'info' but got {severity.value!r}.")
-        if not self.advice and not self.skipped:
+        if self.cause is not None:
+            _info(self.cause)
+        if not self.advice and not self.skipped and self.cause is None:
             object.__setattr__(self, "advice", info.advice)
         if not self.tips:
             object.__setattr__(self, "tips", info.tips)
@@ -462,6 +512,7 @@ class Finding:
             "figures": dict(self.figures),
             "tips": list(self.tips),
             "skipped": self.skipped,
+            "cause": self.cause,
         }
 
     @classmethod
@@ -476,6 +527,7 @@ class Finding:
             figures=d.get("figures", {}),
             tips=tuple(d.get("tips", ())),
             skipped=bool(d.get("skipped", False)),
+            cause=d.get("cause"),
         )
 
 
@@ -534,33 +586,80 @@ class FindingsLog:
             self.admit(Finding.from_dict(d))
 
 
-def report(
-    finding: Finding, trainer: pl.Trainer | None = None, log: FindingsLog | None = None, stacklevel: int = 2
-) -> bool:
-    """Report ``finding``: the one function every callback calls.
+# --- root causes --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RootCause:
+    """One row of the precedence table: a finding of ``root`` explains later findings of the codes
+    in ``explains`` — when ``figure`` is given, only while the root's figure is ``>= at_least``."""
 
-    De-duplicates against ``log`` (and keeps the finding there), then on rank zero emits a
-    :class:`TipWarning` ``[code] severity: message — advice`` and logs the finding to every logger
-    attached to ``trainer``. Returns whether the finding was new (and so reported). ``stacklevel``
-    is passed to ``warnings.warn`` (2: the warning points at the caller of ``report``).
+    root: str
+    explains: tuple[str, ...]
+    why: str
+    figure: str | None = None
+    at_least: float = 0.0
+
+
+_AFTER_NONFINITE = (
+    "dead-activation", "saturated-activation", "not-learning", "init-loss", "vanishing-gradient",
+    "exploding-gradient", "input-independent", "overfitting",
+)  # fmt: skip
+
+ROOT_CAUSES: tuple[RootCause, ...] = (
+    RootCause("nonfinite-input", ("nonfinite-loss", "nonfinite-gradient", *_AFTER_NONFINITE),
+              "NaN/Inf in the data make the loss, the gradients and every statistic computed from them non-finite"),
+    RootCause("nonfinite-loss", ("nonfinite-gradient", *_AFTER_NONFINITE),
+              "a NaN/Inf loss gives NaN gradients and weights; statistics computed from them are meaningless"),
+    RootCause("nonfinite-gradient", ("nonfinite-loss", *_AFTER_NONFINITE),
+              "a NaN/Inf gradient makes the weights, then the loss and every statistic non-finite"),
+    RootCause("dead-activation", ("input-independent",),
+              "when every unit of a layer is dead, nothing of the input reaches the output",
+              figure="dead_fraction", at_least=1.0),
+    RootCause("output-bias", ("init-loss", "loss-reduction"),
+              "the pack set the output bias itself: the initial loss reflects that fix"),
+    RootCause("weight-init", ("init-loss", "loss-reduction"),
+              "the pack re-initialised the weights itself: the initial loss reflects that fix"),
+)  # fmt: skip
+"""The precedence table, in one place: which finding codes explain which others. When a consequence
+is reported after one of its root causes in the same fit, it is demoted (:func:`demote`)."""
+
+
+def root_cause(finding: Finding, earlier: Iterable[Finding]) -> Finding | None:
+    """The first of the ``earlier`` findings (this fit's, in order) that explains ``finding`` by
+    :data:`ROOT_CAUSES`, or ``None``. Only findings that are neither skipped nor demoted themselves
+    are roots, and a skipped finding is never a consequence.
 
     Example:
-        >>> import warnings
-        >>> log = FindingsLog()
-        >>> f = Finding("no-seed", "info", "no global seed was set")
-        >>> with warnings.catch_warnings(record=True) as w:
-        ...     warnings.simplefilter("always")
-        ...     report(f, log=log), report(f, log=log)
-        (True, False)
-        >>> str(w[0].message)
-        '[no-seed] info: no global seed was set — call lightning.seed_everything(seed) before building the model (R2.1)'
+        >>> nan = Finding("nonfinite-loss", "error", "loss is nan at step 12")
+        >>> dead = Finding("dead-activation", "warning", "100% of net.1 never fired", figures={"dead_fraction": 1.0})
+        >>> root_cause(dead, [nan]).code
+        'nonfinite-loss'
+        >>> root_cause(Finding("input-independent", "warning", "output unchanged"), [dead]).code
+        'dead-activation'
+        >>> root_cause(nan, [dead]) is None
+        True
     """
-    if log is not None and not log.admit(finding):
-        return False
-    if trainer is None or trainer.is_global_zero:
-        warnings.warn(finding.format(), category=TipWarning, stacklevel=stacklevel)
-        if trainer is not None:
-            from lightning_tips._loggers import log_finding
+    if finding.skipped:
+        return None
+    for root in earlier:
+        if root.skipped or root.cause is not None or root.code == finding.code:
+            continue
+        for row in ROOT_CAUSES:
+            if row.root != root.code or finding.code not in row.explains:
+                continue
+            if row.figure is not None and not root.figures.get(row.figure, -math.inf) >= row.at_least:
+                continue
+            return root
+    return None
 
-            log_finding(trainer, finding)
-    return True
+
+def demote(finding: Finding, root: Finding) -> Finding:
+    """``finding`` as evidence of ``root``: an ``info`` whose message starts ``consequence of
+    [root-code]:``, with no advice of its own (the root's advice applies).
+
+    Example:
+        >>> root = Finding("nonfinite-loss", "error", "loss is nan at step 12")
+        >>> demote(Finding("not-learning", "warning", "loss 2.3 -> nan"), root).format()
+        '[not-learning] info: consequence of [nonfinite-loss]: loss 2.3 -> nan'
+    """
+    return replace(finding, severity=Severity.INFO, message=f"consequence of [{root.code}]: {finding.message}",
+                   advice="", skipped=False, cause=root.code)

@@ -61,7 +61,8 @@ class Recipe(TipComposite):
         view_every_n_steps: period of the pictures (first-layer filters, fixed-batch predictions,
             histograms, the learning-curve chart — also drawn at the end of training).
         preflight: run the pre-flight report card before the first step.
-        preflight_budget_s: seconds the whole report card may take.
+        preflight_budget_s: the report card's safety net, in seconds (its work is planned in steps and
+            samples from the model's size; when this limit is hit, one ``info`` says so).
         nonfinite_action: what the guard does on NaN/Inf: ``"stop"`` all ranks, ``"skip"`` the
             update, ``"warn"``, or ``"raise"`` a :class:`~lightning_tips.TipError`.
         nonfinite_every_n_steps: how often the guard syncs its on-device flags (default: ``every_n_steps``;
@@ -98,7 +99,7 @@ class Recipe(TipComposite):
         every_n_steps: int = 100,
         view_every_n_steps: int = 1000,
         preflight: bool = True,
-        preflight_budget_s: float = 3.0,
+        preflight_budget_s: float = 60.0,
         nonfinite_action: Literal["stop", "skip", "warn", "raise"] = "stop",
         nonfinite_every_n_steps: int | None = None,
         gradients: bool = True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import pytest
@@ -97,3 +98,39 @@ def test_composite_checkpoints_the_shared_findings_once() -> None:
     restored = TipComposite([Scripted({}), TipComposite([Scripted({1: []})])])
     restored.load_state_dict(state)
     assert [f.code for f in restored.findings] == ["no-seed"]
+
+
+def test_tables_fit_an_80_column_terminal_with_and_without_rich(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightning_tips._console import render_table
+
+    pytest.importorskip("rich")
+    rows = [["not-learning", "warning", "", 3, "net.0", "overfit one batch: loss 2.3 -> 2.2 in 50 steps " * 3,
+             "check the loss, the labels and the optimizer wiring (P10)"]]
+    cols = ["code", "severity", "skipped", "step", "where", "message", "advice"]
+    monkeypatch.setenv("COLUMNS", "80")
+    with_rich = render_table("summary", cols, rows, color=False)
+    assert max(len(line) for line in with_rich.splitlines()) <= 80, with_rich
+    monkeypatch.setitem(sys.modules, "rich", None)  # rich not installed: `import rich` raises ImportError
+    plain = render_table("summary", cols, rows, color=False)
+    assert plain != with_rich and plain.splitlines()[0] == "summary"
+    assert max(len(line) for line in plain.splitlines()) <= 80, plain
+    assert "overfit" in plain and "(P10)" in plain
+    monkeypatch.setenv("COLUMNS", "200")
+    assert len(render_table("summary", cols, rows, color=False).splitlines()) < len(plain.splitlines())
+
+
+def test_without_rich_the_fit_prints_plain_tables(
+        make_trainer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import lightning_tips as lt
+    from tests.helpers.models import Classifier, small_cnn
+    from tests.helpers.preflight_models import digits_loader
+
+    monkeypatch.setitem(sys.modules, "rich", None)
+    monkeypatch.setenv("COLUMNS", "80")
+    trainer = make_trainer(limit_train_batches=2, limit_val_batches=0, enable_progress_bar=True,
+                           callbacks=[lt.Recipe(gradients=False, activations=False)])
+    trainer.fit(Classifier(small_cnn()), train_dataloaders=digits_loader())
+    out = capsys.readouterr().out
+    assert "lightning_tips pre-flight" in out and "| missing bias" in out
+    card = out.split("lightning_tips pre-flight")[1].split("\n\n")[0]
+    assert max(len(line) for line in card.splitlines()) <= 80

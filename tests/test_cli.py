@@ -38,3 +38,30 @@ def test_console_script_is_installed() -> None:
     assert exe, "pip install -e . installs the `lightning-tips` console script"
     out = subprocess.run([exe, "explain", "lr-decay"], capture_output=True, text=True, timeout=60, check=True).stdout
     assert out.startswith("lr-decay (check)")
+
+
+def test_explain_accepts_a_tip_id(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["explain", "R2.4"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("R2.4 (check): Check the loss at initialisation") and "Codes: init-loss" in out
+    assert main(["explain", "t11"]) == 0 and "Callbacks: WeightInit" in capsys.readouterr().out
+    assert main(["explain", "R2.99"]) == 2
+    assert "Or a tip id: R1, R2.1" in capsys.readouterr().err
+
+
+def test_tips_lists_every_tip(capsys: pytest.CaptureFixture[str]) -> None:
+    from lightning_tips.tips import TIPS
+
+    assert main(["tips"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == len(TIPS)
+    assert main(["tips", "--markdown"]) == 0
+    assert capsys.readouterr().out.startswith("| tip | advice |")
+
+
+def test_the_command_imports_neither_lightning_nor_torch() -> None:
+    """`lightning-tips codes` took ~9 s because it imported Lightning; the registries are pure data."""
+    code = ("import sys; from lightning_tips.cli import main; main(['codes']); "
+            "print(sorted(m for m in ('lightning', 'torch', 'numpy') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"

@@ -63,7 +63,7 @@ def test_quickstart(logger: str, run_example: Run, tmp_path: Path, capsys: pytes
         assert {"val_loss", "val_acc", "tips/grad_norm/total"} <= set(header)
         tips = run_dir / "tips"
     names = {p.name for p in tips.iterdir()}
-    assert "tips_preflight.txt" in names and "tips_summary_text.txt" in names
+    assert "tips_preflight.csv" in names and "tips_summary.csv" in names  # tables, one row per check / finding
     for prefix in ("tips_first_batch_step", "tips_first_layer_filters_step", "tips_fixed_batch_predictions_step",
                    "tips_learning_curves_step"):
         assert any(n.startswith(prefix) and n.endswith(".png") for n in names), prefix

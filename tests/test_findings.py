@@ -5,12 +5,27 @@ from __future__ import annotations
 import re
 import warnings
 
+import lightning.pytorch as pl
 import pytest
+import torch
 
 import lightning_tips as lt
-from lightning_tips.findings import CODES, Finding, FindingsLog, Severity, TipError, TipWarning, explain, report
+from lightning_tips._report import report
+from lightning_tips.findings import (
+    CODES,
+    ROOT_CAUSES,
+    Finding,
+    FindingsLog,
+    Severity,
+    TipError,
+    TipWarning,
+    demote,
+    explain,
+    root_cause,
+)
 from tests.helpers.data import DigitsDataModule
 from tests.helpers.models import Classifier, small_cnn
+from tests.helpers.preflight_models import digits_loader
 from tests.helpers.reporting import Scripted
 
 DESIGN_CODES = [
@@ -115,3 +130,122 @@ def test_findings_reach_callback_and_are_reported_once_per_fit(make_trainer) -> 
 def test_public_surface_exports_the_finding_types() -> None:
     for name in ("Finding", "TipWarning", "TipError", "Severity", "CODES", "report", "explain"):
         assert name in lt.__all__ and hasattr(lt, name)
+
+
+# --- root causes ------------------------------------------------------------------------------------
+def test_root_cause_table_is_one_consistent_place() -> None:
+    roots = [row.root for row in ROOT_CAUSES]
+    assert len(roots) == len(set(roots))
+    for row in ROOT_CAUSES:
+        assert row.root in CODES and row.why and row.root not in row.explains
+        assert all(code in CODES for code in row.explains), row
+    table = {row.root: row for row in ROOT_CAUSES}
+    for root in ("nonfinite-loss", "nonfinite-input", "nonfinite-gradient"):
+        assert {"dead-activation", "saturated-activation", "not-learning", "init-loss", "vanishing-gradient",
+                "exploding-gradient", "input-independent", "overfitting"} <= set(table[root].explains)
+    assert table["dead-activation"].explains == ("input-independent",) and table["dead-activation"].at_least == 1.0
+    assert {"init-loss", "loss-reduction"} <= set(table["output-bias"].explains)
+    assert "Explained by (when reported earlier in the fit): nonfinite-input" in explain("not-learning")
+    assert "Root cause of" in explain("nonfinite-loss") and "Root cause of" not in explain("no-seed")
+
+
+def test_root_cause_needs_the_root_first_and_not_skipped_and_dead_means_all_dead() -> None:
+    nan = Finding("nonfinite-loss", "error", "loss is nan")
+    partly = Finding("dead-activation", "warning", "60% dead", figures={"dead_fraction": 0.6})
+    alldead = Finding("dead-activation", "warning", "100% dead", figures={"dead_fraction": 1.0})
+    ind = Finding("input-independent", "warning", "output unchanged")
+    assert root_cause(ind, [partly]) is None and root_cause(ind, [alldead]) is alldead
+    assert root_cause(partly, [nan]) is nan and root_cause(nan, [partly, ind]) is None
+    assert root_cause(ind, [Finding("nonfinite-loss", "info", "skipped", skipped=True)]) is None
+    assert root_cause(ind, [demote(alldead, nan)]) is None  # a demoted finding is no root
+    d = demote(partly, nan)
+    assert d.severity is Severity.INFO and d.cause == "nonfinite-loss" and not d.advice
+    assert d.format() == "[dead-activation] info: consequence of [nonfinite-loss]: 60% dead"
+    assert Finding.from_dict(d.to_dict()) == d
+
+
+class _NaNAt(Classifier):
+    """Healthy until ``step``, where the first layer's weights become NaN."""
+
+    def __init__(self, step: int | None) -> None:
+        super().__init__(small_cnn())
+        self.nan_step = step
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:  # type: ignore[no-untyped-def]
+        if self.global_step == self.nan_step:
+            with torch.no_grad():
+                self.net[0].weight.fill_(float("nan"))
+
+
+def _recipe_fit(make_trainer, model: Classifier) -> tuple[lt.Recipe, list[warnings.WarningMessage]]:
+    pl.seed_everything(0)
+    recipe = lt.Recipe(every_n_steps=2, nonfinite_action="warn", preflight=False)
+    trainer = make_trainer(max_steps=20, limit_val_batches=0, callbacks=[recipe])
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        trainer.fit(model, train_dataloaders=digits_loader())
+    return recipe, [w for w in rec if issubclass(w.category, TipWarning)]
+
+
+def test_nan_at_step_k_gives_one_warning_and_its_consequences_as_evidence(make_trainer) -> None:
+    recipe, warned = _recipe_fit(make_trainer, _NaNAt(6))
+    loud = [str(w.message) for w in warned if "] warning:" in str(w.message) or "] error:" in str(w.message)]
+    assert len(loud) == 1 and loud[0].startswith("[nonfinite-loss] error: the loss is nan at step 6"), loud
+    consequences = [f for f in recipe.findings if f.cause == "nonfinite-loss"]
+    assert consequences and {f.code for f in consequences} <= {"dead-activation", "saturated-activation",
+                                                               "not-learning", "vanishing-gradient",
+                                                               "exploding-gradient", "nonfinite-gradient"}
+    assert all(f.severity is Severity.INFO and f.message.startswith("consequence of [nonfinite-loss]: ")
+               for f in consequences)
+    assert not [w for w in warned if "consequence of" in str(w.message)]  # kept in the summary, not warned
+    assert {w.filename for w in warned} == {__file__}  # located at the user's `trainer.fit(...)` line
+
+
+def test_healthy_twin_without_nan_reports_dead_units_as_its_own_warning(make_trainer) -> None:
+    model = _NaNAt(None)
+    with torch.no_grad():
+        model.net[0].bias.fill_(-100.0)  # every unit of net.1 dead, no NaN anywhere
+    recipe, warned = _recipe_fit(make_trainer, model)
+    dead = [f for f in recipe.findings if f.code == "dead-activation" and f.module == "net.1"]
+    assert dead and dead[0].severity is Severity.WARNING and dead[0].cause is None
+    assert not [f for f in recipe.findings if f.cause is not None]
+    assert any(str(w.message).startswith("[dead-activation] warning") for w in warned)
+
+
+def test_a_fix_the_pack_applied_explains_the_init_loss_remark_across_callbacks(make_trainer) -> None:
+    fix = Scripted({1: [("output-bias", "info", "set the bias of `head` to the log prior", {})]})
+    check = Scripted({2: [("init-loss", "warning", "initial loss 0.9 vs prior entropy 0.5", {"loss": 0.9})]})
+    trainer = make_trainer(callbacks=[fix, check], limit_train_batches=4, limit_val_batches=0)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        trainer.fit(Classifier(small_cnn()), DigitsDataModule())
+    assert not [w for w in rec if "[init-loss]" in str(w.message)]
+    (f,) = check.findings
+    assert f.cause == "output-bias" and f.severity is Severity.INFO
+
+
+def test_warning_points_at_the_users_line_and_filters_by_module(make_trainer) -> None:
+    cb = Scripted({1: [("init-loss", "warning", "high", {"loss": 9.0})]})
+    trainer = make_trainer(callbacks=[cb], limit_train_batches=2, limit_val_batches=0)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        trainer.fit(Classifier(small_cnn()), DigitsDataModule())  # the line the warning names
+    (w,) = [w for w in rec if issubclass(w.category, TipWarning)]
+    # the innermost frame outside the pack and Lightning: here the user's own TipCallback (Scripted)
+    assert w.filename.endswith("tests/helpers/reporting.py") and "lightning_tips/" not in w.filename
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        warnings.filterwarnings("ignore", module="lightning_tips")
+        report(Finding("no-seed", "info", "no seed"))
+    assert not rec
+
+
+def test_summary_and_logger_rows_mark_skipped_findings() -> None:
+    from lightning_tips._callback import SUMMARY_COLUMNS, summary_rows
+    from lightning_tips._loggers import FINDING_COLUMNS, _finding_row
+
+    f = Finding("not-learning", "info", "overfit one batch: skipped, no optimizer", skipped=True)
+    g = Finding("not-learning", "warning", "ratio 0.9")
+    col = SUMMARY_COLUMNS.index("skipped")
+    assert [r[col] for r in summary_rows([f, g])] == ["", "skipped"]  # warnings first
+    assert _finding_row(f)[FINDING_COLUMNS.index("skipped")] == "skipped" and not _finding_row(g)[2]

@@ -64,8 +64,8 @@ def test_no_logger_writes_files_under_the_run_dir(make_trainer: Any, tmp_path: P
     assert "hello" in (out / "tips_test_text.txt").read_text()
     assert "2,tips/test_scalar,3.5" in (out / "scalars.csv").read_text()
     findings = (out / "findings.csv").read_text().splitlines()
-    assert findings[0] == "code,severity,step,module,message,advice"
-    assert findings[1].startswith("dead-activation,warning,2,net.1,60% of units never fire,")
+    assert findings[0] == "code,severity,skipped,step,module,message,advice"
+    assert findings[1].startswith("dead-activation,warning,,2,net.1,60% of units never fire,")
     assert (out / "tips_summary.csv").exists()
 
 
@@ -109,8 +109,8 @@ def test_wandb_offline_gets_images_tables_and_finding_counts(make_trainer: Any, 
     assert len(pngs) == 1 and np.asarray(Image.open(pngs[0])).std() > 10  # uint8, not black
     table = glob.glob(f"{run}/files/media/table/tips/findings*.table.json")
     data = json.loads(Path(table[0]).read_text())
-    assert data["columns"] == ["code", "severity", "step", "module", "message", "advice"]
-    assert data["data"][0][:4] == ["dead-activation", "warning", 2, "net.1"]
+    assert data["columns"] == ["code", "severity", "skipped", "step", "module", "message", "advice"]
+    assert data["data"][0][:5] == ["dead-activation", "warning", "", 2, "net.1"]
     assert glob.glob(f"{run}/files/media/table/tips/test_table*.table.json")
     assert glob.glob(f"{run}/files/media/table/tips/summary*.table.json")
     assert summary["tips/findings/dead-activation"] == 1
@@ -169,3 +169,25 @@ def test_off_rank_zero_nothing_is_logged(tmp_path: Path) -> None:
                      (log_scalars, ({"a": 1.0},)), (log_histogram, ("k", torch.ones(3)))):
         fn(FakeTrainer(), *args)  # type: ignore[operator]
     assert not (tmp_path / "tips").exists()
+
+
+def test_fast_dev_run_is_quiet_and_writes_nothing(tmp_path: Path) -> None:
+    """Lightning suppresses logging under fast_dev_run (a DummyLogger): no 'does not know how to log'
+    warning, no files; the findings still reach the callback."""
+    import warnings as _w
+
+    import lightning.pytorch as pl
+
+    import lightning_tips as lt
+    from tests.helpers.models import Classifier, small_cnn
+    from tests.helpers.preflight_models import digits_loader
+
+    recipe = lt.Recipe(every_n_steps=1)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, fast_dev_run=True, default_root_dir=tmp_path,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[recipe])
+    with _w.catch_warnings(record=True) as rec:
+        _w.simplefilter("always")
+        trainer.fit(Classifier(small_cnn()), train_dataloaders=digits_loader())
+    assert not [w for w in rec if "does not know how to log" in str(w.message)]
+    assert not list(tmp_path.rglob("tips")) and not list(tmp_path.rglob("*.png")), sorted(tmp_path.rglob("*"))
+    assert recipe.findings  # the findings channel itself is unchanged

@@ -122,7 +122,7 @@ def test_wandb_findings_table(wandb_run: SimpleNamespace) -> None:
     assert tables, sorted(p.name for p in wandb_run.files.rglob("*.json"))
     data = [json.loads(p.read_text()) for p in tables]
     last = max(data, key=lambda d: len(d["data"]))
-    assert last["columns"] == FINDING_COLUMNS == ["code", "severity", "step", "module", "message", "advice"]
+    assert last["columns"] == FINDING_COLUMNS == ["code", "severity", "skipped", "step", "module", "message", "advice"]
     rows = {r[0]: dict(zip(last["columns"], r)) for r in last["data"]}
     assert set(rows) == {f.code for f in wandb_run.recipe.findings}
     dead, act = rows["dead-activation"], rows["output-activation"]
@@ -190,7 +190,7 @@ def test_tensorboard_histograms_images_and_findings(tb_csv_run: SimpleNamespace)
 def test_csv_logger_files(tb_csv_run: SimpleNamespace) -> None:
     tips = tb_csv_run.csv_dir / "tips"
     names = {p.name for p in tips.iterdir()}
-    assert {"findings.csv", "tips_preflight.txt", "tips_summary.csv", "tips_activations_net.1_histogram.csv",
+    assert {"findings.csv", "tips_preflight.csv", "tips_summary.csv", "tips_activations_net.1_histogram.csv",
             "tips_grad_hist_net.0_histogram.csv"} <= names, sorted(names)
     for prefix in ("tips_first_layer_filters_step", "tips_learning_curves_step", "tips_first_batch_step",
                    "tips_fixed_batch_predictions_step", "tips_activations_over_time_net.1_step"):

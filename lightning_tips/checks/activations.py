@@ -47,8 +47,9 @@ from lightning_tips import _loggers
 from lightning_tips._callback import TipCallback
 from lightning_tips._hooks import forward_hooks
 from lightning_tips._render import colorize
+from lightning_tips._report import report
 from lightning_tips._utils import find_output_layer, is_sampled, reduce_sum
-from lightning_tips.findings import Finding, Severity, report
+from lightning_tips.findings import Finding, Severity
 
 __all__ = [
     "ActivationSpec",

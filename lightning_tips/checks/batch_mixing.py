@@ -9,13 +9,20 @@ corrupts training).
 
 On a copy: BatchNorm layers (which legitimately mix samples in training mode) and dropout run in
 eval mode (BatchNorm without running statistics gets neutral ones); GroupNorm / LayerNorm are per
-sample and stay as they are. Inputs are ``split_batch(batch)[0]`` (every floating tensor of a
+sample and stay as they are; all-zero weights (a zero-initialised head or residual-branch norm,
+which would block every gradient) get small seeded noise. Inputs are ``split_batch(batch)[0]`` (every floating tensor of a
 tuple/dict is checked); integer inputs (token ids) are checked at the output of each
-``nn.Embedding``. The real batch (and so the real batch size) is used; sample ``i = n // 2``.
+``nn.Embedding`` whose output is per-sample (an embedding of shape ``(1, S, D)`` broadcast over the
+batch — Hugging Face's position embeddings — is shared like a parameter and ignored). The real
+batch (and so the real batch size) is used; sample ``i = n // 2``.
+
+Noise model: none — the gradient of an independent sample is exactly zero in exact arithmetic; the
+threshold ``1e-7 x max |g|`` only absorbs float round-off (e.g. from fused attention kernels).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -54,9 +61,34 @@ def _neutral_batchnorm(model: nn.Module) -> None:
             m.eval()
 
 
+def _unzero_weights(model: nn.Module) -> None:
+    """Fill every all-zero ``weight`` of ``model`` (a copy) with small seeded noise: a zero-initialised head
+    (torchvision's ViT) or residual-branch norm (timm's ``zero_init_last``) blocks every gradient, and the
+    check is about which samples the architecture connects, not about the values at init."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.rsplit(".", 1)[-1] == "weight" and p.numel() and p.is_floating_point() and not bool(p.any()):
+                p.copy_((0.02 * torch.randn(p.shape, generator=g)).to(p.device, p.dtype))
+
+
 def _batch_dim(shape: torch.Size, n: int) -> int | None:
+    """The dimension of a per-sample tensor that indexes the ``n`` samples, or ``None``.
+
+    Only per-sample tensors are evidence: a tensor with a size-1 leading dimension (``(1, S, D)``, e.g.
+    a position embedding broadcast over the batch) is shared by every sample, like a parameter, and its
+    gradient sums over all of them — never a leak.
+
+    Example:
+        >>> _batch_dim(torch.Size([8, 5, 16]), 8), _batch_dim(torch.Size([5, 8, 16]), 8)
+        (0, 1)
+        >>> _batch_dim(torch.Size([1, 8, 16]), 8) is None
+        True
+    """
     if len(shape) and shape[0] == n:
         return 0
+    if len(shape) and shape[0] == 1:  # broadcast over the batch: shared, not per-sample
+        return None
     dims = [d for d, s in enumerate(shape) if s == n]
     return dims[0] if len(dims) == 1 else None
 
@@ -98,6 +130,7 @@ def batch_mixing(module: nn.Module, batch: Any, sample: int | None = None) -> di
     model = model_copy(module)
     eval_dropout(model)
     _neutral_batchnorm(model)
+    _unzero_weights(model)
     model.zero_grad(set_to_none=True)
 
     def leaf(t: torch.Tensor) -> torch.Tensor:
@@ -178,6 +211,9 @@ def batch_mixing_verdict(result: dict[str, Any], threshold: float = MIXING_THRES
     """
     code = "batch-mixing"
     leak, total, i = float(result["leak"]), float(result["total"]), int(result["sample"])
+    if not (math.isfinite(leak) and math.isfinite(total)):
+        raise CheckSkipped(f"the input-gradients are not finite (max {total}): non-finite inputs or weights "
+                           "(see the nonfinite-* findings), nothing to judge until they are fixed")
     if total <= 0:
         raise CheckSkipped(f"no gradient reached the inputs from sample {i}'s output (see input-independent)")
     rel = leak / total

@@ -3,10 +3,13 @@ T16, P6).
 
 :class:`DataChecks` scans a bounded sample of the training and validation loaders — at most
 ``max_batches`` batches of each, within ``max_scan_s`` seconds — on the CPU, inside
-:func:`~lightning_tips._utils.preserved_rng`, with every sampler generator restored afterwards, so
-the user's data order and random streams are untouched. It reads batches through the loader's own
-sampler, dataset and ``collate_fn`` in this process (no worker processes are started), which also
-gives the dataset index of every sample.
+:func:`~lightning_tips._utils.preserved_rng`, without touching the user's data stream: a map-style
+loader is read through an independent copy of its dataset, sampler and ``collate_fn`` (see
+:mod:`lightning_tips._batch`; a dataset's own generators and counters do not move), in this process
+(no worker processes are started), which also gives the dataset index of every sample. A stream (an
+``IterableDataset``) is never read ahead — the samples read would be lost to training — so the scan
+looks at the first batch the training loop hands over (at step 0) instead; validation streams are
+not read at all (the card says so).
 
 Verdicts (thresholds are the registry's, see :data:`~lightning_tips.findings.CODES`):
     * ``nonfinite-input`` (error): a floating-point batch field holds NaN/Inf; names the field
@@ -21,19 +24,24 @@ Verdicts (thresholds are the registry's, see :data:`~lightning_tips.findings.COD
       occur) > 3, the output layer's bias is not within 0.5 of the log prior (softmax biases compared
       up to a constant; a single logit against the log-odds), and the train loader does not use a
       ``WeightedRandomSampler``.
-    * ``unnormalized-input`` (warning): per feature/channel of each floating-point input field
-      (dim 1 of ``(N, C, H, W)``/``(N, C, D, H, W)``, the last dim of ``(N, F)`` and of ``(N, T, F)``
-      sequences, the one value of ``(N,)``): ``|mean| > 3 std`` or ``std`` outside ``[0.1, 10]``
-      (features constant over the sample are left out); or a dynamic range ``max|x| / median|x|``
-      (median of the non-zero values) above 1e4 per feature or over all features pooled, with the
-      tanh(x/C) advice (P6). Raw digits (0..16, mean 4.9, std 6.0 as one channel) pass; raw breast
-      cancer features do not.
+    * ``unnormalized-input`` (warning): judged per floating-point input field on the features that
+      *vary* — per feature/channel (dim 1 of ``(N, C, H, W)``/``(N, C, D, H, W)``, the last dim of
+      ``(N, F)`` and of ``(N, T, F)`` sequences, the one value of ``(N,)``); constant features and those
+      whose std is below 1% of the median feature's (a border pixel that is almost always 0) are left
+      out. Flagged when the varying features' RMS magnitude ``sqrt(mean(x^2))`` is outside
+      ``[0.01, 4]``, or when features that are themselves far from unit scale (RMS above 4, or
+      ``|mean| > max(1, 3 std)``) carry at least 1% of the field's second moment; or on a dynamic range
+      ``max|x| / median|x|`` (median of the non-zero values) above 1e4 per feature or over all features
+      pooled, with the tanh(x/C) advice (P6). Standardised features, ``[0, 1]`` images and digits / 16
+      pass; raw digits (0..16, RMS 7.7), 0..255 pixels and raw breast-cancer features do not.
     * ``unshuffled-data`` (warning): the train loader's sampler is a ``SequentialSampler``, or a
       ``DistributedSampler`` with ``shuffle=False`` (the user's own, ``use_distributed_sampler=False``;
-      the one Lightning injects under DDP always shuffles the train loader, so no finding there).
+      the one Lightning injects under DDP always shuffles the train loader, so no finding there);
+      never with ``Trainer(overfit_batches=...)``, where Lightning itself turns shuffling off.
     * ``no-seed`` (info): ``PL_GLOBAL_SEED`` is unset (``lightning.seed_everything`` sets it).
     * ``view-skipped`` (info): the first-batch view could not draw the batch (no tensor in it).
-    * ``nonfinite-input`` (info): a loader raised while being scanned; the checks used what was read.
+    * a skipped ``info`` (``skipped=True``, no advice): a loader raised while being scanned, or a
+      batch could not be read; the checks used what was read.
 
 Not applicable, silently (the report card's figures say so): ``class-imbalance`` when the targets
 are not class indices (regression, segmentation masks, unlabeled tensor-only batches, dicts without
@@ -49,7 +57,8 @@ import hashlib
 import math
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -58,32 +67,31 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import (
-    DataLoader,
     DistributedSampler,
-    IterableDataset,
     RandomSampler,
     SequentialSampler,
     SubsetRandomSampler,
     WeightedRandomSampler,
 )
 
+from lightning_tips._batch import peek_batches, stream_reason, unpacked
 from lightning_tips._utils import (
     batch_size,
     find_output_layer,
     loader_samplers,
     named_tensors,
     nonfinite_fields,
-    preserved_generators,
     preserved_rng,
     reduce_sum,
     split_batch,
 )
-from lightning_tips.checks._preflight import CardLine, PreflightCheck
+from lightning_tips.checks._preflight import CardLine, PreflightCheck, Verdict, print_card
 from lightning_tips.views.first_batch import log_first_batch
 
 __all__ = [
     "DataChecks",
     "FeatureStats",
+    "NormalizationVerdict",
     "class_targets",
     "find_duplicates",
     "imbalance_ratio",
@@ -97,8 +105,11 @@ __all__ = [
 DUPLICATE_FRACTION = 0.01  # duplicate-data: duplicates within train above 1% of the sample
 IMBALANCE_RATIO = 3.0  # class-imbalance: max/min class frequency
 PRIOR_BIAS_TOLERANCE = 0.5  # class-imbalance: output bias within 0.5 of the log prior = prior init done
-MEAN_STDS = 3.0  # unnormalized-input: |mean| > 3 std
-STD_RANGE = (0.1, 10.0)  # unnormalized-input: std outside [0.1, 10]
+SCALE_RANGE = (0.01, 4.0)  # unnormalized-input: RMS magnitude of the varying features outside [0.01, 4]
+FEATURE_SCALE = 4.0  # unnormalized-input: a varying feature with RMS magnitude above 4 ...
+MEAN_STDS = 3.0  # ... or an offset |mean| > max(1, 3 std) ...
+BAD_SHARE = 0.01  # ... counts when such features carry >= 1% of the field's second moment
+NEAR_CONSTANT = 0.01  # features whose std is below 1% of the field's typical std are left out
 DYNAMIC_RANGE = 1e4  # unnormalized-input: max|x| / median|x| above 1e4
 MAX_CLASSES = 100_000  # larger "class indices" are not class labels
 _ABS_SAMPLE = 65_536  # values kept per batch (over all features) for the median |x|
@@ -322,21 +333,61 @@ class FeatureStats:
         return n, mean, (m2 / n.clamp_min(1)).clamp_min(0).sqrt()
 
 
-def normalization_verdict(mean: torch.Tensor, std: torch.Tensor) -> tuple[list[int], int]:
-    """``(bad features, worst first; number of constant features)``: a non-constant feature is bad
-    when ``|mean| > 3 std`` or ``std`` is outside ``[0.1, 10]``.
+@dataclass
+class NormalizationVerdict:
+    """What :func:`normalization_verdict` found for one input field.
+
+    ``scale``: the RMS magnitude ``sqrt(mean(x^2))`` of the varying features (count-weighted);
+    ``bad``: varying features that are themselves far from unit scale, worst first; ``bad_share``:
+    the share of the field's second moment those carry; ``ignored``: features left out as constant or
+    near-constant (std below 1% of the median feature's); ``flagged``: the verdict.
+    """
+
+    scale: float
+    bad: list[int]
+    bad_share: float
+    ignored: int
+    varying: int
+    flagged: bool
+
+
+def normalization_verdict(mean: torch.Tensor, std: torch.Tensor,
+                          n: torch.Tensor | None = None) -> NormalizationVerdict:
+    """Whether an input field's scale hurts optimisation, judged on the features that vary.
+
+    Constant features and those whose std is below ``NEAR_CONSTANT`` (1%) of the field's typical std
+    (the median of the per-feature stds) are left out: a border pixel that is almost
+    always 0 does not matter. On the others: the field is flagged when their overall RMS magnitude
+    is outside ``SCALE_RANGE`` (0.01 .. 4: unit-scale inputs, ``[0, 1]`` images and standardised
+    features pass; raw 0..16 or 0..255 pixels do not), or when some features are themselves far from
+    unit scale — RMS magnitude ``sqrt(mean^2 + std^2)`` above 4, or an offset ``|mean| > max(1, 3 std)`` —
+    and carry at least ``BAD_SHARE`` (1%) of the field's second moment (weighted by what they put
+    into the first layer, so a stray small feature does not count).
 
     Example:
-        >>> normalization_verdict(torch.tensor([0.0, 880.0, 5.0, 0.0]), torch.tensor([1.0, 570.0, 0.0, 0.01]))
-        ([1, 3], 1)
+        >>> v = normalization_verdict(torch.tensor([0.0, 880.0, 5.0, 0.0]), torch.tensor([1.0, 570.0, 0.0, 0.001]))
+        >>> v.flagged, v.bad, v.ignored, round(v.scale)
+        (True, [1], 2, 741)
+        >>> normalization_verdict(torch.tensor([0.3, 0.0001]), torch.tensor([0.4, 0.0025])).flagged  # [0, 1] pixels
+        False
     """
     mean, std = mean.double(), std.double()
-    constant = std <= 1e-8 * mean.abs().clamp_min(1.0)
-    s = std.clamp_min(1e-300)
-    badness = torch.stack([mean.abs() / (MEAN_STDS * s), s / STD_RANGE[1], STD_RANGE[0] / s]).amax(0)
-    bad = (~constant) & (badness > 1.0)
-    order = torch.argsort(torch.where(bad, badness, -1.0), descending=True)
-    return [int(i) for i in order[: int(bad.sum())]], int(constant.sum())
+    w = torch.ones_like(mean) if n is None else n.double().clamp_min(0)
+    nonconstant = (std > 1e-8 * mean.abs().clamp_min(1.0)) & (w > 0)
+    if not bool(nonconstant.any()):
+        return NormalizationVerdict(math.nan, [], 0.0, int(mean.numel()), 0, False)
+    typical = float(std[nonconstant].median())
+    varying = nonconstant & (std > NEAR_CONSTANT * typical)
+    second = mean**2 + std**2  # E[x^2] per feature
+    total = float((w * second)[varying].sum())
+    scale = math.sqrt(total / float(w[varying].sum()))
+    magnitude = second.sqrt()
+    bad_mask = varying & ((magnitude > FEATURE_SCALE) | (mean.abs() > torch.clamp(MEAN_STDS * std, min=1.0)))
+    bad_share = float((w * second)[bad_mask].sum()) / total if total > 0 else 0.0
+    order = torch.argsort(torch.where(bad_mask, magnitude, -1.0), descending=True)
+    bad = [int(i) for i in order[: int(bad_mask.sum())]]
+    flagged = not (SCALE_RANGE[0] <= scale <= SCALE_RANGE[1]) or (bool(bad) and bad_share >= BAD_SHARE)
+    return NormalizationVerdict(scale, bad, bad_share, int(mean.numel() - varying.sum()), int(varying.sum()), flagged)
 
 
 # --- pure functions: samplers (T6, T16) ------------------------------------------------------------
@@ -368,40 +419,19 @@ def sampler_balances(loader: Any) -> bool:
     return any(isinstance(s, WeightedRandomSampler) for s in loader_samplers(loader))
 
 
-def _iter_batches(loader: Any) -> Iterator[tuple[Any, list[int] | None]]:
-    """``(batch, dataset indices or None)``: a map-style DataLoader is read through its batch sampler,
-    dataset and collate_fn in this process (no workers); anything else is iterated as is (an
-    IterableDataset loader with workers is read single-process)."""
-    if isinstance(loader, DataLoader) and not isinstance(loader.dataset, IterableDataset):
-        if loader.batch_sampler is not None:
-            ds, collate = loader.dataset, loader.collate_fn
-            getitems = getattr(ds, "__getitems__", None)
-            for idx in loader.batch_sampler:
-                idx = list(idx)
-                items = getitems(idx) if callable(getitems) else [ds[i] for i in idx]
-                yield collate(items), (idx if all(isinstance(i, int) for i in idx) else None)
-            return
-    elif isinstance(loader, DataLoader) and loader.num_workers > 0:
-        loader = DataLoader(loader.dataset, batch_size=loader.batch_size, drop_last=loader.drop_last,
-                            collate_fn=loader.collate_fn)
-    for batch in loader:
-        yield batch, None
-
-
 # --- the scan -------------------------------------------------------------------------------------
 @dataclass
 class _Scan:
-    """What one rank read from one split (train or val)."""
+    """What one rank read from one split (train or val): one content hash and one name per distinct
+    sample (by dataset index where known), label batches, per-field input statistics, NaN counts."""
 
     batches: int = 0
-    samples: int = 0  # distinct samples (by dataset index where known)
     batch_sizes: list[int] = field(default_factory=list)
     nonfinite: dict[str, int] = field(default_factory=dict)
-    full_keys: dict[bytes, str] = field(default_factory=dict)  # content hash -> first sample's name
-    input_keys: dict[bytes, str] = field(default_factory=dict)
-    dup_count: int = 0
-    dup_example: tuple[str, str] | None = None
-    overlap_count: int = 0
+    names: list[str] = field(default_factory=list)  # per distinct sample: "train sample 17"
+    full_hashes: list[bytes] = field(default_factory=list)  # inputs and targets
+    input_hashes: list[bytes] = field(default_factory=list)  # inputs only
+    overlap_count: int = 0  # set by :meth:`match`
     overlap_example: tuple[str, str] | None = None
     labels: list[torch.Tensor] = field(default_factory=list)
     unlabeled_batches: int = 0
@@ -409,12 +439,34 @@ class _Scan:
     errors: list[str] = field(default_factory=list)
     _seen: set[tuple[str, int]] = field(default_factory=set)
 
+    @property
+    def samples(self) -> int:
+        return len(self.names)
+
+    @property
+    def dup_count(self) -> int:
+        return find_duplicates(self.full_hashes)[0]
+
+    @property
+    def dup_example(self) -> tuple[str, str] | None:
+        pair = find_duplicates(self.full_hashes)[1]
+        return (self.names[pair[0]], self.names[pair[1]]) if pair is not None else None
+
+    def match(self, train: _Scan) -> None:
+        """Count this split's samples whose inputs are those of a training sample (train/val overlap)."""
+        first: dict[bytes, str] = {}
+        for h, name in zip(train.input_hashes, train.names):
+            first.setdefault(h, name)
+        hits = [(name, first[h]) for h, name in zip(self.input_hashes, self.names) if h in first]
+        self.overlap_count, self.overlap_example = len(hits), (hits[0] if hits else None)
+
     def add(self, loader_name: str, batch: Any, indices: list[int] | None, prefix: str,
-            train_keys: Mapping[bytes, str] | None) -> None:
+            keys: tuple[str | None, str | None] = (None, None)) -> None:
         self.batches += 1
         for name, count in nonfinite_fields(batch, prefix):
             self.nonfinite[name] = self.nonfinite.get(name, 0) + count
-        split = split_batch(batch)
+        batch = unpacked(batch)  # a PackedSequence: one (NaN-padded) row per sample, like the other fields
+        split = split_batch(batch, *keys)
         inputs, targets = split if split is not None else (batch, None)
         n = batch_size(batch) or 0
         self.batch_sizes.append(n)
@@ -429,44 +481,53 @@ class _Scan:
         for name, t in named_tensors(batch, prefix):
             if id(t) in input_ids and t.is_floating_point() and t.dim() >= 1 and t.shape[0] == n:
                 self.stats.setdefault(name, FeatureStats()).update(t)
-        # content hashes of distinct samples
+        # content hashes of distinct samples (the same dataset index drawn again is not a duplicate)
         full, inp = sample_hashes(batch, n), sample_hashes(inputs, n)
         for j in range(min(len(full), len(inp))):
             if indices is not None:
                 if (loader_name, indices[j]) in self._seen:
-                    continue  # the same dataset index drawn again is not a duplicate
+                    continue
                 self._seen.add((loader_name, indices[j]))
-                label = f"{loader_name} sample {indices[j]}"
+                self.names.append(f"{loader_name} sample {indices[j]}")
             else:
-                label = f"{loader_name} sample #{self.samples} of the scan"
-            self.samples += 1
-            if full[j] in self.full_keys:
-                self.dup_count += 1
-                self.dup_example = self.dup_example or (label, self.full_keys[full[j]])
-            else:
-                self.full_keys[full[j]] = label
-            self.input_keys.setdefault(inp[j], label)
-            if train_keys is not None and inp[j] in train_keys:
-                self.overlap_count += 1
-                self.overlap_example = self.overlap_example or (label, train_keys[inp[j]])
+                self.names.append(f"{loader_name} sample #{self.samples} of the scan")
+            self.full_hashes.append(full[j])
+            self.input_hashes.append(inp[j])
 
 
 def _scan(loaders: Sequence[tuple[str, Any]], max_batches: int, deadline: float,
-          train_keys: Mapping[bytes, str] | None = None) -> _Scan:
+          keys: tuple[str | None, str | None] = (None, None)) -> _Scan:
     out = _Scan()
     for name, loader in loaders:
         prefix = "batch" if len(loaders) == 1 else f"{name} batch"
         count = 0
         try:
-            with preserved_generators(loader):
-                for batch, indices in _iter_batches(loader):
-                    out.add(name, batch, indices, prefix, train_keys)
+            with closing(peek_batches(loader)) as batches:
+                for batch, indices in batches:
+                    out.add(name, batch, indices, prefix, keys)
                     count += 1
                     if count >= max_batches or time.perf_counter() > deadline:
                         break
         except Exception as err:  # a scan must never crash training; report what was read
             out.errors.append(f"{name}: {type(err).__name__}: {err}")
     return out
+
+
+def _handed_over(loaders: Any, batch: Any) -> Any:
+    """``loaders`` with every stream replaced by ``[its part of batch]`` (the batch the training loop
+    handed over: a stream cannot be read ahead without consuming it), or by ``[]`` without a batch."""
+    if loaders is None or batch is None:
+        return loaders
+    if isinstance(loaders, Mapping):
+        return {k: v if stream_reason(v) is None else
+                ([batch[k]] if isinstance(batch, Mapping) and k in batch else []) for k, v in loaders.items()}
+    if isinstance(loaders, (list, tuple)):
+        parts = batch if isinstance(batch, (list, tuple)) and len(batch) == len(loaders) else None
+        if len(loaders) == 1:
+            parts = [batch]
+        return [v if stream_reason(v) is None else ([parts[i]] if parts is not None else [])
+                for i, v in enumerate(loaders)]
+    return loaders if stream_reason(loaders) is None else [[batch]]  # one loader yielding one batch
 
 
 def _named_loaders(obj: Any, name: str) -> list[tuple[str, Any]]:
@@ -507,6 +568,151 @@ def _feature_name(field_name: str, ndim: int, k: int) -> str:
     return f"{field_name} channel {k}" if ndim >= 4 else f"{field_name} feature {k}"
 
 
+@dataclass
+class _Local:
+    """One rank's scan, before the ranks sum their figures."""
+
+    train: _Scan
+    val: _Scan
+    train_loaders: list[tuple[str, Any]]
+    val_loaders: list[tuple[str, Any]]
+    streams: list[str]  # loaders not read ahead
+    fields: list[tuple[str, FeatureStats]]  # float input fields with statistics
+    dyn: list[tuple[float, int, float]]  # per field: dynamic_range()
+    packed: torch.Tensor  # the fields' FeatureStats.pack() and dynamic-range flags, to sum over ranks
+
+
+# --- verdicts: pure functions of the rank-summed figures (the same on every rank) ---------------------
+def _nonfinite_verdicts(g: Mapping[str, int], train: _Scan, val: _Scan) -> list[Verdict]:
+    """``nonfinite-input`` (error) per split holding NaN/Inf; a skipped info when part of the scan failed."""
+    out = []
+    for name, scan, key in (("train", train, "nonfinite_train"), ("val", val, "nonfinite_val")):
+        if g[key] > 0:
+            where = ", ".join(f"{f} ({c} values)" for f, c in scan.nonfinite.items()) or "on another rank"
+            out.append(Verdict(
+                "nonfinite-input", "error",
+                f"the {name} loader's batches hold {g[key]} NaN/Inf values: {where} "
+                f"(in {g[name + '_batches']} sampled batches)",
+                module=f"{name} {next(iter(scan.nonfinite), '')}".strip(), figures={"count": g[key]}))
+    if g["scan_errors"]:
+        errs = "; ".join(train.errors + val.errors) or "on another rank"
+        out.append(Verdict("nonfinite-input", "info", f"data checks: part of the scan could not run ({errs}); the "
+                           "checks used the batches read before", module="scan", skipped=True))
+    return out
+
+
+def _duplicate_verdicts(g: Mapping[str, int], train: _Scan, val: _Scan) -> list[Verdict]:
+    """``duplicate-data`` (warning): repeats within the training sample, and train/val overlap."""
+    out = []
+    dup_frac = g["dup"] / g["train_samples"] if g["train_samples"] else 0.0
+    if dup_frac > DUPLICATE_FRACTION:
+        ex = f" e.g. {train.dup_example[0]} repeats {train.dup_example[1]}" if train.dup_example else ""
+        out.append(Verdict(
+            "duplicate-data", "warning",
+            f"{g['dup']} of {g['train_samples']} sampled training samples ({dup_frac:.1%}) repeat another "
+            f"sampled training sample (same content),{ex}",
+            module="train", figures={"fraction": dup_frac, "count": g["dup"], "samples": g["train_samples"]}))
+    if g["overlap"] > 0:
+        frac = g["overlap"] / max(1, g["val_samples"])
+        ex = f" e.g. {val.overlap_example[0]} has the inputs of {val.overlap_example[1]}" if val.overlap_example else ""
+        out.append(Verdict(
+            "duplicate-data", "warning",
+            f"{g['overlap']} of {g['val_samples']} sampled validation samples ({frac:.1%}) have the same inputs "
+            f"as a sampled training sample: validation scores are inflated,{ex}",
+            module="train/val", figures={"fraction": frac, "count": g["overlap"], "samples": g["val_samples"]}))
+    return out
+
+
+def _imbalance_verdicts(counts: torch.Tensor, balanced: bool, out: tuple[str, nn.Module] | None) -> list[Verdict]:
+    """``class-imbalance`` (warning): skewed labels, no prior-bias output layer ``out``, no balancing sampler."""
+    ratio = imbalance_ratio(counts)
+    if not ratio > IMBALANCE_RATIO or balanced:
+        return []
+    bias = getattr(out[1], "bias", None) if out is not None else None
+    usable = isinstance(bias, torch.Tensor) and not isinstance(bias, nn.parameter.UninitializedParameter)
+    gap = prior_bias_gap(bias if usable else None, counts)
+    if gap <= PRIOR_BIAS_TOLERANCE:
+        return []
+    total = int(counts.sum())
+    lo, hi = int(torch.where(counts > 0, counts, counts.max() + 1).argmin()), int(counts.argmax())
+    where = f"`{out[0]}.bias`" if out is not None else "no output layer found"
+    off = f"off by {_fmt(gap)}" if math.isfinite(gap) else "not comparable"
+    return [Verdict(
+        "class-imbalance", "warning",
+        f"training labels are skewed: class {hi} has {int(counts[hi]) / total:.1%} and class {lo} "
+        f"{int(counts[lo]) / total:.1%} of {total} sampled labels (max/min {_fmt(ratio)} > "
+        f"{IMBALANCE_RATIO:g}); the output bias ({where}) is not the log prior ({off}) and the "
+        f"loader does not balance classes",
+        module=out[0] if out is not None else None,
+        figures={"ratio": ratio, "bias_gap": gap if math.isfinite(gap) else -1.0})]
+
+
+def _order_verdicts(g: Mapping[str, int]) -> list[Verdict]:
+    """``unshuffled-data`` (warning) and ``no-seed`` (info)."""
+    out = []
+    if g["unshuffled"]:
+        out.append(Verdict("unshuffled-data", "warning",
+                           "the training loader iterates in a fixed order (SequentialSampler, or a DistributedSampler "
+                           "with shuffle=False): batches are correlated, often sorted by class", module="train"))
+    if g["no_seed"]:
+        out.append(Verdict("no-seed", "info", "no global seed was set before fit (PL_GLOBAL_SEED is unset): this "
+                           "run cannot be reproduced"))
+    return out
+
+
+def _normalization_verdicts(fields: list[tuple[str, FeatureStats]], dyn: list[tuple[float, int, float]],
+                            global_stats: torch.Tensor) -> tuple[list[Verdict], str]:
+    """``unnormalized-input`` (warning) per field from the rank-summed statistics, and the card's figures."""
+    offset, summaries, out = 0, list[str](), list[Verdict]()
+    n_fields = len(fields)
+    flags = global_stats[-n_fields:] if n_fields else global_stats[:0]
+    for i, (name, stats) in enumerate(fields):
+        f = stats.num_features
+        n, mean, std = FeatureStats.unpack(global_stats[offset : offset + 4 * f])
+        offset += 4 * f
+        v = normalization_verdict(mean, std, n)
+        per_feature, worst_dyn, pooled = dyn[i]
+        dynamic = bool(flags[i] > 0)
+        if len(fields) == 1 or not summaries:
+            summaries.append(
+                f"mean {_fmt(float(mean.mean()))} std {_fmt(float(std.mean()))}" if f == 1 else
+                f"mean {_fmt(float(mean.min()))}..{_fmt(float(mean.max()))} "
+                f"std {_fmt(float(std.min()))}..{_fmt(float(std.max()))}"
+                + (f", RMS {_fmt(v.scale)}" if math.isfinite(v.scale) else "")
+            )
+        if not v.flagged and not dynamic:
+            continue
+        what = "channels" if stats.ndim >= 4 else "features"
+        msg = []
+        if v.flagged:
+            ignored = f"; {v.ignored} constant or near-constant left out" if v.ignored else ""
+            msg.append(f"the {v.varying} varying {what} have an RMS magnitude of {_fmt(v.scale)} "
+                       f"(unit scale is 0.01..{SCALE_RANGE[1]:g}{ignored})")
+            if v.bad:
+                worst = ", ".join(
+                    f"{_feature_name(name, stats.ndim, k)} (mean {_fmt(float(mean[k]))}, std {_fmt(float(std[k]))})"
+                    for k in v.bad[:3]
+                )
+                msg.append(f"{len(v.bad)} of them are far from unit scale (RMS > {FEATURE_SCALE:g} or "
+                           f"|mean| > max(1, 3 std); {v.bad_share:.0%} of the input's energy): worst {worst}")
+        ratio = max((r for r in (per_feature, pooled) if math.isfinite(r)), default=math.nan)
+        if dynamic:
+            where = (f" ({_feature_name(name, stats.ndim, worst_dyn)})" if per_feature > DYNAMIC_RANGE else
+                     " (all features pooled)")
+            shown = f"{_fmt(ratio)}{where}" if math.isfinite(ratio) else "above 1e4 on another rank"
+            msg.append(f"huge dynamic range: max|x| / median|x| = {shown} > {DYNAMIC_RANGE:g}")
+        advice = ("standardise each feature/channel with the training mean and std (T12), or whiten (P6)"
+                  if not dynamic else
+                  "squash the huge range first with tanh(x/C) or log1p (P6), then standardise each "
+                  "feature/channel with the training mean and std (T12)")
+        worst_k = v.bad[0] if v.bad else int(torch.argmax(mean**2 + std**2))
+        out.append(Verdict("unnormalized-input", "warning", f"{name}: " + "; ".join(msg), advice=advice,
+                           module=name, figures={"bad_features": len(v.bad), "worst_mean": float(mean[worst_k]),
+                     "worst_std": float(std[worst_k]), "scale": v.scale if math.isfinite(v.scale) else -1.0,
+                     "dynamic_range": ratio if math.isfinite(ratio) else -1.0}))
+    return out, summaries[0] if summaries else ""
+
+
 # --- the callback ---------------------------------------------------------------------------------
 _META = (
     "train_batches", "train_samples", "val_batches", "val_samples", "val_loaders",
@@ -522,15 +728,23 @@ class DataChecks(PreflightCheck):
 
     Reports ``nonfinite-input`` (error), ``duplicate-data``, ``class-imbalance``,
     ``unnormalized-input``, ``unshuffled-data`` (warnings), ``no-seed`` (info); see the module
-    docstring for the thresholds. Observes only: the scan reads on the CPU inside
-    ``preserved_rng`` and restores every sampler generator, so training is bit-for-bit unchanged.
+    docstring for the thresholds. Observes only: the scan reads copies on the CPU inside
+    ``preserved_rng`` and never reads a stream ahead, so training is bit-for-bit unchanged.
 
     Args:
         max_batches: at most this many batches of the train loader, and of the val loader(s), are scanned.
-        max_scan_s: the scan stops reading after this many seconds (train gets 60% of it first).
-        first_batch: log the first batch as it enters the net (image grid or table, key
-            ``tips/first_batch``) and print its fields, shapes, dtypes and ranges once.
+        max_scan_s: a safety net for slow loaders: the scan stops reading after this many seconds
+            (train gets 60% of it first). The scan is bounded by ``max_batches``, so the figures do not
+            depend on the machine's speed unless this limit is hit.
+        first_batch: log the first batch as it enters the net (captioned image panels or a table, key
+            ``tips/first_batch``) and print its fields, shapes, dtypes and ranges once — drawn from the
+            batch the training loop hands over at step 0, outside the pre-flight budget.
         budget_s: the pre-flight time budget when this check runs alone.
+        input_key: the batch dict's key holding the model's input (e.g. ``"pixels"``) when it is not
+            one of the recognised keys (see :data:`lightning_tips._batch.LAYOUTS`); for a tuple batch, its
+            position (``"0"``).
+        target_key: the batch dict's key holding the targets (e.g. ``"cls"``); for a tuple batch, its
+            position (``"1"``). Without recognisable targets the label checks do not apply.
 
     Example:
         >>> import torch
@@ -538,8 +752,8 @@ class DataChecks(PreflightCheck):
         >>> checks = DataChecks(max_batches=5)
         >>> checks.title, imbalance_ratio(torch.tensor([95, 5]))
         ('data', 19.0)
-        >>> normalization_verdict(torch.tensor([655.0]), torch.tensor([352.0]))  # raw breast-cancer "area"
-        ([0], 0)
+        >>> normalization_verdict(torch.tensor([655.0]), torch.tensor([352.0])).flagged  # raw breast-cancer "area"
+        True
     """
 
     title: ClassVar[str] = "data"
@@ -548,11 +762,18 @@ class DataChecks(PreflightCheck):
     def __init__(
         self,
         max_batches: int = 20,
-        max_scan_s: float = 1.0,
+        max_scan_s: float = 30.0,
         first_batch: bool = True,
         budget_s: float = 3.0,
+        input_key: str | None = None,
+        target_key: str | None = None,
     ) -> None:
         super().__init__(budget_s=budget_s)
+        for name, key in (("input_key", input_key), ("target_key", target_key)):
+            if key is not None and not isinstance(key, str):
+                raise TypeError(f"Expected {name} to be a str or None but got {type(key).__name__}.")
+        self.input_key = input_key
+        self.target_key = target_key
         if isinstance(max_batches, bool) or not isinstance(max_batches, int):
             raise TypeError(f"Expected max_batches to be an int but got {type(max_batches).__name__}.")
         if max_batches < 1:
@@ -564,36 +785,43 @@ class DataChecks(PreflightCheck):
         self.max_batches = max_batches
         self.max_scan_s = max_scan_s
         self.first_batch = first_batch
+        self._scanned = False  # the scan ran this fit (in pre-flight, or on the batch handed over at step 0)
+        self._draw_pending = False  # the first-batch picture is drawn on the batch handed over at step 0
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage == "fit":
+            self._scanned = self._draw_pending = False
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        """At step 0: a streaming training loader cannot be read in pre-flight without consuming it, so
+        the scan runs once on the first batch the loop hands over (on every rank); and the first-batch
+        picture is drawn from that batch, as it enters the net."""
+        if batch_idx != 0 or trainer.global_step != 0 or trainer.ckpt_path is not None:
+            return
+        loaders = trainer.train_dataloader
+        parts = list(loaders.values()) if isinstance(loaders, Mapping) else (
+            list(loaders) if isinstance(loaders, (list, tuple)) else [loaders])
+        if not self._scanned and any(stream_reason(ld) is not None for ld in parts if ld is not None):
+            line = self.run_check(trainer, pl_module, batch)
+            print_card(trainer, [line], title="lightning_tips pre-flight (data: the first training batch)")
+        if self._draw_pending:  # the first batch as it enters the net (R2.10)
+            self._draw_pending = False
+            reason = log_first_batch(trainer, batch, input_key=self.input_key, target_key=self.target_key)
+            if reason is not None:
+                self.report(trainer, "view-skipped", "info", f"first batch view: {reason}", module="first_batch",
+                            skipped=True)
 
     def run_check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> CardLine:
-        start = time.perf_counter()
-        # 1. local scan: no collectives, and nothing here may raise (a rank that skipped the
-        # collectives below would hang the others)
-        train, val, train_loaders, val_loaders = _Scan(), _Scan(), list[tuple[str, Any]](), list[tuple[str, Any]]()
-        fields: list[tuple[str, FeatureStats]] = []
-        dyn: list[tuple[float, int, float]] = []
-        packed = torch.zeros(0, dtype=torch.float64)
-        try:
-            train_loaders = _named_loaders(trainer.train_dataloader, "train")
-            if not train_loaders:  # no loader object: the given batch is the sample
-                train_loaders = [("train", [_to_cpu(batch)])]
-            val_loaders = _named_loaders(_val_source(trainer, pl_module), "val")
-            end = start + self.max_scan_s
-            overall = getattr(self, "_deadline", None)  # the composite pre-flight's budget, when set
-            if isinstance(overall, float):
-                end = max(start + 0.1 * self.max_scan_s, min(end, overall))
-            with preserved_rng([pl_module.device]):
-                train = _scan(train_loaders, self.max_batches, start + 0.6 * (end - start))
-                val = _scan(val_loaders, self.max_batches, end, train.input_keys)
-            fields = [(k, s) for k, s in train.stats.items() if s.valid and s.num_features > 0]
-            dyn = [s.dynamic_range() for _, s in fields]
-            if fields:
-                flags = torch.tensor([float(r > DYNAMIC_RANGE or p > DYNAMIC_RANGE) for r, _, p in dyn],
-                                     dtype=torch.float64)
-                packed = torch.cat([*(s.pack() for _, s in fields), flags])
-        except Exception as err:
-            train.errors.append(f"{type(err).__name__}: {err}")
-            fields, dyn, packed = [], [], torch.zeros(0, dtype=torch.float64)
+        """Three steps: a local scan (no collectives, never raises), the global figures (the same
+        collectives in the same order on every rank: counts and moments summed over ranks), and the
+        verdicts — pure functions of those global figures, hence the same on every rank without the
+        lowest-rank agreement :func:`~lightning_tips.checks._preflight.settle` does for one-batch checks."""
+        self._scanned = True
+        m = self._measure(trainer, pl_module, batch)
+        train, val, train_loaders, val_loaders, streams = m.train, m.val, m.train_loaders, m.val_loaders, m.streams
+        fields, dyn, packed = m.fields, m.dyn, m.packed
         shuffles = [sampler_shuffles(loader) for _, loader in train_loaders]
         labels = torch.cat(train.labels) if train.labels else torch.zeros(0, dtype=torch.int64)
 
@@ -606,7 +834,8 @@ class DataChecks(PreflightCheck):
             "labeled_ranks": int(labels.numel() > 0), "unlabeled_batches": train.unlabeled_batches,
             "label_size": int(labels.max()) + 1 if labels.numel() else 0,
             "stats_len": packed.numel(), "stats_len_sq": packed.numel() ** 2,
-            "unshuffled": int(any(s is False for s in shuffles)),
+            # overfit_batches > 0: Lightning itself turned shuffling off (the user's shuffle=True is moot)
+            "unshuffled": int(any(s is False for s in shuffles) and not getattr(trainer, "overfit_batches", 0)),
             "balanced": int(any(sampler_balances(loader) for _, loader in train_loaders)),
             "no_seed": int(os.environ.get("PL_GLOBAL_SEED") is None),
         }  # fmt: skip
@@ -623,134 +852,89 @@ class DataChecks(PreflightCheck):
         if layout_same:
             global_stats = _all_sum(trainer, pl_module, packed, dtype=torch.float32)
 
-        # 3. verdicts (every rank calls report with the same verdicts; rank zero speaks)
-        reported: list[str] = []
-
-        def rep(code: str, severity: str, message: str, **kw: Any) -> None:
-            f = self.report(trainer, code, severity, message, **kw)
-            if f is not None and severity != "info":
-                reported.append(code)
-
-        for name, scan, key in (("train", train, "nonfinite_train"), ("val", val, "nonfinite_val")):
-            if g[key] > 0:
-                where = ", ".join(f"{f} ({c} values)" for f, c in scan.nonfinite.items()) or "on another rank"
-                rep("nonfinite-input", "error",
-                    f"the {name} loader's batches hold {g[key]} NaN/Inf values: {where} "
-                    f"(in {g[name + '_batches']} sampled batches)",
-                    module=f"{name} {next(iter(scan.nonfinite), '')}".strip(), figures={"count": g[key]})
-        if g["scan_errors"]:
-            errs = "; ".join(train.errors + val.errors) or "on another rank"
-            rep("nonfinite-input", "info", f"data checks: a loader raised while being scanned ({errs}); "
-                "the checks used the batches read before", module="scan")
-        dup_frac = g["dup"] / g["train_samples"] if g["train_samples"] else 0.0
-        if dup_frac > DUPLICATE_FRACTION:
-            ex = f" e.g. {train.dup_example[0]} repeats {train.dup_example[1]}" if train.dup_example else ""
-            rep("duplicate-data", "warning",
-                f"{g['dup']} of {g['train_samples']} sampled training samples ({dup_frac:.1%}) repeat another "
-                f"sampled training sample (same content),{ex}",
-                module="train", figures={"fraction": dup_frac, "count": g["dup"], "samples": g["train_samples"]})
-        if g["overlap"] > 0:
-            frac = g["overlap"] / max(1, g["val_samples"])
-            ex = f" e.g. {val.overlap_example[0]} has the inputs of {val.overlap_example[1]}" \
-                if val.overlap_example else ""
-            rep("duplicate-data", "warning",
-                f"{g['overlap']} of {g['val_samples']} sampled validation samples ({frac:.1%}) have the same inputs "
-                f"as a sampled training sample: validation scores are inflated,{ex}",
-                module="train/val", figures={"fraction": frac, "count": g["overlap"], "samples": g["val_samples"]})
+        # 3. verdicts: pure functions of the global figures (every rank reports the same; rank zero speaks)
+        verdicts = [*_nonfinite_verdicts(g, train, val), *_duplicate_verdicts(g, train, val)]
         ratio, n_classes = math.nan, 0
         if counts is not None:
             ratio, n_classes = imbalance_ratio(counts), int((counts > 0).sum())
-            if ratio > IMBALANCE_RATIO and not g["balanced"]:
-                out = find_output_layer(pl_module)
-                bias = getattr(out[1], "bias", None) if out is not None else None
-                usable = isinstance(bias, torch.Tensor) and not isinstance(bias, nn.parameter.UninitializedParameter)
-                gap = prior_bias_gap(bias if usable else None, counts)
-                if gap > PRIOR_BIAS_TOLERANCE:
-                    total = int(counts.sum())
-                    lo, hi = int(torch.where(counts > 0, counts, counts.max() + 1).argmin()), int(counts.argmax())
-                    where = f"`{out[0]}.bias`" if out is not None else "no output layer found"
-                    off = f"off by {_fmt(gap)}" if math.isfinite(gap) else "not comparable"
-                    rep("class-imbalance", "warning",
-                        f"training labels are skewed: class {hi} has {int(counts[hi]) / total:.1%} and class {lo} "
-                        f"{int(counts[lo]) / total:.1%} of {total} sampled labels (max/min {_fmt(ratio)} > "
-                        f"{IMBALANCE_RATIO:g}); the output bias ({where}) is not the log prior ({off}) and the "
-                        f"loader does not balance classes",
-                        module=out[0] if out is not None else None,
-                        figures={"ratio": ratio, "bias_gap": gap if math.isfinite(gap) else -1.0})
+            verdicts += _imbalance_verdicts(counts, bool(g["balanced"]), find_output_layer(pl_module))
         summary_stats = ""
         if g["stats_len"] > 0 and not layout_same:
-            rep("unnormalized-input", "info",
-                "unnormalized-input: skipped, the float input fields differ across ranks", module="layout")
+            verdicts.append(Verdict("unnormalized-input", "info", "unnormalized-input: skipped, the float input "
+                                    "fields differ across ranks", module="layout", skipped=True))
         if global_stats is not None:
-            summary_stats = self._normalization(trainer, fields, dyn, global_stats, rep)
-        if g["unshuffled"]:
-            rep("unshuffled-data", "warning",
-                "the training loader iterates in a fixed order (SequentialSampler, or a DistributedSampler "
-                "with shuffle=False): batches are correlated, often sorted by class", module="train")
-        if g["no_seed"]:
-            rep("no-seed", "info", "no global seed was set before fit (PL_GLOBAL_SEED is unset): this run "
-                "cannot be reproduced")
+            found, summary_stats = _normalization_verdicts(fields, dyn, global_stats)
+            verdicts += found
+        verdicts += _order_verdicts(g)
+        reported = self._report_all(trainer, verdicts)
 
-        # 4. the first batch as it enters the net (R2.10)
-        if self.first_batch:
-            reason = log_first_batch(trainer, batch)
-            if reason is not None:
-                self.report(trainer, "view-skipped", "info", f"first batch view: {reason}", module="first_batch")
+        # 4. the first batch as it enters the net (R2.10): drawn on the batch the loop hands over at
+        # step 0, outside the pre-flight budget
+        self._draw_pending = self.first_batch
 
         sizes = sorted(set(train.batch_sizes))
         bs = f"×{sizes[-1]}" if sizes else ""
         parts = [f"{g['train_batches']}{bs} train / {g['val_batches']} val batches"]
-        parts.append(f"{n_classes} classes (max/min {_fmt(ratio)})" if counts is not None else "labels n/a")
+        parts.append(f"{n_classes} classes (max/min {_fmt(ratio)})" if counts is not None else
+                     "labels n/a (no class-index targets; name a dict's with target_key=)" if g["unlabeled_batches"]
+                     else "labels n/a")
         parts.append(summary_stats or "no float inputs")
         parts.append(f"{g['dup']} duplicates, {g['overlap']} shared with val" if g["val_loaders"] else
                      f"{g['dup']} duplicates, no val")
+        if streams:
+            parts.append(f"streams not read ahead: {', '.join(streams)} (the training batch handed over stands in)")
         return CardLine(self.title, "finding" if reported else "pass", ", ".join(parts))
 
-    def _normalization(self, trainer: pl.Trainer, fields: list[tuple[str, FeatureStats]],
-                       dyn: list[tuple[float, int, float]], global_stats: torch.Tensor, rep: Any) -> str:
-        """unnormalized-input per field from the rank-summed statistics; returns the card's figures."""
-        offset, summaries = 0, list[str]()
-        n_fields = len(fields)
-        flags = global_stats[-n_fields:] if n_fields else global_stats[:0]
-        for i, (name, stats) in enumerate(fields):
-            f = stats.num_features
-            _, mean, std = FeatureStats.unpack(global_stats[offset : offset + 4 * f])
-            offset += 4 * f
-            bad, constant = normalization_verdict(mean, std)
-            per_feature, worst_dyn, pooled = dyn[i]
-            dynamic = bool(flags[i] > 0)
-            if len(fields) == 1 or not summaries:
-                summaries.append(
-                    f"mean {_fmt(float(mean.mean()))} std {_fmt(float(std.mean()))}" if f == 1 else
-                    f"mean {_fmt(float(mean.min()))}..{_fmt(float(mean.max()))} "
-                    f"std {_fmt(float(std.min()))}..{_fmt(float(std.max()))}"
-                )
-            if not bad and not dynamic:
-                continue
-            what = "channels" if stats.ndim >= 4 else "features"
-            msg = []
-            if bad:
-                worst = ", ".join(
-                    f"{_feature_name(name, stats.ndim, k)} (mean {_fmt(float(mean[k]))}, std {_fmt(float(std[k]))})"
-                    for k in bad[:3]
-                )
-                msg.append(f"{len(bad)} of {f} {what} are far from zero-mean/unit-scale (|mean| > 3 std or std "
-                           f"outside [0.1, 10]{f'; {constant} constant left out' if constant else ''}): worst {worst}")
-            ratio = max((r for r in (per_feature, pooled) if math.isfinite(r)), default=math.nan)
-            if dynamic:
-                where = (f" ({_feature_name(name, stats.ndim, worst_dyn)})" if per_feature > DYNAMIC_RANGE else
-                         " (all features pooled)")
-                shown = f"{_fmt(ratio)}{where}" if math.isfinite(ratio) else "above 1e4 on another rank"
-                msg.append(f"huge dynamic range: max|x| / median|x| = {shown} > {DYNAMIC_RANGE:g}")
-            advice = ("standardise each feature/channel with the training mean and std (T12), or whiten (P6)"
-                      if not dynamic else
-                      "squash the huge range first with tanh(x/C) or log1p (P6), then standardise each "
-                      "feature/channel with the training mean and std (T12)")
-            worst_k = bad[0] if bad else 0
-            rep("unnormalized-input", "warning", f"{name}: " + "; ".join(msg), advice=advice, module=name,
-                figures={"bad_features": len(bad), "worst_mean": float(mean[worst_k]),
-                         "worst_std": float(std[worst_k]), "dynamic_range": ratio if math.isfinite(ratio) else -1.0})
-        return summaries[0] if summaries else ""
+    def _measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> _Local:
+        """The local scan of the train and val loaders: no collectives, and nothing here may raise (a
+        rank that skipped the collectives that follow would hang the others)."""
+        start = time.perf_counter()
+        train, val, train_loaders, val_loaders = _Scan(), _Scan(), list[tuple[str, Any]](), list[tuple[str, Any]]()
+        streams: list[str] = []
+        fields: list[tuple[str, FeatureStats]] = []
+        dyn: list[tuple[float, int, float]] = []
+        packed = torch.zeros(0, dtype=torch.float64)
+        try:
+            # a stream is never read ahead (it would lose samples to training): its part of the
+            # batch the loop handed over stands in for it
+            cpu_batch = _to_cpu(batch) if batch is not None else None
+            streams = [n for n, ld in _named_loaders(trainer.train_dataloader, "train") if stream_reason(ld)]
+            train_loaders = _named_loaders(_handed_over(trainer.train_dataloader, cpu_batch), "train")
+            if not train_loaders and cpu_batch is not None:  # no loader object: the given batch is the sample
+                train_loaders = [("train", [cpu_batch])]
+            val_all = _named_loaders(_val_source(trainer, pl_module), "val")
+            streams += [n for n, ld in val_all if stream_reason(ld)]
+            val_loaders = [(n, ld) for n, ld in val_all if stream_reason(ld) is None]
+            end = start + self.max_scan_s
+            overall = getattr(self, "_deadline", None)  # the composite pre-flight's budget, when set
+            if isinstance(overall, float):
+                end = max(start + 0.1 * self.max_scan_s, min(end, overall))
+            with preserved_rng([pl_module.device]):
+                keys = (self.input_key, self.target_key)
+                train = _scan(train_loaders, self.max_batches, start + 0.6 * (end - start), keys=keys)
+                val = _scan(val_loaders, self.max_batches, end, keys=keys)
+                val.match(train)
+            fields = [(k, s) for k, s in train.stats.items() if s.valid and s.num_features > 0]
+            dyn = [s.dynamic_range() for _, s in fields]
+            if fields:
+                flags = torch.tensor([float(r > DYNAMIC_RANGE or p > DYNAMIC_RANGE) for r, _, p in dyn],
+                                     dtype=torch.float64)
+                packed = torch.cat([*(s.pack() for _, s in fields), flags])
+        except Exception as err:
+            train.errors.append(f"{type(err).__name__}: {err}")
+            fields, dyn, packed = [], [], torch.zeros(0, dtype=torch.float64)
+        return _Local(train, val, train_loaders, val_loaders, streams, fields, dyn, packed)
+
+    def _report_all(self, trainer: pl.Trainer, verdicts: Sequence[Verdict]) -> list[str]:
+        """Report every verdict; the codes that gave a new warning/error."""
+        reported = []
+        for v in verdicts:
+            assert v.severity is not None
+            f = self.report(trainer, v.code, v.severity, v.message, advice=v.advice, module=v.module,
+                            figures=v.figures, skipped=v.skipped)
+            if f is not None and v.severity != "info":
+                reported.append(v.code)
+        return reported
 
 
 def _to_cpu(batch: Any) -> Any:

@@ -15,7 +15,8 @@ loss input → loss                     verdict
 ====================================  =========================================================
 probabilities (Softmax) → CE / BCEwL  ``output-activation`` warning
 (0, 1) (Sigmoid) → CE / BCEwL         warning (needs Sigmoid as producer or last module)
-≥ 0 (ReLU family) → CE / BCEwL        warning (needs a ReLU producer/last module, or exact zeros)
+≥ 0 (ReLU family) → CE / BCEwL        warning (needs a ReLU producer/last module, or exact zeros
+                                      mixed with positive values: all-zero logits are a zero head)
 log-probabilities → CE                info: harmless (log_softmax is idempotent) but redundant
 anything but log-probs → NLL          warning: ``nll_loss`` expects ``log_softmax`` outputs
 Sigmoid → ``BCELoss``                 legitimate, silent
@@ -270,8 +271,14 @@ def output_activation(call: LossCall, last: tuple[str, str] | None = None) -> Ve
     evidence.discard(None)
     where = last[0] if last and last[1] in evidence else None
     z = call.input.detach().float()
+    if not bool(torch.isfinite(z).all()):
+        raise CheckSkipped(f"the input of {call.name} is not finite (see the nonfinite-* findings), its values say "
+                           "nothing about an output activation")
     figures = {"min": float(z.min()), "max": float(z.max())} if z.numel() else {}
     zeros = float((z == 0).float().mean()) if z.numel() else 0.0
+    # exact zeros are evidence of a ReLU only mixed with positive values: a zero-initialised head (all
+    # logits exactly 0, e.g. torchvision's ViT) gives nothing but zeros
+    relu_values = zeros > 0.05 and figures.get("max", 0.0) > 0
     source = f", produced by {call.producer}" if call.producer else (f", model ends in {last[1]} ({last[0]})" if last else "")
     if call.name in LOGIT_LOSSES:
         described = None
@@ -279,7 +286,7 @@ def output_activation(call: LossCall, last: tuple[str, str] | None = None) -> Ve
             described = "probabilities (rows sum to 1"
         elif kind == "unit-interval" and "sigmoid" in evidence:
             described = "values in (0, 1) (sigmoid outputs"
-        elif kind in ("non-negative", "unit-interval", "probabilities") and ("relu" in evidence or zeros > 0.05):
+        elif kind in ("non-negative", "unit-interval", "probabilities") and ("relu" in evidence or relu_values):
             described = f"non-negative scores ({zeros:.0%} exactly zero"
         elif kind == "log-probabilities" and call.name == "cross_entropy":
             return Verdict(

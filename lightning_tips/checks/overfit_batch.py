@@ -1,11 +1,18 @@
 """Pre-flight: one small batch must be overfittable (tips R2.8, P9, T10).
 
-On a copy of the model, with a fresh optimizer of the user's type and learning rate, the user's own
-``training_step`` is fitted to the first ``max_batch`` samples of one batch for ``steps`` steps.
-A model, loss and optimizer that are wired correctly drive that loss down fast; when
-``final / initial > 0.5`` the check reports ``not-learning`` (warning) with the figures, and names
-the likely cause: a loss that does not require grad (a detached output), no parameter that changed
-(learning rate 0, everything frozen), or simply a loss that does not fall.
+On a copy of the model, with a fresh optimizer of the user's type and hyper-parameters, the user's
+own ``training_step`` is fitted to the first ``max_batch`` samples of one batch for ``steps`` steps.
+The lr is one the user's schedule actually reaches: each param group's peak over the first planned
+steps (at most 2000) of its schedulers, replayed on copies (a OneCycle run starts at ``max_lr / 25``;
+fitting at that lr would judge an lr the run barely uses); the base lr without a scheduler.
+
+The measurement is deterministic (one fixed batch, dropout off, full-batch steps), so its only noise
+is the model's own; the thresholds are wide: ``final / initial <= 0.5`` passes; a ratio in
+``(0.5, 0.9]`` is ``info`` ("learns, slowly": material only if the real run is slow too, which
+``not-learning``'s runtime part judges); ``> 0.9`` (the loss does not move or rises), a loss that
+does not require grad (a detached output), no parameter that changed (lr 0, everything frozen) or a
+loss that diverged is a ``not-learning`` warning. A non-finite loss *before* any step is a
+consequence of non-finite inputs or weights (their own findings): skipped.
 
 The module also holds the helpers shared with the input-independence check:
 :func:`fresh_optimizer` (the user's optimizer rebuilt on a copy) and :func:`fit_batch` (a bounded
@@ -18,6 +25,7 @@ import inspect
 import math
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import lightning.pytorch as pl
@@ -26,11 +34,13 @@ from torch import nn
 
 from lightning_tips._utils import apply_to_tensors, batch_size, model_copy, step_loss
 from lightning_tips.checks._preflight import CardLine, CheckSkipped, PreflightCheck, Verdict, settle
+from lightning_tips.checks.lr_decay import Schedule, simulate_lrs, unsimulatable_reason
 from lightning_tips.checks.output_activation import eval_dropout, training_step_skip_reason
 
 __all__ = ["OverfitBatchCheck", "fit_batch", "fresh_optimizer", "optimizer_factory", "overfit_batch"]
 
-OVERFIT_RATIO = 0.5
+OVERFIT_RATIO = 0.5  # end/start at or below: the batch is being fitted (pass)
+SLOW_RATIO = 0.9  # end/start above: the loss does not move (warning); in between: "learns, slowly" (info)
 
 OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
 
@@ -63,8 +73,44 @@ def fresh_optimizer(optimizer: torch.optim.Optimizer, source: nn.Module, target:
     return type(optimizer)(groups)  # type: ignore[call-arg]
 
 
+PEAK_HORIZON = 2000  # optimizer steps of the user's schedule replayed to find the lr it reaches
+
+
+def schedule_peak_lrs(trainer: pl.Trainer, optimizer: torch.optim.Optimizer,
+                      pl_module: pl.LightningModule | None = None) -> list[float] | None:
+    """The largest lr of each param group over the first planned steps (at most ``PEAK_HORIZON``) of the
+    user's lr schedulers, replayed on copies (:func:`~lightning_tips.checks.lr_decay.simulate_lrs`);
+    ``None`` when the optimizer has no scheduler or its schedule cannot be replayed.
+
+    A OneCycle schedule starts at ``max_lr / 25``: fitting one batch at that lr says little about
+    whether the model can learn at the lr the run actually trains with.
+    """
+    schedules: list[Schedule] = []
+    for config in getattr(trainer, "lr_scheduler_configs", None) or []:
+        sched = config.scheduler
+        if getattr(sched, "optimizer", None) is not optimizer:
+            continue
+        if unsimulatable_reason(sched) is not None:
+            return None
+        schedules.append((sched, config.interval, int(config.frequency)))
+    if not schedules:
+        return None
+    try:
+        planned = float(trainer.estimated_stepping_batches)
+        horizon = int(min(planned, PEAK_HORIZON)) if math.isfinite(planned) and planned >= 1 else PEAK_HORIZON
+        lrs = simulate_lrs(optimizer, schedules, horizon, float(trainer.num_training_batches),
+                           int(trainer.accumulate_grad_batches), keep=(pl_module, trainer))
+    except Exception:  # any user scheduler may fail on a copy: fall back to the base lr
+        return None
+    if not lrs:
+        return None
+    return [max(row[g] for row in lrs) for g in range(len(lrs[0]))]
+
+
 def optimizer_factory(trainer: pl.Trainer, pl_module: pl.LightningModule) -> OptimizerFactory:
-    """``copy -> fresh optimizer`` rebuilding the Trainer's single optimizer on a copy of ``pl_module``.
+    """``copy -> fresh optimizer`` rebuilding the Trainer's single optimizer on a copy of ``pl_module``,
+    each param group at the peak lr its scheduler reaches (:func:`schedule_peak_lrs`; the base lr when
+    there is no scheduler).
 
     Raises:
         CheckSkipped: manual optimization, or not exactly one optimizer.
@@ -75,7 +121,25 @@ def optimizer_factory(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Opt
     optimizers = list(trainer.optimizers)
     if len(optimizers) != 1:
         raise CheckSkipped(f"needs exactly one optimizer, the Trainer has {len(optimizers)}")
-    return lambda copy: fresh_optimizer(optimizers[0], pl_module, copy)
+    return _Factory(optimizers[0], pl_module, schedule_peak_lrs(trainer, optimizers[0], pl_module))
+
+
+class _Factory:
+    """``copy -> fresh optimizer`` at the schedule's peak lrs (``peaks``) when known."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, source: nn.Module, peaks: list[float] | None) -> None:
+        self.optimizer, self.source = optimizer, source
+        self.peaks = peaks if peaks is not None and len(peaks) == len(optimizer.param_groups) else None
+
+    def __call__(self, copy: nn.Module) -> torch.optim.Optimizer:
+        opt = fresh_optimizer(self.optimizer, self.source, copy)
+        if self.peaks is not None and len(self.peaks) == len(opt.param_groups):
+            for g, lr in zip(opt.param_groups, self.peaks):
+                if isinstance(g["lr"], torch.Tensor):
+                    g["lr"].fill_(lr)
+                else:
+                    g["lr"] = lr
+        return opt
 
 
 def _lr(opt: torch.optim.Optimizer) -> float:
@@ -151,23 +215,32 @@ def overfit_batch(
     opt = make_optimizer(copy)
     fig = fit_batch(copy, small, opt, steps, deadline)
     fig["lr"] = _lr(opt)
+    fig["scheduled"] = float(getattr(make_optimizer, "peaks", None) is not None)
     fig["samples"] = float(k)
     fig["ratio"] = fig["end"] / fig["start"] if fig["start"] > 0 else float("nan")
     return fig
 
 
-def overfit_verdict(fig: dict[str, float], steps: int, ratio: float = OVERFIT_RATIO) -> Verdict:
-    """``not-learning`` when ``end / start > ratio``, with the cause when it is visible.
+def overfit_verdict(fig: dict[str, float], steps: int, ratio: float = OVERFIT_RATIO,
+                    slow_ratio: float = SLOW_RATIO) -> Verdict:
+    """``not-learning`` from :func:`overfit_batch`'s figures: a warning when the loss does not require grad,
+    no parameter changed, the loss diverged, or ``end / start > slow_ratio`` (it does not move or rises);
+    ``info`` ("learns, slowly") when ``ratio < end / start <= slow_ratio``.
 
     Example:
-        >>> overfit_verdict({"start": 2.3, "end": 2.2, "steps": 50, "changed": 1, "requires_grad": 1,
-        ...                  "lr": 1e-3, "samples": 16, "ratio": 2.2 / 2.3}, 50).severity
-        'warning'
+        >>> fig = {"start": 2.3, "end": 2.2, "steps": 50, "changed": 1, "requires_grad": 1, "lr": 1e-3,
+        ...        "samples": 16, "ratio": 2.2 / 2.3}
+        >>> overfit_verdict(fig, 50).severity, overfit_verdict({**fig, "end": 1.5, "ratio": 1.5 / 2.3}, 50).severity
+        ('warning', 'info')
     """
     code = "not-learning"
     start, end, taken = fig["start"], fig["end"], int(fig["steps"])
-    text = f"loss {start:.4g} -> {end:.4g} in {taken} steps on {int(fig['samples'])} samples (lr {fig['lr']:.3g})"
+    at = "the schedule's peak lr" if fig.get("scheduled") else "lr"
+    text = f"loss {start:.4g} -> {end:.4g} in {taken} steps on {int(fig['samples'])} samples ({at} {fig['lr']:.3g})"
     figures = dict(fig)
+    if not math.isfinite(start):
+        raise CheckSkipped(f"the initial loss is {start} before any step: non-finite inputs, targets or weights "
+                           "(see the nonfinite-* findings) — nothing to judge until they are fixed")
     if not fig["requires_grad"]:
         return Verdict(code, "warning", f"overfit one batch: the loss {start:.4g} does not require grad: the output "
                        "is detached from the parameters (a .detach(), .item(), torch.no_grad() or .data in the "
@@ -177,14 +250,41 @@ def overfit_verdict(fig: dict[str, float], steps: int, ratio: float = OVERFIT_RA
                        "0, the parameters are frozen, or the optimizer holds other parameters", figures)
     if start <= 1e-8:
         raise CheckSkipped(f"the loss is already {start:.3g} before training")
-    if not math.isfinite(end) or fig["ratio"] > ratio:
-        cut = f" (stopped by the time budget after {taken} of {steps})" if taken < steps else ""
-        if taken < steps and math.isfinite(end):
-            raise CheckSkipped(f"only {taken} of {steps} steps fit in the pre-flight budget{cut}; {text}; "
-                               "raise `budget_s` to judge it")
-        return Verdict(code, "warning", f"overfit one batch: {text}: ratio {fig['ratio']:.2f} > {ratio}: the model "
-                       "cannot fit even this small batch", figures)
-    return Verdict(code, None, f"{text}: ratio {fig['ratio']:.2f}", figures)
+    if not math.isfinite(end):
+        return Verdict(code, "warning", f"overfit one batch: {text}: the loss diverged to {end} at this lr", figures,
+                       advice="lower the learning rate (P10), clip gradients (T8)")
+    r = fig["ratio"]
+    if r <= ratio:
+        return Verdict(code, None, f"{text}: ratio {r:.2f}", figures)
+    if taken < steps:
+        raise CheckSkipped(f"only {taken} of {steps} steps fit in the pre-flight budget; {text}; raise the "
+                           "pre-flight budget (`preflight_budget_s` of Recipe, `budget_s` of Preflight) to judge it")
+    if r <= slow_ratio:
+        return Verdict(code, "info", f"overfit one batch: {text}: ratio {r:.2f}, it learns, slowly (a well-wired "
+                       f"model usually halves the loss of {int(fig['samples'])} samples in {steps} steps)", figures,
+                       advice="if the real run also learns slowly: raise the lr (P10) or check the init (T9)")
+    moved = "rises" if r > 1 else "barely moves"
+    return Verdict(code, "warning", f"overfit one batch: {text}: ratio {r:.2f} > {slow_ratio}: the loss {moved}, "
+                   "the model cannot fit even this small batch", figures)
+
+
+def _root_cause(verdict: Verdict, pl_module: pl.LightningModule, batch: Any) -> Verdict:
+    """A loss that barely moves because the output does not depend on the input at all (a forward that
+    ignores it, every unit dead) is a consequence: ``info`` pointing at the root cause, not a second warning."""
+    from lightning_tips.checks.input_independence import input_independence
+
+    try:
+        fig = input_independence(pl_module, batch)
+    except Exception:  # the root-cause probe is best effort; the verdict stands
+        return verdict
+    if fig["ignores_input"]:
+        cause = "the forward ignores its input (see input-independent, the root cause)"
+    elif fig["explained"] == "dead":
+        cause = f"every unit of `{fig['layer']}` outputs 0, so the output is constant (see dead-activation)"
+    else:
+        return verdict
+    return replace(verdict, severity="info", message=f"{verdict.message}; a consequence: {cause}",
+                   advice="fix the root cause first")
 
 
 class OverfitBatchCheck(PreflightCheck):
@@ -192,7 +292,8 @@ class OverfitBatchCheck(PreflightCheck):
 
     On a copy with a fresh optimizer of the user's type and learning rate (dropout off), the user's
     ``training_step`` is fitted to ``max_batch`` samples for ``steps`` steps; flagged when
-    ``final / initial loss > 0.5``, or when the loss does not require grad / no parameter changed.
+    ``final / initial loss > 0.9`` (info "learns, slowly" above 0.5), or when the loss does not require grad /
+    no parameter changed / diverged; the lr is the peak its scheduler reaches.
     Skipped (``info``) with manual optimization or several optimizers.
 
     Args:
@@ -220,9 +321,12 @@ class OverfitBatchCheck(PreflightCheck):
 
     def run_check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> CardLine:
         def measure() -> tuple[list[Verdict], str]:
-            fig = overfit_batch(pl_module, batch, optimizer_factory(trainer, pl_module), self.steps,
-                                self.max_batch, self._deadline)
-            v = overfit_verdict(fig, self.steps)
+            steps, samples = self.allowance(self.steps, self.max_batch)  # planned from the model's size
+            fig = overfit_batch(pl_module, batch, optimizer_factory(trainer, pl_module), steps, samples,
+                                self._deadline)
+            v = overfit_verdict(fig, steps)
+            if v.severity == "warning" and fig["requires_grad"] and fig["changed"]:
+                v = _root_cause(v, pl_module, batch)
             detail = (f"loss {fig['start']:.3g} -> {fig['end']:.3g} in {int(fig['steps'])} steps "
                       f"(ratio {fig['ratio']:.2f})")
             return [v], detail

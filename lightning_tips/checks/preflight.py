@@ -6,6 +6,7 @@ Before the first real step (``on_train_start``), on copies of the model and insi
 ========================  ==========================================  ===================
 check                     finding codes                               tips
 ========================  ==========================================  ===================
+missing bias              missing-bias                                P4
 data (``DataChecks``)     nonfinite-input, duplicate-data,            R1 R2.1 R2.10 T6
                           class-imbalance, unnormalized-input,        T12 T16 P6
                           unshuffled-data, no-seed
@@ -14,10 +15,12 @@ output activation         output-activation                           P3 P13
 batch independence        batch-mixing                                R2.12 P12
 input-independent         input-independent                           R2.7
 overfit one batch         not-learning                                R2.8 P9 T10
-missing bias              missing-bias                                P4
 ========================  ==========================================  ===================
 
-It does not run again when the fit resumes from a checkpoint.
+The cheap static checks run first, the ones that train copies last. How much work each check does
+(steps, samples) is planned from the model's size (:class:`~lightning_tips.checks._preflight.WorkPlan`),
+never from the clock, so the card is the same on a fast and on a loaded machine; ``budget_s`` is a
+safety net only. It does not run again when the fit resumes from a checkpoint.
 """
 
 from __future__ import annotations
@@ -27,7 +30,15 @@ from typing import Any
 import lightning.pytorch as pl
 
 from lightning_tips._callback import TipComposite
-from lightning_tips.checks._preflight import CardLine, PreflightCheck, _OncePerFit, first_train_batch, run_preflight
+from lightning_tips.checks._preflight import (
+    DEFAULT_BUDGET_S,
+    CardLine,
+    PreflightCheck,
+    WorkPlan,
+    _OncePerFit,
+    first_train_batch,
+    run_preflight,
+)
 from lightning_tips.checks.batch_mixing import BatchMixingCheck
 from lightning_tips.checks.init_loss import InitialLossCheck
 from lightning_tips.checks.input_independence import InputIndependenceCheck
@@ -47,15 +58,17 @@ def _data_checks() -> PreflightCheck | None:
 
 
 class Preflight(_OncePerFit, TipComposite):
-    """The pre-flight checks as one callback: one batch, one budget, one report card (tips R2.4-R2.12,
-    P3, P9, P12, P13, T10, T13).
+    """The pre-flight checks as one callback: one batch, one work plan, one report card (tips R2.4-R2.12,
+    P3, P4, P9, P12, P13, T10, T13).
 
     In ``on_train_start`` (not when resuming from a checkpoint) it fetches the first training batch,
-    runs each enabled check on it — data checks, initial loss, output activation, batch independence,
-    input-independent baseline, overfit one batch — until ``budget_s`` seconds are spent (checks that
-    would start later are skipped with an ``info``), and prints one card on rank zero. Every check works
-    on copies; the user's model, optimizer, scheduler and RNG streams are untouched. Its ``findings``
-    are its checks' findings.
+    plans the work from the model's size (steps and samples for the checks that train copies: fewer
+    samples, then fewer steps for large models — never decided by the clock), runs each enabled check
+    on it — missing bias, data checks, initial loss, output activation, batch independence,
+    input-independent baseline, overfit one batch — and prints one card on rank zero. ``budget_s`` is a
+    safety net: a check starts only while it is not spent; when it is hit one ``info`` says so. Every
+    check works on copies; the user's model, optimizer, scheduler and RNG streams are untouched. Its
+    ``findings`` are its checks' findings.
 
     Args:
         init_loss: ``init-loss`` and ``loss-reduction`` (:class:`InitialLossCheck`).
@@ -65,12 +78,12 @@ class Preflight(_OncePerFit, TipComposite):
         overfit_batch: ``not-learning`` on one batch (:class:`OverfitBatchCheck`).
         data: the data checks (``DataChecks``).
         missing_bias: ``missing-bias`` (:class:`~lightning_tips.checks.missing_bias.MissingBiasCheck`, P4).
-        budget_s: seconds for all checks together.
+        budget_s: the safety net, in seconds for all checks together (the planned work takes far less).
 
     Example:
         >>> pre = Preflight(data=False, overfit_batch=False)
         >>> [c.title for c in pre.checks]
-        ['initial loss', 'output activation', 'batch independence', 'input-independent baseline', 'missing bias']
+        ['missing bias', 'initial loss', 'output activation', 'batch independence', 'input-independent baseline']
     """
 
     def __init__(
@@ -82,7 +95,7 @@ class Preflight(_OncePerFit, TipComposite):
         overfit_batch: bool = True,
         data: bool = True,
         missing_bias: bool = True,
-        budget_s: float = 3.0,
+        budget_s: float = DEFAULT_BUDGET_S,
     ) -> None:
         flags = {"init_loss": init_loss, "output_activation": output_activation, "batch_mixing": batch_mixing,
                  "input_independence": input_independence, "overfit_batch": overfit_batch, "data": data,
@@ -93,12 +106,14 @@ class Preflight(_OncePerFit, TipComposite):
         if isinstance(budget_s, bool) or not isinstance(budget_s, int | float) or not budget_s > 0:
             raise ValueError(f"Expected budget_s > 0 but got {budget_s!r}.")
         checks: list[PreflightCheck] = []
+        if missing_bias:  # static: reads the module tree only
+            checks.append(MissingBiasCheck())
         if data and (dc := _data_checks()) is not None:
             checks.append(dc)
         for enabled, cls in (
             (init_loss, InitialLossCheck), (output_activation, OutputActivationCheck),
             (batch_mixing, BatchMixingCheck), (input_independence, InputIndependenceCheck),
-            (overfit_batch, OverfitBatchCheck), (missing_bias, MissingBiasCheck),
+            (overfit_batch, OverfitBatchCheck),
         ):  # fmt: skip
             if enabled:
                 checks.append(cls())
@@ -106,7 +121,9 @@ class Preflight(_OncePerFit, TipComposite):
             c._composed = True
         super().__init__(list(checks))
         self.budget_s = float(budget_s)
+        self.budget_arg = "budget_s"  # the name the time-limit line gives (``Recipe`` sets its own)
         self.card: list[CardLine] = []
+        self.plan: WorkPlan | None = None  # the last card's work plan
 
     @property
     def checks(self) -> list[PreflightCheck]:
@@ -121,9 +138,18 @@ class Preflight(_OncePerFit, TipComposite):
         """Run the checks on ``batch`` (default: the first training batch) within the budget; the card lines."""
         if batch is None:
             batch = first_train_batch(trainer, pl_module)
-        self.card = run_preflight(trainer, pl_module, self.checks, self.budget_s, batch)
+        self.card = run_preflight(trainer, pl_module, self.checks, self.budget_s, batch, self._budget_arg(trainer))
+        self.plan = self.checks[0]._plan if self.checks else None
         self._done = True
         return self.card
+
+    def _budget_arg(self, trainer: pl.Trainer) -> str:
+        from lightning_tips.recipe import Recipe  # recipe imports this module
+
+        for cb in trainer.callbacks:  # type: ignore[attr-defined]
+            if isinstance(cb, Recipe) and cb.child(Preflight) is self:
+                return "preflight_budget_s"
+        return self.budget_arg
 
     def _run_card(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[CardLine]:
         return self.run(trainer, pl_module)

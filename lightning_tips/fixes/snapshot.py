@@ -38,6 +38,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from lightning_tips._batch import call_forward
 from lightning_tips._callback import TipCallback
 from lightning_tips._loggers import files_dir, log_scalars
 from lightning_tips._utils import any_rank, apply_to_tensors, model_copy, preserved_rng, reduce_sum, split_batch
@@ -129,7 +130,7 @@ def evaluate_snapshots(
                         return f"the validation batches are a {type(batch).__name__}, not (inputs, targets)"
                     x, y = apply_to_tensors(split, lambda t: t.to(device))
                     with forward_context():
-                        out = model(x)
+                        out = call_forward(model, x)  # forward(**x) for a Hugging Face-style dict batch
                     if not isinstance(out, Tensor):
                         return f"the model returns a {type(out).__name__}, not a tensor"
                     if s == 0:

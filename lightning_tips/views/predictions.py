@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -37,12 +37,23 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 
+from lightning_tips._batch import (
+    LAYOUTS,
+    call_forward,
+    describe_layout,
+    independent_copy,
+    output_logits,
+    peek_batches,
+    preserved_owned_rng,
+    split_batch,
+    stream_reason,
+)
 from lightning_tips._callback import TipCallback
 from lightning_tips._loggers import log_image, log_table
 from lightning_tips._render import figure_to_array, new_figure
-from lightning_tips._utils import apply_to_tensors, is_sampled, preserved_rng, split_batch
+from lightning_tips._utils import apply_to_tensors, is_sampled, preserved_rng
 
 __all__ = [
     "FixedBatchPredictions",
@@ -242,7 +253,8 @@ def _eval_mode(module: nn.Module) -> Iterator[None]:
 
 
 def eval_forward(module: nn.Module, inputs: Any) -> Any:
-    """``module(inputs)`` in eval mode, under ``torch.no_grad()`` and :func:`preserved_rng`, with
+    """``module(inputs)`` (``module(**inputs)`` for a Hugging Face-style dict, see
+    :func:`~lightning_tips._batch.call_forward`) in eval mode, under ``torch.no_grad()`` and :func:`preserved_rng`, with
     each submodule's train/eval mode restored exactly afterwards: the model, its BatchNorm running
     statistics and the RNG streams are as they were.
 
@@ -254,7 +266,7 @@ def eval_forward(module: nn.Module, inputs: Any) -> Any:
     """
     devices = [p.device for p in module.parameters()][:1]
     with preserved_rng(devices), torch.no_grad(), _eval_mode(module):
-        return module(inputs)
+        return call_forward(module, inputs)
 
 
 def _first_loader(loaders: Any) -> Any:
@@ -268,32 +280,45 @@ def _first_loader(loaders: Any) -> Any:
 def pick_batch(loader: Any, num_samples: int) -> tuple[Any, list[int] | None] | None:
     """The first ``num_samples`` samples of ``loader`` (on the CPU) and their dataset indices.
 
-    A map-style dataset is read by index ``0..num_samples-1`` and collated with the loader's
-    ``collate_fn`` (its first batch when unshuffled, whatever the sampler); otherwise the first
-    batch the loader yields is cut to ``num_samples`` (indices unknown). Call it inside
-    :func:`preserved_rng`.
+    A map-style dataset is read by index ``0..num_samples-1`` — through an independent copy of the
+    dataset and ``collate_fn`` (:func:`~lightning_tips._batch.independent_copy`), so a dataset's own
+    generators and counters do not move — and collated with the loader's ``collate_fn`` (its first
+    batch when unshuffled, whatever the sampler). A list of batches gives its first batch, cut to
+    ``num_samples`` (indices unknown). A stream is not read (``None``): it would lose samples to
+    training. Call it inside :func:`preserved_rng`.
     """
-    if loader is None:
+    if loader is None or stream_reason(loader) is not None:
         return None
-    dataset = getattr(loader, "dataset", None)
-    if (
-        isinstance(loader, DataLoader)
-        and loader.batch_size is not None
-        and dataset is not None
-        and not isinstance(dataset, IterableDataset)
-        and hasattr(dataset, "__len__")
-        and hasattr(dataset, "__getitem__")
-    ):
+    if isinstance(loader, DataLoader):
+        dataset = loader.dataset
+        if loader.batch_size is None or not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
+            return _cut(_first(loader), num_samples)
         n = min(num_samples, len(dataset))
         if n == 0:
             return None
         indices = list(range(n))
-        batch = loader.collate_fn([dataset[i] for i in indices])
+        copied = independent_copy((dataset, loader.collate_fn))
+        if copied is None:  # cannot be copied: read in place, its own generators restored
+            with preserved_owned_rng(loader, dataset, loader.collate_fn):
+                batch = loader.collate_fn([dataset[i] for i in indices])
+        else:
+            ds, collate = copied
+            batch = collate([ds[i] for i in indices])
         return apply_to_tensors(batch, lambda t: t.detach().cpu()), indices
-    batch = next(iter(loader), None)
-    if batch is None:
+    return _cut(_first(loader), num_samples)
+
+
+def _first(loader: Any) -> tuple[Any, Any] | None:
+    with closing(peek_batches(loader)) as batches:
+        return next(batches, None)
+
+
+def _cut(picked: tuple[Any, Any] | None, num_samples: int) -> tuple[Any, None] | None:
+    if picked is None:
         return None
-    batch = apply_to_tensors(batch, lambda t: t.detach()[:num_samples].cpu() if t.dim() > 0 else t.detach().cpu())
+    batch = apply_to_tensors(
+        picked[0], lambda t: t.detach()[:num_samples].cpu() if t.dim() > 0 else t.detach().cpu()
+    )
     return batch, None
 
 
@@ -303,8 +328,9 @@ class FixedBatchPredictions(TipCallback):
 
     When training starts it picks a fixed batch — the first ``num_samples`` samples of the first
     validation dataloader, or of the training dataloader when there is no validation loop — under
-    :func:`~lightning_tips._utils.preserved_rng` (your RNG streams are untouched) and keeps it on the
-    CPU. At the start, on every sampled step (``global_step % every_n_steps == 0``) and once at the
+    :func:`~lightning_tips._utils.preserved_rng` (your RNG streams are untouched), reading a copy of
+    the dataset (its own generators do not move), and keeps it on the CPU. A streaming loader
+    (``IterableDataset``) is never read ahead: the fixed batch is then the first batch training sees. At the start, on every sampled step (``global_step % every_n_steps == 0``) and once at the
     end of the fit it runs the real module's ``forward`` on it in eval mode, under ``no_grad`` and
     ``preserved_rng``, restoring each submodule's train/eval mode afterwards: weights, BatchNorm
     statistics and RNG are unchanged (a pure observer).
@@ -316,14 +342,24 @@ class FixedBatchPredictions(TipCallback):
     ``index, true, predicted, abs_error`` (regression). Token ids and other non-image inputs get the
     table only.
 
-    Reports ``view-skipped`` (info, once) and stops when the batch has no recognisable
-    ``(inputs, targets)`` layout, the model returns a tuple/dict, or the outputs cannot be read as
-    logits or a regression output; it never stops training. The batch and its dataset indices are
+    Reports ``view-skipped`` (a skipped info, once: the accepted layouts and the arguments to set) and
+    stops when the batch has no recognisable ``(inputs, targets)`` layout, the model returns neither
+    a tensor nor an output with ``logits``, or the outputs cannot be read as logits or a regression
+    output; it never stops training. The batch and its dataset indices are
     checkpointed: a resumed run keeps watching the same samples.
+
+    Batches: ``(inputs, targets)``, a dict with known input/target keys, or a Hugging Face-style
+    dict (``input_ids``, ``attention_mask``, …, ``labels``: the model is called as
+    ``forward(**inputs)`` and the ``logits`` of its output object or dict are read); name the fields
+    of any other dict with ``input_key`` / ``target_key``.
 
     Args:
         every_n_steps: log every this many optimizer steps (``0``: only at the start and the end).
         num_samples: how many samples the fixed batch holds (at most).
+        input_key: the batch dict's key holding the model's input (e.g. ``"pixels"``), when it is
+            not one of the recognised keys; for a tuple batch, its position (``"0"``).
+        target_key: the batch dict's key holding the targets (e.g. ``"cls"``); for a tuple batch,
+            its position (``"1"``).
 
     Example:
         >>> cb = FixedBatchPredictions(every_n_steps=100, num_samples=8)
@@ -335,14 +371,25 @@ class FixedBatchPredictions(TipCallback):
         ValueError: Expected num_samples to be a positive integer but got 0.
     """
 
-    def __init__(self, every_n_steps: int = 200, num_samples: int = 16) -> None:
+    def __init__(
+        self,
+        every_n_steps: int = 200,
+        num_samples: int = 16,
+        input_key: str | None = None,
+        target_key: str | None = None,
+    ) -> None:
         super().__init__()
         if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 0:
             raise ValueError(f"Expected every_n_steps to be a non-negative integer but got {every_n_steps!r}.")
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"Expected num_samples to be a positive integer but got {num_samples!r}.")
+        for name, key in (("input_key", input_key), ("target_key", target_key)):
+            if key is not None and not isinstance(key, str):
+                raise TypeError(f"Expected {name} to be a str or None but got {type(key).__name__}.")
         self.every_n_steps = every_n_steps
         self.num_samples = num_samples
+        self.input_key = input_key
+        self.target_key = target_key
         self._reset()
 
     def _reset(self) -> None:
@@ -350,6 +397,7 @@ class FixedBatchPredictions(TipCallback):
         self._indices: list[int] | None = None
         self._last_step = -1
         self._skipped = False
+        self._from_loop = False  # the training loader is a stream: keep the first batch the loop hands over
 
     @property
     def state_key(self) -> str:
@@ -377,8 +425,11 @@ class FixedBatchPredictions(TipCallback):
         if self._batch is None:
             source = "validation"
             loader = _first_loader(trainer.val_dataloaders) if trainer.enable_validation else None
-            if loader is None:
+            if loader is None or stream_reason(loader) is not None:
                 source, loader = "training", _first_loader(trainer.train_dataloader)
+            if loader is not None and stream_reason(loader) is not None:
+                self._from_loop = True  # a stream: take the first batch the loop hands over
+                return
             try:
                 with preserved_rng([pl_module.device]):
                     picked = pick_batch(loader, self.num_samples)
@@ -391,6 +442,17 @@ class FixedBatchPredictions(TipCallback):
                 self._skip(trainer, reason)
                 return
             self._batch, self._indices = picked
+        self._log(trainer, pl_module)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        """A streaming loader is not read ahead: the fixed batch is the first one training sees."""
+        if not self._from_loop or self._batch is not None or self._skipped:
+            return
+        self._from_loop = False
+        self._batch = apply_to_tensors(
+            batch, lambda t: t.detach()[: self.num_samples].cpu().clone() if t.dim() > 0 else t.detach().cpu().clone()
+        )
         self._log(trainer, pl_module)
 
     def on_train_batch_end(
@@ -410,9 +472,8 @@ class FixedBatchPredictions(TipCallback):
             "view-skipped",
             "info",
             f"FixedBatchPredictions skipped: {reason}.",
-            advice="the view needs (inputs, targets) batches — a tuple (x, y) or a dict with x/y-like keys — "
-            "and a model whose forward(x) returns one tensor of logits or regression outputs (R2.11)",
             module="FixedBatchPredictions",
+            skipped=True,
         )
 
     def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -420,9 +481,13 @@ class FixedBatchPredictions(TipCallback):
         if self._skipped or self._batch is None or step == self._last_step:
             return
         self._last_step = step
-        split = split_batch(self._batch)
-        if split is None:
-            self._skip(trainer, f"the batch layout ({type(self._batch).__name__}) has no recognisable (inputs, targets)")
+        split = split_batch(self._batch, self.input_key, self.target_key)
+        if split is None or not isinstance(split[1], torch.Tensor):
+            named = (f"input_key={self.input_key!r}, target_key={self.target_key!r} do not match it"
+                     if self.input_key or self.target_key else
+                     "name its fields with FixedBatchPredictions(input_key=..., target_key=...)")
+            self._skip(trainer, f"the batch layout ({describe_layout(self._batch)}) has no recognisable "
+                       f"(inputs, targets): accepted are {LAYOUTS}; {named}")
             return
         inputs, targets = split
         precision = trainer.precision_plugin
@@ -430,12 +495,14 @@ class FixedBatchPredictions(TipCallback):
             device_inputs = apply_to_tensors(inputs, lambda t: t.to(pl_module.device))
             device_inputs = precision.convert_input(device_inputs)
             with precision.forward_context():
-                outputs = eval_forward(pl_module, device_inputs)
+                raw = eval_forward(pl_module, device_inputs)
         except Exception as err:  # the user's forward does not take the batch's inputs
             self._skip(trainer, f"forward(inputs) raised {type(err).__name__}: {err}")
             return
-        if not isinstance(outputs, torch.Tensor):
-            self._skip(trainer, f"the model returned a {type(outputs).__name__}, not one tensor")
+        outputs = output_logits(raw)
+        if outputs is None:
+            self._skip(trainer, f"the model returned a {type(raw).__name__}, not one tensor (nor an output "
+                       "with `.logits`)")
             return
         summary = summarize_predictions(outputs, targets)
         if isinstance(summary, str):
@@ -448,8 +515,10 @@ class FixedBatchPredictions(TipCallback):
         log_table(trainer, TABLE_KEY, columns, rows, step=step)
         if summary.kind == "regression":
             log_image(trainer, IMAGE_KEY, render_regression_scatter(summary, title), step=step)
-        elif is_image_batch(inputs):
-            log_image(trainer, IMAGE_KEY, render_prediction_grid(inputs, summary, title), step=step)
+        else:
+            images = inputs.get("pixel_values") if isinstance(inputs, Mapping) else inputs  # HF image models
+            if isinstance(images, torch.Tensor) and is_image_batch(images):
+                log_image(trainer, IMAGE_KEY, render_prediction_grid(images, summary, title), step=step)
 
     # --- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

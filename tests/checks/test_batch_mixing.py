@@ -11,6 +11,7 @@ from lightning_tips.checks.batch_mixing import BatchMixingCheck, batch_mixing, b
 from tests.helpers.models import Classifier, small_cnn
 from tests.helpers.preflight_models import (
     ManualClassifier,
+    PositionalTokens,
     ReshapeMixer,
     RowsLSTM,
     RowsTransformer,
@@ -21,6 +22,7 @@ from tests.helpers.preflight_models import (
     digit_tokens_loader,
     digits_loader,
     fit,
+    zero_head,
 )
 
 # --- pure function ---------------------------------------------------------------------------------
@@ -104,3 +106,44 @@ def test_manual_optimization_uses_forward(make_trainer) -> None:
     check = BatchMixingCheck()
     fit(make_trainer, ManualClassifier(ReshapeMixer()), digits_loader(), check)
     assert codes(check) == ["batch-mixing:error"]
+
+
+def test_broadcast_position_embedding_is_not_mixing(make_trainer) -> None:
+    """#11 item 6: BERT/GPT-2's (1, S, D) position-embedding output was read as sample 0 leaking (an error).
+    Here S = 64 = the batch size, the shape that made the old check pick dim 1 as the batch dim."""
+    tokens = next(iter(digit_tokens_loader()))
+    res = batch_mixing(Classifier(PositionalTokens()), tokens)
+    assert res["leak"] == 0.0 and all("positions" not in f for f in res["fields"])
+    check = BatchMixingCheck()
+    fit(make_trainer, Classifier(PositionalTokens()), digit_tokens_loader(), check)
+    assert codes(check) == []
+    planted = BatchMixingCheck()
+    fit(make_trainer, Classifier(PositionalTokens(mix=True)), digit_tokens_loader(), planted)
+    assert codes(planted) == ["batch-mixing:error"]
+
+
+def test_batch_of_one_does_not_crash_or_warn(make_trainer) -> None:
+    check = BatchMixingCheck()
+    fit(make_trainer, Classifier(small_cnn()), digits_loader(batch_size=1), check)
+    assert [f.severity.value for f in check.findings] in ([], ["info"])
+    assert all("skipped" in f.message for f in check.findings)
+
+
+def test_nonfinite_gradients_are_skipped_not_judged() -> None:
+    """#11 item 6: no verdict from NaN figures."""
+    with pytest.raises(CheckSkipped, match="not finite"):
+        batch_mixing_verdict({"leak": float("nan"), "total": float("nan"), "sample": 3, "field": "input"})
+    net = small_cnn()
+    with torch.no_grad():
+        net[0].weight[0, 0, 0, 0] = float("nan")  # a NaN weight: every output and gradient is NaN
+    with pytest.raises(CheckSkipped, match="not finite"):
+        batch_mixing_verdict(batch_mixing(Classifier(net), next(iter(digits_loader(shuffle=False)))))
+
+
+def test_zero_init_head_is_judged_not_skipped(make_trainer) -> None:
+    """A zero-initialised head blocks every gradient; the check fills it with noise on its copy and judges."""
+    res = batch_mixing(Classifier(zero_head(small_cnn())), next(iter(digits_loader(shuffle=False))))
+    assert res["total"] > 0 and res["leak"] == 0.0
+    check = BatchMixingCheck()
+    fit(make_trainer, Classifier(zero_head(small_cnn())), digits_loader(), check)
+    assert codes(check) == []

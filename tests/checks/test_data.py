@@ -31,11 +31,12 @@ from lightning_tips.checks.data import (
     sampler_balances,
     sampler_shuffles,
 )
-from tests.helpers.data import breast_cancer_tensors, digits_tensors
+from tests.helpers.data import DigitStream, NoisyDigits, breast_cancer_tensors, digits_tensors
 from tests.helpers.data_bugs import (
     AutoEncoder,
     DictClassifier,
     DictDataset,
+    PackedGRUClassifier,
     TokenClassifier,
     balanced_loader,
     digit_tokens,
@@ -45,6 +46,7 @@ from tests.helpers.data_bugs import (
     imbalanced_breast_cancer,
     leaky_val,
     loader,
+    packed_digits_loader,
     set_prior_bias_,
 )
 from tests.helpers.models import Classifier, mlp, small_cnn
@@ -61,6 +63,19 @@ def fit(make_trainer: Callable[..., pl.Trainer], model: pl.LightningModule, trai
         warnings.simplefilter("ignore")
         trainer.fit(model, train, val)
     return checks
+
+
+class CardChecks(DataChecks):
+    """DataChecks that keeps its card lines (the printed table may wrap them)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.lines: list[Any] = []
+
+    def run_check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> Any:
+        line = super().run_check(trainer, pl_module, batch)
+        self.lines.append(line)
+        return line
 
 
 def by_code(checks: DataChecks, code: str) -> list[Any]:
@@ -128,9 +143,17 @@ def test_feature_stats_match_torch() -> None:
 
 
 def test_normalization_verdict() -> None:
-    bad, constant = normalization_verdict(torch.tensor([0.1, 4.9, 50.0, 2.0]), torch.tensor([1.0, 6.0, 1.0, 0.0]))
-    assert bad == [2] and constant == 1  # raw digits' 4.9 +- 6 passes; 50 +- 1 does not; constant left out
-    assert sorted(normalization_verdict(torch.zeros(3), torch.tensor([0.05, 1.0, 20.0]))[0]) == [0, 2]
+    # digits / 16: a border pixel nearly constant (mean 9.8e-05, std 0.0025, as in #12) beside real pixels
+    v = normalization_verdict(torch.tensor([9.8e-05, 0.3, 0.6, 0.0]), torch.tensor([0.0025, 0.4, 0.35, 0.0]))
+    assert not v.flagged and v.ignored == 2 and v.varying == 2 and v.bad == []
+    # raw 0..16 pixels: the varying features' RMS 7.7 is beyond unit scale
+    assert normalization_verdict(torch.tensor([4.9]), torch.tensor([6.0])).flagged
+    # one feature at 50 +- 1 beside unit-scale ones: far from unit scale, and it carries the energy
+    v = normalization_verdict(torch.tensor([0.1, 50.0, 0.0]), torch.tensor([1.0, 1.0, 1.0]))
+    assert v.flagged and v.bad == [1] and v.bad_share > 0.99
+    # standardised, and [0, 1] images: silent
+    assert not normalization_verdict(torch.zeros(5), torch.ones(5)).flagged
+    assert not normalization_verdict(torch.tensor([0.13]), torch.tensor([0.31])).flagged
 
 
 def test_sampler_helpers() -> None:
@@ -220,21 +243,84 @@ def test_class_imbalance_silent_with_balanced_sampler(make_trainer: Callable[...
     assert by_code(checks, "class-imbalance") == []
 
 
+class KeyedDataset(torch.utils.data.Dataset):
+    """Samples as dicts with keys the pack cannot guess: ``{"feats": x, "cls": y}``."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"feats": self.x[i], "cls": self.y[i]}
+
+
+class KeyedClassifier(Classifier):
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:  # type: ignore[override]
+        return self.loss_fn(self(batch["feats"]), batch["cls"])
+
+
+def test_named_keys_give_the_label_checks_their_targets(make_trainer: Callable[..., pl.Trainer]) -> None:
+    x, y = imbalanced_breast_cancer()
+    data = DataLoader(KeyedDataset(x, y), batch_size=64, shuffle=True)
+    unnamed = fit(make_trainer, KeyedClassifier(mlp(30, 2)), data, checks=CardChecks(first_batch=False))
+    assert by_code(unnamed, "class-imbalance") == []  # no target key recognised: labels n/a
+    assert "name a dict's with target_key=" in unnamed.lines[0].detail  # the card says how to name them
+    named = fit(make_trainer, KeyedClassifier(mlp(30, 2)), data,
+                checks=DataChecks(first_batch=True, input_key="feats", target_key="cls"))
+    assert [f.severity.value for f in by_code(named, "class-imbalance")] == ["warning"]
+    assert [f.code for f in named.findings if f.code == "view-skipped"] == []
+    with pytest.raises(TypeError, match="target_key"):
+        DataChecks(target_key=1)  # type: ignore[arg-type]
+
+
+def test_hugging_face_style_batches(make_trainer: Callable[..., pl.Trainer]) -> None:
+    """``{"input_ids", "attention_mask", "labels"}`` batches: labels read, token ids not scaled."""
+    from tests.helpers.data_layouts import TinyHFClassifier, TokenDigits
+
+    checks = fit(make_trainer, TinyHFClassifier(), DataLoader(TokenDigits(), batch_size=64, shuffle=True),
+                 checks=DataChecks(first_batch=True))
+    assert [f for f in checks.findings if f.skipped or f.severity.value != "info"] == []
+
+
 def test_unnormalized_input(make_trainer: Callable[..., pl.Trainer]) -> None:
     x, y = breast_cancer_tensors(normalize=False)
     checks = fit(make_trainer, Classifier(mlp(30, 2)), loader(x, y))
     (f,) = by_code(checks, "unnormalized-input")
-    assert f.module == "batch[0]" and f.figures["bad_features"] >= 10
-    assert "batch[0] feature 23" in f.message  # "worst area": mean 881, std 569
+    assert f.module == "batch[0]" and f.figures["bad_features"] >= 8 and f.figures["scale"] > 100
+    assert "worst batch[0] feature 23" in f.message  # "worst area": mean 881, std 569
     assert "dynamic range" in f.message and "tanh(x/C)" in f.advice and f.figures["dynamic_range"] > 1e4
     healthy = fit(make_trainer, Classifier(mlp(30, 2)), loader(*breast_cancer_tensors(normalize=True)))
     assert by_code(healthy, "unnormalized-input") == []
 
 
-def test_raw_digits_pass_as_one_channel(make_trainer: Callable[..., pl.Trainer]) -> None:
-    (x, y), _ = digits_split(normalize=False)
-    checks = fit(make_trainer, digits_model(), loader(x, y))
-    assert by_code(checks, "unnormalized-input") == []  # mean 4.9 < 3 x std 6.0, std in [0.1, 10]
+def _digits(scale: str, image: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = digits_tensors(normalize=scale == "standardised", image=image)
+    if scale == "/16":
+        x = x / 16.0
+    elif scale == "0..255":
+        x = x * 16.0  # bytes-like pixels
+    return x[:600], y[:600]
+
+
+@pytest.mark.parametrize(("scale", "image", "flagged"), [
+    ("/16", False, False),  # correctly scaled: nearly constant border pixels must not count (#12)
+    ("/16", True, False),  # [0, 1] images
+    ("standardised", False, False),
+    ("0..16", False, True),  # raw digits: RMS 7.7
+    ("0..16", True, True),
+    ("0..255", True, True),  # uint8-range images
+])
+def test_unnormalized_input_judges_the_scale_of_features_that_vary(
+    make_trainer: Callable[..., pl.Trainer], scale: str, image: bool, flagged: bool
+) -> None:
+    x, y = _digits(scale, image)
+    model = digits_model() if image else Classifier(mlp(64, 10))
+    found = by_code(fit(make_trainer, model, loader(x, y)), "unnormalized-input")
+    assert [f.severity.value for f in found] == (["warning"] if flagged else []), [f.message for f in found]
+    if flagged and not image:  # raw 0..16: the centre pixels are the worst, the constant border left out
+        assert "constant or near-constant left out" in found[0].message and found[0].figures["bad_features"] > 10
 
 
 def test_unshuffled_data(make_trainer: Callable[..., pl.Trainer]) -> None:
@@ -243,6 +329,27 @@ def test_unshuffled_data(make_trainer: Callable[..., pl.Trainer]) -> None:
     (f,) = by_code(checks, "unshuffled-data")
     assert f.severity.value == "warning"
     assert by_code(fit(make_trainer, digits_model(), loader(x, y, shuffle=True)), "unshuffled-data") == []
+
+
+def test_overfit_batches_is_not_unshuffled_data(make_trainer: Callable[..., pl.Trainer]) -> None:
+    """``overfit_batches=2``: Lightning itself swaps the user's shuffling sampler for a sequential
+    one; that is Lightning's doing, not the user's data order (#10 item 7)."""
+    (x, y), _ = digits_split()
+    checks = fit(make_trainer, digits_model(), loader(x, y, shuffle=True), overfit_batches=2)
+    assert by_code(checks, "unshuffled-data") == []
+    planted = fit(make_trainer, digits_model(), loader(x, y, shuffle=False), limit_train_batches=2)
+    assert [f.severity.value for f in by_code(planted, "unshuffled-data")] == ["warning"]
+
+
+def test_packed_sequences_are_scanned_per_sample(make_trainer: Callable[..., pl.Trainer]) -> None:
+    """``(PackedSequence, labels)`` batches: one row per sample (not per time step), no scan error,
+    and a NaN inside a sequence is found (#10 item 7)."""
+    checks = fit(make_trainer, PackedGRUClassifier(), packed_digits_loader(), checks=DataChecks(first_batch=True))
+    assert [f for f in checks.findings if f.skipped or "could not run" in f.message] == []
+    assert by_code(checks, "duplicate-data") == [] and by_code(checks, "nonfinite-input") == []
+    planted = packed_digits_loader(nan_at=3)
+    (f,) = by_code(fit(make_trainer, PackedGRUClassifier(), planted), "nonfinite-input")
+    assert f.severity.value == "error" and "batch[0][0] (1 values)" in f.message
 
 
 def test_no_seed(make_trainer: Callable[..., pl.Trainer]) -> None:
@@ -318,17 +425,28 @@ def test_integer_inputs(make_trainer: Callable[..., pl.Trainer]) -> None:
     assert "unnormalized-input" not in codes and "view-skipped" not in codes  # token ids: no float stats
 
 
-def test_iterable_dataset(make_trainer: Callable[..., pl.Trainer]) -> None:
-    x, y = duplicated_digits()
+def test_iterable_dataset_is_scanned_on_the_batch_training_hands_over(
+    make_trainer: Callable[..., pl.Trainer],
+) -> None:
+    """A stream is never read ahead (its samples would be lost to training): the scan looks at the
+    first batch the loop hands over, at step 0, and the card says so."""
+    (x, y), _ = digits_split()
+    x, y = torch.cat([x[:56], x[:8], x[56:]]), torch.cat([y[:56], y[:8], y[56:]])  # 8 repeats in batch 0
+    taken: list[int] = []
 
     class Stream(torch.utils.data.IterableDataset):
         def __iter__(self) -> Any:
-            return iter(zip(x, y))
+            for i in range(len(x)):
+                taken.append(i)
+                yield x[i], y[i]
 
-    checks = fit(make_trainer, digits_model(), DataLoader(Stream(), batch_size=64))
+    checks = fit(make_trainer, digits_model(), DataLoader(Stream(), batch_size=64), checks=CardChecks(first_batch=False))
     (f,) = by_code(checks, "duplicate-data")
-    assert "of the scan" in f.message and f.figures["count"] == 30  # positions, no dataset index
+    assert "of the scan" in f.message and f.figures["count"] == 8 and f.figures["samples"] == 64
     assert by_code(checks, "unshuffled-data") == []  # a stream's order cannot be told from its sampler
+    assert taken == list(range(128))  # limit_train_batches=2: training read exactly its two batches
+    (line,) = checks.lines  # pre-flight had no batch (a stream): the scan ran once, at step 0
+    assert "streams not read ahead: train" in line.detail and line.status == "finding"
 
 
 def test_scan_error_is_an_info_finding(make_trainer: Callable[..., pl.Trainer]) -> None:
@@ -348,7 +466,7 @@ def test_scan_error_is_an_info_finding(make_trainer: Callable[..., pl.Trainer]) 
 
     checks = fit(make_trainer, digits_model(), DataLoader(Flaky(), batch_size=64, shuffle=True))
     (f,) = [f for f in by_code(checks, "nonfinite-input") if f.severity.value == "info"]
-    assert "disk hiccup" in f.message
+    assert "disk hiccup" in f.message and f.skipped and f.advice == ""  # a skip, not the code's verdict
 
 
 def test_data_checks_time_on_digits(make_trainer: Callable[..., pl.Trainer]) -> None:
@@ -388,3 +506,92 @@ def test_ddp_ranks_agree(tmp_path: Path) -> None:
     nan_msgs = sorted(next(m for m in r["messages"] if "NaN" in m) for r in ranks)
     assert sum("on another rank" in m for m in nan_msgs) == 1
     assert sum("batch[0] (2 values)" in m for m in nan_msgs) == 1
+
+
+# --- pure observer with datasets that own a generator (issue #10 item 3) ---------------------------
+class CountingClassifier(Classifier):
+    """Counts the training samples it sees (the real module only: pre-flight works on copies)."""
+
+    def __init__(self) -> None:
+        super().__init__(mlp(64, 10))
+        self.samples_seen = 0
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:  # type: ignore[override]
+        self.samples_seen += len(batch[1])
+        return super().training_step(batch, batch_idx)
+
+
+def _owned_rng_fit(make_trainer: Callable[..., pl.Trainer], kind: str, recipe: bool,
+                   val: bool = False) -> tuple[CountingClassifier, Any]:
+    import lightning_tips as lt
+
+    pl.seed_everything(0)
+    data = NoisyDigits() if kind == "map" else DigitStream()
+    train = DataLoader(data, batch_size=32, shuffle=kind == "map")
+    val_loader = DataLoader(NoisyDigits(64, seed=7), batch_size=32) if val else None
+    model = CountingClassifier()
+    trainer = make_trainer(deterministic=True, callbacks=[lt.Recipe()] if recipe else [],
+                           limit_val_batches=1 if val else 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(model, train, val_loader)
+    return model, data
+
+
+@pytest.mark.parametrize(("kind", "val"), [("map", False), ("map", True), ("stream", False)])
+def test_recipe_leaves_a_dataset_with_its_own_generator_untouched(
+    make_trainer: Callable[..., pl.Trainer], kind: str, val: bool
+) -> None:
+    """A dataset drawing noise from its own generator, map-style or streaming: the final weights are
+    bit-identical with and without ``Recipe()``, and every sample of a read-once stream reaches training."""
+    plain, plain_data = _owned_rng_fit(make_trainer, kind, recipe=False, val=val)
+    watched, watched_data = _owned_rng_fit(make_trainer, kind, recipe=True, val=val)
+    for (name, a), b in zip(plain.state_dict().items(), watched.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert watched.samples_seen == plain.samples_seen
+    if kind == "stream":
+        assert watched.samples_seen == watched_data.cursor == len(watched_data.x) == 128
+    else:
+        assert torch.equal(plain_data.g.get_state(), watched_data.g.get_state())
+
+
+def test_first_batch_picture_is_readable(make_trainer: Callable[..., pl.Trainer]) -> None:
+    """32 digits drawn as titled panels with a value scale, not a 55x55 px thumbnail (#12)."""
+    import numpy as np
+    from PIL import Image
+
+    from lightning_tips._loggers import files_dir
+
+    (x, y), _ = digits_split()
+    trainer = make_trainer(limit_train_batches=1, limit_val_batches=0, callbacks=[DataChecks(first_batch=True)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(digits_model(), loader(x, y, shuffle=False))
+    (png,) = files_dir(trainer).glob("tips_first_batch_step*.png")
+    arr = np.asarray(Image.open(png))
+    assert arr.shape[0] >= 600 and arr.shape[1] >= 600  # ~1.3 inch (130 px) per 8x8 digit
+    assert "32 of 64 samples" in png.with_suffix(".txt").read_text()
+
+
+def test_independent_copy_shares_data_and_copies_state() -> None:
+    """The copy a scan reads shares every sample tensor (no memory doubling, even past the walk's
+    container budget) and owns its generators and counters."""
+    from lightning_tips._batch import independent_copy, peek_batches, stream_reason
+
+    ds = NoisyDigits(8)
+    ds.items = [torch.zeros(2) for _ in range(30_000)]  # type: ignore[attr-defined]
+    ds.calls = 0  # type: ignore[attr-defined]
+    copied = independent_copy((ds,))
+    assert copied is not None
+    (c,) = copied
+    assert c.x is ds.x and all(a is b for a, b in zip(c.items, ds.items)) and c.g is not ds.g
+    ds.owner = pl.Trainer(logger=False)  # type: ignore[attr-defined]  # a dataset pointing back: shared, not copied
+    ds.augment = torch.nn.Linear(2, 2)  # type: ignore[attr-defined]
+    (c,) = independent_copy((ds,)) or (None,)
+    assert c is not None and c.owner is ds.owner and c.augment is ds.augment and c.g is not ds.g
+    state = ds.g.get_state()
+    batches = list(peek_batches(DataLoader(ds, batch_size=4, shuffle=True)))
+    assert len(batches) == 2 and torch.equal(ds.g.get_state(), state)
+    assert stream_reason(DataLoader(DigitStream(), batch_size=4)) is not None
+    with pytest.raises(ValueError, match="IterableDataset"):
+        next(peek_batches(DataLoader(DigitStream(), batch_size=4)))

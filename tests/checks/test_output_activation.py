@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_tips.checks._preflight import CheckSkipped
 from lightning_tips.checks.output_activation import (
     LossCall,
     OutputActivationCheck,
@@ -27,6 +28,7 @@ from tests.helpers.preflight_models import (
     imbalanced_cancer_loader,
     regression_loader,
     with_output,
+    zero_head,
 )
 
 # --- pure functions ------------------------------------------------------------------------------
@@ -71,6 +73,12 @@ def test_verdict_rules() -> None:
     assert output_activation(call("nll_loss", z.log_softmax(1), y, "log_softmax")).severity is None
     assert output_activation(call("nll_loss", z.softmax(1), y, "softmax")).severity == "warning"
     assert output_activation(call("mse_loss", z.relu(), z, "relu")).severity is None
+    # ReLU-like values with no activation traced: exact zeros mixed with positive scores
+    assert output_activation(call("cross_entropy", z.relu(), y)).severity == "warning"
+    # a zero-initialised head: every logit exactly 0, no activation anywhere — not evidence (#11 item 6)
+    assert output_activation(call("cross_entropy", torch.zeros(16, 4), y)).severity is None
+    with pytest.raises(CheckSkipped, match="not finite"):
+        output_activation(call("cross_entropy", torch.full((16, 4), float("nan")), y))
 
 
 # --- through Trainer.fit ---------------------------------------------------------------------------
@@ -137,3 +145,10 @@ def test_custom_loss_is_info(make_trainer) -> None:
         digits_loader(), check)
     assert codes(check) == ["output-activation:info"]
     assert "no torch loss function" in check.findings[0].message
+
+
+def test_zero_init_head_is_silent(make_trainer) -> None:
+    """#11 item 6: torchvision's ViT head is zero-initialised; "non-negative scores (100% exactly zero)" was wrong."""
+    check = OutputActivationCheck()
+    fit(make_trainer, Classifier(zero_head(small_cnn())), digits_loader(), check)
+    assert codes(check) == []

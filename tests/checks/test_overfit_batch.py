@@ -18,8 +18,10 @@ from lightning_tips.checks.overfit_batch import (
 from tests.helpers.models import Classifier, small_cnn
 from tests.helpers.preflight_models import (
     DetachedHead,
+    IgnoresInput,
     ManualClassifier,
     codes,
+    dead_mlp,
     digits_loader,
     fit,
     frozen_cnn,
@@ -98,6 +100,53 @@ def test_planted_bugs_are_not_learning(make_trainer, model) -> None:
     assert "overfit one batch" in f.message
 
 
+class OneCycleClassifier(Classifier):
+    """Adam with OneCycleLR(max_lr): the schedule starts at max_lr / 25."""
+
+    def __init__(self, net: torch.nn.Module, max_lr: float = 5e-3) -> None:
+        super().__init__(net)
+        self.max_lr = max_lr
+
+    def configure_optimizers(self):  # type: ignore[override]
+        opt = torch.optim.Adam(self.parameters(), lr=self.max_lr)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.max_lr,
+                                                    total_steps=int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def test_one_cycle_is_fitted_at_the_schedules_peak_lr(make_trainer) -> None:
+    """#11 item 3: a healthy OneCycle run was fitted at max_lr/25 = 2e-4 and flagged (ratio 0.68)."""
+    check = OverfitBatchCheck()
+    fit(make_trainer, OneCycleClassifier(small_cnn()), digits_loader(), check, limit_train_batches=10, max_epochs=10)
+    assert codes(check) == []
+    # at the schedule's starting lr (what the copy used before) the same model is slow: the old false alarm
+    slow = overfit_batch(Classifier(small_cnn()), _batch(), lambda m: torch.optim.Adam(m.parameters(), lr=2e-4))
+    assert slow["ratio"] > 0.5
+
+
+def test_learns_slowly_is_info_and_nan_start_skips() -> None:
+    fig = {"start": 2.3, "end": 1.6, "steps": 50.0, "changed": 1.0, "requires_grad": 1.0, "lr": 2e-4,
+           "samples": 16.0, "ratio": 1.6 / 2.3}
+    v = overfit_verdict(fig, 50)
+    assert v.severity == "info" and "learns, slowly" in v.message
+    assert overfit_verdict({**fig, "end": 2.25, "ratio": 2.25 / 2.3}, 50).severity == "warning"
+    assert overfit_verdict({**fig, "end": 2.5, "ratio": 2.5 / 2.3}, 50).severity == "warning"
+    with pytest.raises(CheckSkipped, match="non-finite"):
+        overfit_verdict({**fig, "start": float("nan"), "end": float("nan"), "ratio": float("nan")}, 50)
+
+
+def test_nan_input_is_skipped_not_a_warning(make_trainer) -> None:
+    """#11 item 4: "loss 2.3 -> nan" after a NaN input is a consequence, not a separate warning."""
+    x, y = next(iter(digits_loader(shuffle=False)))
+    x = x.clone()
+    x[0, 0, 0, 0] = float("nan")
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=64)
+    check = OverfitBatchCheck()
+    fit(make_trainer, Classifier(small_cnn()), loader, check)
+    assert codes(check) == ["not-learning:info"]
+    assert "non-finite" in check.findings[0].message
+
+
 def test_sgd_user_optimizer_is_used(make_trainer) -> None:
     check = OverfitBatchCheck(steps=5)
     fit(make_trainer, Classifier(small_cnn(), optimizer="sgd", lr=1e-6), digits_loader(), check)
@@ -118,3 +167,13 @@ def test_bad_arguments() -> None:
         OverfitBatchCheck(steps="50")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="Expected budget_s > 0"):
         OverfitBatchCheck(budget_s=0)
+
+
+@pytest.mark.parametrize("model", [lambda: Classifier(IgnoresInput()), lambda: Classifier(dead_mlp())],
+                         ids=["ignores-input", "dead-units"])
+def test_output_independent_of_input_is_a_consequence_not_a_warning(make_trainer, model) -> None:
+    """#11 item 4/Build 3: the loss cannot fall because the output ignores the input: one root cause."""
+    check = OverfitBatchCheck()
+    fit(make_trainer, model(), digits_loader(image=False), check)
+    assert codes(check) == ["not-learning:info"]
+    assert "a consequence" in check.findings[0].message

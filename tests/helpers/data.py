@@ -90,3 +90,37 @@ def loaders(
     train = DataLoader(TensorDataset(x[tr], y[tr]), batch_size=batch_size, shuffle=shuffle)
     val = DataLoader(TensorDataset(x[va], y[va]), batch_size=batch_size)
     return train, val
+
+
+class NoisyDigits(torch.utils.data.Dataset):
+    """Map-style digits ``(x, y)`` (flat, standardised) with noise drawn from the dataset's *own*
+    generator: reading a sample advances ``self.g``, so a reader outside training shifts the noise
+    training sees (issue #10 item 3)."""
+
+    def __init__(self, n: int = 256, seed: int = 5) -> None:
+        x, y = digits_tensors(image=False)
+        self.x, self.y = x[:n], y[:n]
+        self.g = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[i] + 0.1 * torch.randn(self.x[i].shape, generator=self.g), self.y[i]
+
+
+class DigitStream(torch.utils.data.IterableDataset):
+    """A stream of flat digits that can be read once (a shared cursor, as a socket or a queue has),
+    with noise from the dataset's own generator; ``cursor`` counts the samples that left the stream."""
+
+    def __init__(self, n: int = 128, seed: int = 5) -> None:
+        x, y = digits_tensors(image=False)
+        self.x, self.y = x[:n], y[:n]
+        self.g = torch.Generator().manual_seed(seed)
+        self.cursor = 0
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        while self.cursor < len(self.x):
+            i = self.cursor
+            self.cursor += 1
+            yield self.x[i] + 0.1 * torch.randn(self.x[i].shape, generator=self.g), self.y[i]

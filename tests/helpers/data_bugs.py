@@ -127,6 +127,37 @@ def digit_tokens(n: int = 300) -> tuple[torch.Tensor, torch.Tensor]:
     return x[:n].long(), y[:n]
 
 
+# --- packed sequences (issue #10 item 7) ---------------------------------------------------------
+def packed_digits_loader(n: int = 128, batch_size: int = 32, nan_at: int | None = None) -> DataLoader:
+    """Digits as variable-length sequences of 8-pixel rows (4..8 rows), batched as
+    ``(PackedSequence, labels)`` by a collate_fn, the way recurrent models are fed; ``nan_at``: that
+    sample gets one NaN pixel."""
+    from torch.nn.utils.rnn import pack_sequence
+
+    x, y = digits_tensors(image=False)
+    x = x.clone()
+    if nan_at is not None:
+        x[nan_at, 1] = math.nan
+    samples = [(x[i].reshape(8, 8)[: 4 + i % 5], y[i]) for i in range(n)]
+
+    def collate(items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[Any, torch.Tensor]:
+        return pack_sequence([s for s, _ in items], enforce_sorted=False), torch.stack([t for _, t in items])
+
+    return DataLoader(samples, batch_size=batch_size, shuffle=True, collate_fn=collate)
+
+
+class PackedGRUClassifier(Classifier):
+    """A GRU over packed sequences; the last hidden state classifies."""
+
+    def __init__(self) -> None:
+        super().__init__(nn.Linear(16, 10))
+        self.gru = nn.GRU(8, 16)
+
+    def forward(self, x: Any) -> torch.Tensor:  # type: ignore[override]
+        _, h = self.gru(x)
+        return self.net(h[-1])
+
+
 # --- DDP script ----------------------------------------------------------------------------------
 def _ddp_main(out_path: str) -> None:  # pragma: no cover - runs in subprocesses
     import json

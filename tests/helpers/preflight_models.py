@@ -204,6 +204,28 @@ class TokenBag(nn.Module):
         return self.fc(h)
 
 
+class PositionalTokens(nn.Module):
+    """Healthy twin: token + learned position embeddings, the position part of shape (1, S, D) broadcast over
+    the batch (as BERT/GPT-2's ``position_embeddings`` / ``wpe``), a transformer layer, mean pooling.
+    ``mix=True`` plants a bug: centring the pooled features across the batch by hand."""
+
+    def __init__(self, seq_len: int = 64, mix: bool = False) -> None:
+        super().__init__()
+        self.tokens = nn.Embedding(17, 16)
+        self.positions = nn.Embedding(seq_len, 16)
+        layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+        self.fc = nn.Linear(16, 10)
+        self.mix = mix
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pos = self.positions(torch.arange(x.shape[1], device=x.device).unsqueeze(0))  # (1, S, D)
+        h = self.encoder(self.tokens(x) + pos).mean(1)
+        if self.mix:
+            h = h - h.mean(0, keepdim=True)
+        return self.fc(h)
+
+
 class IgnoresInput(nn.Module):
     """Planted bug: the forward never uses its input (a learned constant per class)."""
 
@@ -214,6 +236,66 @@ class IgnoresInput(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bias.expand(x.shape[0], -1)
+
+
+class ZeroedInput(nn.Module):
+    """Planted bug: the input is multiplied by 0 before the first layer (a wrong mask, a wrong variable)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = small_cnn()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x * 0)
+
+
+def zero_head(net: nn.Module) -> nn.Module:
+    """Healthy twin: the last Linear layer zero-initialised (weight and bias), as torchvision's ViT head."""
+    last = [m for m in net.modules() if isinstance(m, nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.zero_()
+    return net
+
+
+def dead_mlp() -> nn.Module:
+    """Every ReLU unit dead at init (a huge negative first-layer bias): the output is constant."""
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    with torch.no_grad():
+        net[1].bias.fill_(-1e3)
+    return net
+
+
+class RowsGRU(nn.Module):
+    """Healthy twin: digit rows (N, T, C) through a batch_first GRU, last time step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = nn.GRU(8, 32, batch_first=True)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.gru(x)
+        return self.fc(out[:, -1])
+
+
+class DictClassifier(Classifier):
+    """A classifier whose batches are dicts ``{"x": inputs, "y": labels}``."""
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:  # type: ignore[override]
+        return super().training_step((batch["x"], batch["y"]), batch_idx)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:  # type: ignore[override]
+        super().validation_step((batch["x"], batch["y"]), batch_idx)
+
+
+def dict_loader(loader: DataLoader) -> DataLoader:
+    """``loader``'s (x, y) batches as ``{"x": x, "y": y}`` dicts."""
+    ds = loader.dataset
+    assert isinstance(ds, TensorDataset)
+    x, y = ds.tensors
+    data = [{"x": x[i], "y": y[i]} for i in range(len(y))]
+    return DataLoader(data, batch_size=loader.batch_size, shuffle=True)  # type: ignore[arg-type]
 
 
 class DetachedHead(nn.Module):

@@ -95,7 +95,7 @@ def main(out_dir: Path) -> None:
     model = Model()
     trainer = pl.Trainer(
         strategy="ddp", accelerator="cpu", devices=2, max_steps=3, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(out_dir),  # not the repo
         callbacks=[WeightInit(), ForgetGateBias(), probe, bias_cb, after],
     )
     trainer.fit(model, train_dataloaders=loader)

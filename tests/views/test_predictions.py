@@ -232,8 +232,38 @@ def test_dict_batch_without_known_keys_is_skipped_once(make_trainer: MakeTrainer
     trainer = make_trainer(max_epochs=1, limit_train_batches=4, callbacks=[cb])
     with pytest.warns(TipWarning, match=r"\[view-skipped\] info: FixedBatchPredictions skipped: the batch layout"):
         trainer.fit(DictBatchModel(mlp()), DataLoader(DictDataset(), batch_size=16))
-    assert [(f.code, f.severity.value) for f in cb.findings] == [("view-skipped", "info")]
+    (f,) = cb.findings
+    assert (f.code, f.severity.value, f.skipped, f.advice) == ("view-skipped", "info", True, "")
+    # the message lists what is accepted and names the arguments to set
+    assert "dict with keys ['pixels', 'digit']" in f.message and "input_ids" in f.message and "labels" in f.message
+    assert "FixedBatchPredictions(input_key=..., target_key=...)" in f.message
     assert not files_dir(trainer).joinpath("tips_fixed_batch_table.csv").exists()
+
+
+def test_named_keys_read_a_dict_batch(make_trainer: MakeTrainer) -> None:
+    pl.seed_everything(0)
+    cb = FixedBatchPredictions(every_n_steps=2, num_samples=5, input_key="pixels", target_key="digit")
+    trainer = make_trainer(max_epochs=1, limit_train_batches=4, callbacks=[cb])
+    trainer.fit(DictBatchModel(mlp()), DataLoader(DictDataset(), batch_size=16))
+    assert cb.findings == []
+    rows = read_table(trainer)
+    assert len(rows) == 3 * 5 and rows[0]["true"] == str(int(DictDataset()[0]["digit"]))  # steps 0, 2, 4
+
+
+@pytest.mark.parametrize("dict_output", [False, True])
+def test_hugging_face_style_module(make_trainer: MakeTrainer, dict_output: bool) -> None:
+    """``forward(**batch)`` with ``input_ids``/``attention_mask``/``labels`` and an output with
+    ``.logits`` (an object or a dict): the view reads it like any classifier (#12)."""
+    from tests.helpers.data_layouts import TinyHFClassifier, TokenDigits
+
+    pl.seed_everything(0)
+    cb = FixedBatchPredictions(every_n_steps=2, num_samples=6)
+    trainer = make_trainer(max_epochs=1, limit_train_batches=4, callbacks=[cb])
+    trainer.fit(TinyHFClassifier(dict_output), DataLoader(TokenDigits(), batch_size=16, shuffle=True))
+    assert cb.findings == []
+    rows = read_table(trainer)
+    assert len(rows) == 3 * 6 and {r["index"] for r in rows} == {str(i) for i in range(6)}
+    assert images(trainer) == []  # token ids: the table only
 
 
 def test_tuple_outputs_are_skipped_once(make_trainer: MakeTrainer) -> None:
@@ -284,3 +314,40 @@ def test_pure_observer_with_batchnorm_and_dropout(make_trainer: MakeTrainer) -> 
     assert any("running_mean" in k for k in plain)
     assert plain.keys() == observed.keys()
     assert all(torch.equal(plain[k], observed[k]) for k in plain)
+
+
+def test_a_stream_is_not_read_ahead_the_first_batch_training_sees_is_the_fixed_batch(
+    make_trainer: MakeTrainer,
+) -> None:
+    """A read-once stream (its own cursor and generator): the view keeps the first batch the loop
+    hands over instead of reading ahead, so every sample reaches training and the stream's noise
+    is what it would have been without the view."""
+    from tests.helpers.data import DigitStream
+
+    def run(callbacks: list) -> tuple[DigitStream, Classifier]:
+        pl.seed_everything(0)
+        stream, model = DigitStream(), Classifier(mlp())
+        trainer = make_trainer(max_epochs=1, deterministic=True, callbacks=callbacks)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(model, DataLoader(stream, batch_size=32))
+        return stream, model
+
+    plain_stream, plain = run([])
+    cb = FixedBatchPredictions(every_n_steps=2, num_samples=8)
+    stream, model = run([cb])
+    assert stream.cursor == plain_stream.cursor == 128
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), model.state_dict().values()))
+    assert cb.batch is not None and cb.batch[0].shape == (8, 64) and cb.indices is None
+    assert cb.findings == []
+
+
+def test_pick_batch_reads_a_copy_of_a_dataset_that_owns_a_generator() -> None:
+    from tests.helpers.data import NoisyDigits
+
+    ds = NoisyDigits(32)
+    state = ds.g.get_state()
+    first = pick_batch(DataLoader(ds, batch_size=8, shuffle=True), 4)
+    assert first is not None and first[1] == [0, 1, 2, 3]
+    assert torch.equal(ds.g.get_state(), state)  # the user's generator did not move
+    assert torch.equal(first[0][0], torch.stack([ds[i][0] for i in range(4)]))  # what training would read first
