@@ -238,13 +238,10 @@ ZOO_FAULTY: list[Case] = [
          expected_code="nonfinite-loss", also=("nonfinite-gradient",), note="AdamW lr=1e6"),
 ]
 
-# --- known gaps on main at 2026-12-02 (xfail, strict=False) ---------------------------------------
+# --- known gaps on main at 15afadc (xfail, strict=False) -------------------------------------------
 ZOO_KNOWN_GAPS: dict[str, str] = {
-    "tv-vit-tiny": "torchvision ViT's zero head: all logits 0 at init read as output-activation, input-independent "
-                   "and a step-0 vanishing-gradient (#11 symptom 6)",
-    "timm-resnet-zero-init-last": "zero_init_last: vanishing-gradient 'norm 0 at step 0' on layer1.0.conv1 (#11 symptom 6)",
-    "timm-vit-tiny": "input-independent from 50 steps of memorisation: held-out real 1.99 vs zeroed 1.39 with train "
-                     "loss 0.141 (#11 symptom 2)",
+    "tv-vit-tiny": "torchvision ViT's zero head: vanishing-gradient from step 0 alone (#11 symptom 6)",
+    "timm-resnet-zero-init-last": "zero_init_last: vanishing-gradient 'norm 0 at step 0' (#11 symptom 6)",
     "hf-bert-lr-1e6": "the pre-flight overfit-one-batch 'not-learning' (loss -> nan) is reported before nonfinite-loss",
 }
 ZOO_HEALTHY = with_known_gaps(ZOO_HEALTHY, ZOO_KNOWN_GAPS)
