@@ -5,6 +5,7 @@ mean extra warnings (issue #11; definitions in ``tests/helpers/gallery_core.py``
     python -m tests.benchmarks.verdicts --zoo           # also the real architectures (the `zoo` extra)
     python -m tests.benchmarks.verdicts --markdown      # only the README table
     python -m tests.benchmarks.verdicts -k lstm --cases # a subset, per-case table with the messages
+    python -m tests.benchmarks.verdicts --done-when     # exit 1 unless issue #11's "Done when" figures hold
 
 Each case is a small real ``Trainer.fit`` with ``lt.Recipe()`` at defaults, 1 torch thread.
 """
@@ -22,7 +23,15 @@ ensure_torchvision_importable()  # before lightning (torchmetrics imports torchv
 
 import torch  # noqa: E402
 
-from tests.helpers.gallery_core import Case, CaseResult, markdown_table, results_table, run_case, score  # noqa: E402
+from tests.helpers.gallery_core import (  # noqa: E402
+    Case,
+    CaseResult,
+    done_when,
+    markdown_table,
+    results_table,
+    run_case,
+    score,
+)
 
 
 def gallery(zoo: bool = False, only_zoo: bool = False) -> list[Case]:
@@ -60,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--markdown", action="store_true", help="print only the README table")
     p.add_argument("--cases", action="store_true", help="also print the per-case table")
     p.add_argument("--json", default=None, help="write per-case results to this file")
+    p.add_argument("--done-when", action="store_true", help="check issue #11's targets; exit 1 if one is missed")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     cases = gallery(args.zoo, args.only_zoo)
@@ -72,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown_table(s))
     if args.markdown:
         return 0
+    criteria = done_when(s)
+    if args.done_when:
+        print()
+        for text, met in criteria:
+            print(f"[{'met' if met else 'MISSED'}] {text}")
     print(f"\n{len(results)} runs in {elapsed:.0f} s ({s.crashes} crashed)")
     if args.cases:
         print()
@@ -84,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                         "findings": [{"code": f.code, "severity": f.severity.value, "message": f.message,
                                       "module": f.module, "step": f.step} for f in r.findings]}
                        for r in results], fh, indent=1)
-    return 0
+    return 0 if not args.done_when or all(met for _, met in criteria) else 1
 
 
 if __name__ == "__main__":

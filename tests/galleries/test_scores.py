@@ -6,7 +6,7 @@ from __future__ import annotations
 from torch.utils.data import DataLoader
 
 from lightning_tips import Finding, Severity
-from tests.helpers.gallery_core import Case, CaseResult, markdown_table, results_table, score
+from tests.helpers.gallery_core import Case, CaseResult, done_when, markdown_table, results_table, score
 
 
 def _case(name: str, expected: str | None, also: tuple[str, ...] = ()) -> Case:
@@ -53,5 +53,7 @@ def test_scores_follow_the_definitions() -> None:
     assert table == markdown_table(score(results))  # deterministic: a README test can compare it
     assert "| `overfitting` | 1 | 0 | 0.00 | 1 | 0 | 0.00 |" in table
     assert "caught 67%, root cause named first 33%, 0.67 extra warnings per run" in table
+    met = [ok for _, ok in done_when(s)]
+    assert met == [False, False, False, True]  # 1 healthy warning; 67% caught; 33% first; 0.67 extra <= 1
     rows = results_table(results)
     assert "| lr | nonfinite-loss | caught, not first, +1 extra |" in rows and "| missed | overfitting | MISSED |" in rows
