@@ -283,8 +283,8 @@ def done_when(s: Scores) -> list[tuple[str, bool]]:
     return [
         (f"healthy gallery: 0 warnings (got {s.healthy_warnings} in {s.healthy_runs - s.healthy_clean} runs)",
          s.healthy_warnings == 0 and s.healthy_clean == s.healthy_runs),
-        (f"faulty gallery: >= 95% caught (got {_fmt(s.caught_pct, pct=True)})", s.caught_pct >= 95.0),
-        (f"faulty gallery: root cause first in >= 90% (got {_fmt(s.first_pct, pct=True)})", s.first_pct >= 90.0),
+        (f"faulty gallery: >= 95% caught (got {s.caught_pct:.1f}%)", s.caught_pct >= 95.0),
+        (f"faulty gallery: root cause first in >= 90% (got {s.first_pct:.1f}%)", s.first_pct >= 90.0),
         (f"faulty gallery: <= 1 extra warning per run on average (got {_fmt(s.mean_extra)})", s.mean_extra <= 1.0),
     ]
 
