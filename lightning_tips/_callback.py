@@ -8,9 +8,11 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
+from lightning_tips import _ddp
 from lightning_tips._console import render_table
 from lightning_tips._loggers import log_table
 from lightning_tips._report import report
+from lightning_tips._validate import check_callbacks
 from lightning_tips.findings import Finding, FindingsLog, Severity
 
 __all__ = ["TipCallback", "TipComposite", "summary_rows"]
@@ -76,6 +78,7 @@ class TipCallback(Callback):
 
     # --- lifecycle -------------------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        _ddp.setup(trainer)  # the pack's own process group: every rank, at the same point
         if stage == "fit":
             self._findings_log.clear()
             self._summarised = False
@@ -131,6 +134,7 @@ class TipComposite(TipCallback):
 
     def __init__(self, children: list[Callback] | None = None) -> None:
         super().__init__()
+        check_callbacks("children", children, optional=True)
         self._children: list[Callback] = []
         self._by_hook: dict[str, list[Callback]] = {hook: [] for hook in (*_HOOKS, "setup", "teardown", "on_exception")}
         for child in children or []:

@@ -1,4 +1,4 @@
-"""Forward hooks for one sampled step, always removed (tips R4.12, T7).
+"""Forward hooks and functional-call probes for one sampled step, always removed (tips R4.12, T7).
 
 Example:
     >>> import torch
@@ -20,9 +20,10 @@ from contextlib import contextmanager
 from typing import Any
 
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from torch.utils.hooks import RemovableHandle
 
-__all__ = ["forward_hooks"]
+__all__ = ["forward_hooks", "functional_calls"]
 
 
 @contextmanager
@@ -46,6 +47,70 @@ def forward_hooks(
                     module.register_forward_hook(lambda m, _inp, out, _name=name: fn(_name, m, out))
                 )
         yield names
+    finally:
+        for h in handles:
+            h.remove()
+
+
+class _CallProbe(TorchFunctionMode):
+    """Reports every call of a watched torch function with the innermost enclosing module's name."""
+
+    def __init__(self, watched: dict[Any, str], stack: list[str],
+                 fn: Callable[[str, str, tuple[Any, ...], Any], None]) -> None:
+        super().__init__()
+        self.watched, self.stack, self.fn = watched, stack, fn
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        name = self.watched.get(func)
+        if name is not None and self.stack:
+            self.fn(self.stack[-1], name, args, out)
+        return out
+
+
+@contextmanager
+def functional_calls(
+    model: nn.Module,
+    watched: dict[Any, str],
+    fn: Callable[[str, str, tuple[Any, ...], Any], None],
+) -> Iterator[None]:
+    """Inside the block, call ``fn(module name, function name, args, output)`` for every call of a
+    function in ``watched`` (``{torch function: name}``, e.g. ``{F.gelu: "gelu"}``) made inside the
+    forward of one of ``model``'s modules (the innermost one; calls outside any of them, e.g. in the
+    loss, are not reported). A ``TorchFunctionMode`` plus forward pre/post hooks on ``model``'s
+    modules that keep the stack of enclosing modules; all removed on exit.
+
+    Example:
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> class Net(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.fc = nn.Linear(3, 4)
+        ...     def forward(self, x):
+        ...         return F.gelu(self.fc(x))
+        >>> net, seen = Net(), []
+        >>> with functional_calls(net, {F.gelu: "gelu"}, lambda m, f, a, out: seen.append((m, f, tuple(out.shape)))):
+        ...     _ = net(torch.zeros(2, 3))
+        >>> seen, len(net._forward_pre_hooks)
+        ([('', 'gelu', (2, 4))], 0)
+    """
+    stack: list[str] = []
+    handles: list[RemovableHandle] = []
+
+    def push(name: str) -> Callable[..., None]:
+        return lambda _m, _inp: stack.append(name)
+
+    def pop(_m: nn.Module, _inp: Any, _out: Any) -> None:
+        if stack:
+            stack.pop()
+
+    try:
+        for name, module in model.named_modules():
+            handles.append(module.register_forward_pre_hook(push(name)))
+            handles.append(module.register_forward_hook(pop, always_call=True))
+        with _CallProbe(watched, stack, fn):
+            yield
     finally:
         for h in handles:
             h.remove()

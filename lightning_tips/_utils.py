@@ -15,11 +15,13 @@ from torch import nn
 
 # batch splitting lives with the rest of the batch logic (lightning_tips._batch); re-exported here
 from lightning_tips._batch import join_batch, split_batch
+from lightning_tips._ddp import all_ranks, any_rank  # re-exported: the cross-rank helpers live in _ddp
 
 if TYPE_CHECKING:  # pragma: no cover
     import lightning.pytorch as pl
 
 __all__ = [
+    "all_ranks",
     "any_rank",
     "apply_to_tensors",
     "batch_size",
@@ -39,9 +41,22 @@ __all__ = [
 
 
 
-def is_sampled(step: int, every_n_steps: int) -> bool:
-    """Whether ``step`` is a sampled step (``every_n_steps <= 0`` never samples)."""
-    return every_n_steps > 0 and step % every_n_steps == 0
+EARLY_STEPS = frozenset((0, 1, 2, 5, 10, 20, 50))
+"""Steps sampled densely at the start of training (most pathologies show in the first steps)."""
+
+
+def is_sampled(step: int, every_n_steps: int, dense_start: bool = False) -> bool:
+    """Whether ``step`` is a sampled step: every ``every_n_steps``-th step (``<= 0`` never samples),
+    and with ``dense_start`` also the early steps 0, 1, 2, 5, 10, 20, 50 — seven extra samples per
+    fit, so the amortised cost is unchanged. Decided from ``global_step`` only: the same on every rank.
+
+    Example:
+        >>> [s for s in range(120) if is_sampled(s, 100, dense_start=True)]
+        [0, 1, 2, 5, 10, 20, 50, 100]
+    """
+    if every_n_steps <= 0:
+        return False
+    return step % every_n_steps == 0 or (dense_start and step in EARLY_STEPS)
 
 
 def apply_to_tensors(obj: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
@@ -176,23 +191,6 @@ def find_output_layer(module: nn.Module, name: str | None = None) -> tuple[str, 
         if isinstance(m, (nn.Linear, nn.LazyLinear)) or (isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and all(k == 1 for k in m.kernel_size)):
             found = (n, m)
     return found
-
-
-def any_rank(trainer: pl.Trainer, flag: bool) -> bool:
-    """True on every rank when ``flag`` is true on any rank (one collective)."""
-    return bool(trainer.strategy.reduce_boolean_decision(bool(flag), all=False))
-
-
-def all_ranks(trainer: pl.Trainer, flag: bool) -> bool:
-    """True on every rank when ``flag`` is true on all ranks (one collective)."""
-    return bool(trainer.strategy.reduce_boolean_decision(bool(flag), all=True))
-
-
-def reduce_sum(trainer: pl.Trainer, tensor: torch.Tensor) -> torch.Tensor:
-    """Sum a tensor across ranks (identity on one process); stays on its device."""
-    if trainer.world_size == 1:
-        return tensor
-    return trainer.strategy.reduce(tensor.clone(), reduce_op="sum")
 
 
 def nonfinite_fields(batch: Any, prefix: str = "batch") -> list[tuple[str, int]]:

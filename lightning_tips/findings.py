@@ -149,7 +149,9 @@ _ENTRIES = [
         absolute bound. BatchNorm can hide this from the loss curve (P15); batch size 1 and no
         BatchNorm exposes it (P11).""",
         "latest total norm > `growth` (default 100) x the median of the first 3 sampled norms, or "
-        "> `max_norm` (default 1e4); sampled every `every_n_steps` (default 50, Recipe 100)",
+        "> `max_norm` (default 1e4); sampled at steps 0, 1, 2, 5, 10, 20, 50, then every `every_n_steps` "
+        "(default 50, Recipe 100); a blow-up in the first 50 steps with an lr above its family's usual range "
+        "(SGD > 1, Adam-family > 0.01) names the lr as the likely root cause",
         "T8 P11 P15",
         "clip the gradient norm (T8, `GradientClipping`), lower the learning rate (P10), use "
         "variance-scaling init (P5, `init_weights_`)",
@@ -160,7 +162,8 @@ _ENTRIES = [
         layers, or practically zero: the early layers barely learn. Deep sigmoid/tanh stacks and bad
         initialisation are the usual causes (P11, P15).""",
         "first-to-last layer gradient-norm ratio < `min_ratio` (default 1e-4), or a layer's norm "
-        "< `floor` (default 1e-10)",
+        "< `floor` (default 1e-10), on 3 sampled steps in a row (zero-initialised heads and residual "
+        "branches give exact zeros at step 0 alone); non-finite norms are not judged (nonfinite-* is the cause)",
         "P11 P15 T11",
         "use ReLU hidden layers (P2), He/Xavier init (T11, P5), residual connections or normalisation",
     ),
@@ -171,7 +174,11 @@ _ENTRIES = [
         sampled batch: they get no gradient and stop learning. Very negative biases, a learning rate
         too high, or bad init are the usual causes.""",
         "fraction of units with output <= 0 for every sample of the (global) sampled batch > "
-        "`dead_fraction` (default 0.5); output activations get no verdict",
+        "`dead_fraction` (default 0.5), over at least 16 values per unit, accumulated over sampled steps when one "
+        "batch has fewer (a unit firing with probability p "
+        "looks dead over n values with probability (1-p)^n: 0.5 for one value at p=0.5, 1.5e-5 for 16); "
+        "no verdict from non-finite activations (nonfinite-* is the cause); output activations get no verdict; "
+        "functional activations (F.relu, F.gelu, ...) are observed too, per enclosing module",
         "R4.12 P2",
         "lower the learning rate (P10), He init (T11, P5), check biases; consider LeakyReLU",
     ),
@@ -277,7 +284,9 @@ _ENTRIES = [
         "2000 planned steps): final/initial loss > 0.9, a detached loss, no parameter changed, or a "
         "diverged loss (0.5 < ratio <= 0.9 is info 'learns, slowly'; info when the output does not depend on "
         "the input at all — input-independent or dead units are the root cause; skipped when the loss is "
-        "non-finite before any step); training: no epoch loss below 0.98 x the first within 3 epochs",
+        "non-finite before any step); training: no epoch loss below 0.98 x the first within 3 epochs nor a "
+        "fall of more than 0.5% and 3x the check-to-check noise (a fall beyond that but under 2%: info, "
+        "'learns, slowly'); never after a NaN/Inf loss (reported as nonfinite-loss)",
         "R2.8 R2.9 P9 T10 T2",
         "check the loss, the labels and the optimizer wiring; raise or lower the lr (P10); overfit "
         "~10 samples first (T10)",
@@ -359,9 +368,14 @@ _ENTRIES = [
     ),
     _entry(
         "overfitting", "check", "val loss rises while train loss falls",
-        """The validation loss has risen for `patience` consecutive checks while the training loss
-        kept falling: the model is overfitting (T2, R4.9).""",
-        "val loss above its best for `patience` checks (default 3) while train loss decreased",
+        """The validation loss has stayed above its best for `patience` consecutive checks while the
+        training loss kept falling, by a rise that is beyond the curve's own noise and material: the
+        model is overfitting (T2, R4.9). Validation accuracy that did not fall is counter-evidence for a
+        moderate rise. Noise model: the check-to-check std of the validation curve, estimated from its
+        median absolute second difference (robust to the trend).""",
+        "warning: val loss above its best for `patience` checks (default 3) while train loss decreased, the "
+        "rise > 3x the check-to-check noise and >= 10% of the best, and (below a 25% rise) val accuracy, when "
+        "logged, fell; info: the same with val accuracy not falling; nothing below that",
         "T2 R4.7 R4.8 R4.9",
         "add dropout (R4.7) or weight decay (R4.8), get more data (R4.1), stop early (R4.9, `EarlyStopping`)",
     ),
@@ -384,8 +398,13 @@ _ENTRIES = [
     _entry(
         "weight-init", "fix", "weights were (re)initialised by scheme",
         """`init_weights_` initialised layers by the activation that follows them: He for ReLU,
-        Xavier for tanh/sigmoid, orthogonal for recurrent matrices, LeCun for SELU (T11, P5).""",
-        "always reported when applied (info)",
+        Xavier for tanh/sigmoid, orthogonal for recurrent matrices, LeCun for SELU (T11, P5). Frozen
+        layers (`requires_grad=False`) are never touched; layers whose weights are not a plausible draw
+        of PyTorch's default init (pretrained, trained or loaded before the fit, or user-initialised)
+        are left alone unless `WeightInit(force=True)`; the finding names what was left alone.""",
+        "always reported when applied (info); 'not freshly initialised': a weight or bias value outside "
+        "PyTorch's default bound 1/sqrt(fan_in), or a weight std more than 5 standard errors (min 2%) from "
+        "bound/sqrt(3)",
         "T11 P5 P15",
         "none needed",
     ),

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import inspect
+from typing import Any, Literal
 
 from lightning.pytorch.callbacks import Callback
 
 from lightning_tips._callback import TipComposite
+from lightning_tips._validate import check_bool, check_choice, check_float, check_int, check_str
 from lightning_tips.checks.activations import ActivationStats
 from lightning_tips.checks.curves import LearningCurves
 from lightning_tips.checks.gradients import GradientStats
@@ -74,7 +76,8 @@ class Recipe(TipComposite):
         first_layer_filters: the first layer's filters as a picture (``FirstLayerFilters``).
         fixed_batch_predictions: predictions on a fixed batch (``FixedBatchPredictions``).
         histograms: log activation and gradient histograms (every ``view_every_n_steps``).
-        weight_init: fix — re-initialise weights by scheme at fit start (``WeightInit``, T11).
+        weight_init: fix — re-initialise weights by scheme at fit start (``WeightInit``, T11); frozen layers
+            and layers that do not look freshly initialised (pretrained, loaded) are left alone.
         forget_gate_bias: fix — set LSTM forget-gate biases to this value (``ForgetGateBias``, T17).
         output_bias_init: fix — set the output bias to the data's prior (``OutputBiasInit``, R2.5).
         gradient_clip: fix — clip the gradient norm at this value (``GradientClipping``, T8).
@@ -84,6 +87,9 @@ class Recipe(TipComposite):
         monitor: the metric early stopping watches.
         patience: validation checks without improvement before stopping; also the overfitting verdict's.
         snapshot_ensemble: fix-side view — evaluate the ensemble of the last k snapshots (0: off, R6.1).
+        input_key: the batch dict's key holding the model input when it is not recognised (e.g. ``"pixels"``;
+            a position ``"0"`` for tuple batches); forwarded to the data checks and the fixed-batch view.
+        target_key: the same for the targets (e.g. ``"cls"``; ``"1"`` for tuple batches).
 
     Example:
         >>> import lightning as L
@@ -119,16 +125,51 @@ class Recipe(TipComposite):
         monitor: str = "val_loss",
         patience: int = 3,
         snapshot_ensemble: int = 0,
+        input_key: str | None = None,
+        target_key: str | None = None,
     ) -> None:
-        for name, value in (("every_n_steps", every_n_steps), ("view_every_n_steps", view_every_n_steps)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"Expected {name} to be an int >= 1 but got {value!r}.")
-        if snapshot_ensemble < 0 or snapshot_ensemble == 1:
-            raise ValueError(f"Expected snapshot_ensemble to be 0 (off) or k >= 2 but got {snapshot_ensemble}.")
+        # every argument is checked here, under the name the user passed (the parts' own checks would
+        # name their parameters: budget_s for preflight_budget_s, max_norm for gradient_clip, ...)
+        check_int("every_n_steps", every_n_steps, low=1)
+        check_int("view_every_n_steps", view_every_n_steps, low=1)
+        check_float("preflight_budget_s", preflight_budget_s, low=0.0, low_open=True)
+        check_choice("nonfinite_action", nonfinite_action, ("stop", "skip", "warn", "raise"))
+        check_int("nonfinite_every_n_steps", nonfinite_every_n_steps, low=1, optional=True)
+        if nonfinite_action == "skip" and nonfinite_every_n_steps not in (None, 1):
+            raise ValueError(
+                "Expected nonfinite_every_n_steps to be 1 or None with nonfinite_action='skip' (an update can only "
+                f"be skipped on a checked step) but got {nonfinite_every_n_steps!r}."
+            )
+        for name, flag in (
+            ("preflight", preflight), ("gradients", gradients), ("activations", activations), ("lr_decay", lr_decay),
+            ("learning_curves", learning_curves), ("first_layer_filters", first_layer_filters),
+            ("fixed_batch_predictions", fixed_batch_predictions), ("histograms", histograms),
+            ("output_bias_init", output_bias_init), ("adaptive_clipping", adaptive_clipping),
+            ("early_stopping", early_stopping),
+        ):  # fmt: skip
+            check_bool(name, flag)
+        check_choice("weight_init", weight_init, ("auto", "he", "xavier", "orthogonal", "lecun"), optional=True)
+        check_float("forget_gate_bias", forget_gate_bias, optional=True)
+        check_float("gradient_clip", gradient_clip, low=0.0, low_open=True, optional=True)
+        check_float("lr_floor", lr_floor, low=0.0, high=1.0, low_open=True, high_open=True, optional=True)
+        check_str("monitor", monitor)
+        check_int("patience", patience, low=1)
+        check_int("snapshot_ensemble", snapshot_ensemble, low=0)
+        check_str("input_key", input_key, optional=True)
+        check_str("target_key", target_key, optional=True)
+        if snapshot_ensemble == 1:
+            raise ValueError(f"Expected snapshot_ensemble to be 0 (off) or an int >= 2 but got {snapshot_ensemble!r}.")
         if adaptive_clipping and gradient_clip is not None:
-            raise ValueError("Expected either gradient_clip (a fixed bound) or adaptive_clipping, not both.")
+            raise ValueError(
+                f"Expected either gradient_clip (a fixed bound) or adaptive_clipping, not both, but got "
+                f"gradient_clip={gradient_clip!r} with adaptive_clipping=True."
+            )
         # the guard syncs its flags on the sampled steps; "skip" must decide on every step
         guard_every = nonfinite_every_n_steps or (1 if nonfinite_action == "skip" else every_n_steps)
+        # only the keys given are forwarded: the parts' defaults stay theirs
+        batch_keys: dict[str, Any] = {
+            k: v for k, v in (("input_key", input_key), ("target_key", target_key)) if v is not None
+        }
         parts: list[Callback] = []
         # fixes that change the initial model run first (WeightInit zeroes biases the next two set)
         if weight_init is not None:
@@ -138,7 +179,9 @@ class Recipe(TipComposite):
         if output_bias_init:
             parts.append(OutputBiasInit())
         if preflight:
-            parts.append(Preflight(budget_s=preflight_budget_s))
+            # the data checks inside Preflight take the keys once Preflight forwards them (integration note)
+            takes_keys = "input_key" in inspect.signature(Preflight.__init__).parameters
+            parts.append(Preflight(budget_s=preflight_budget_s, **(batch_keys if takes_keys else {})))
         # gradient observers see the unclipped gradients, then the clipper acts
         parts.append(
             NonFiniteGuard(action=nonfinite_action, every_n_steps=guard_every, full_every_n_steps=every_n_steps)
@@ -164,11 +207,13 @@ class Recipe(TipComposite):
         if learning_curves:
             parts.append(LearningCurves(patience=patience, image_every_n_steps=view_every_n_steps))
         if fixed_batch_predictions:
-            parts.append(FixedBatchPredictions(every_n_steps=view_every_n_steps))
+            parts.append(FixedBatchPredictions(every_n_steps=view_every_n_steps, **batch_keys))
         if first_layer_filters:
             parts.append(FirstLayerFilters(every_n_steps=view_every_n_steps))
         if early_stopping:
-            parts.append(EarlyStopping(monitor=monitor, patience=patience))
+            stopper = EarlyStopping(monitor=monitor, patience=patience)
+            stopper._skip_missing_monitor = True  # no validation loop / monitor never logged: an info, not a crash
+            parts.append(stopper)
         if snapshot_ensemble:
             parts.append(SnapshotEnsemble(k=snapshot_ensemble))
         super().__init__(parts)

@@ -18,6 +18,9 @@ import inspect
 import math
 import os
 import pickle
+import re
+import types
+import typing
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -539,3 +542,164 @@ def test_recipe_with_every_fix_on_fits_and_resumes(tmp_path: Path) -> None:
     checked = _check_continuation(second, saved, second.state_dict())
     assert {"WeightInit", "ForgetGateBias", "OutputBiasInit", "GradientClipping", "EarlyStopping",
             "SnapshotEnsemble", "GradientStats", "ActivationStats", "LearningCurves"} <= set(checked)
+
+
+# --- argument validation, generated from the signatures -----------------------------------------------
+# (class, argument) pairs where a negative number is a legitimate value
+NEGATIVE_OK = {
+    ("ForgetGateBias", "value"), ("Recipe", "forget_gate_bias"),
+    ("EarlyStopping", "stopping_threshold"), ("EarlyStopping", "divergence_threshold"),
+}
+
+
+def _bad_values(cls_name: str, name: str, hint: Any) -> list[Any]:
+    """Values the annotation ``hint`` rules out: a wrong type, NaN, a negative number, a bool for an int, a str
+    for a bool, ``None`` where the argument is not Optional, a string outside a ``Literal``. Empty for the
+    annotations this generator does not know (they are left to the class's own tests)."""
+    args = typing.get_args(hint)
+    origin = typing.get_origin(hint)
+    optional = type(None) in args and origin in (typing.Union, types.UnionType)
+    inner = [a for a in args if a is not type(None)] if optional else [hint]
+    if len(inner) != 1:
+        return []
+    (t,) = inner
+    bad: list[Any] = [] if optional else [None]
+    if typing.get_origin(t) is typing.Literal:
+        return [*bad, "not-a-choice", 5]
+    if t is bool:
+        return [*bad, "abc", 1]
+    if t is int:
+        return [*bad, "abc", 1.5, True, -5]
+    if t is float:
+        return [*bad, "abc", float("nan"), True] + ([] if (cls_name, name) in NEGATIVE_OK else [-5.0])
+    if t is str:
+        return [*bad, 5, ""]
+    if typing.get_origin(t) is list and typing.get_args(t) == (float,):
+        return [*bad, "abc", [], [float("nan")]]
+    if typing.get_origin(t) is list and typing.get_args(t) == (Callback,):
+        return [*bad, "abc", [5]]
+    return []
+
+
+def _argument_cases() -> list[Any]:
+    cases = []
+    for cls in CALLBACKS:
+        hints = typing.get_type_hints(cls.__init__)
+        for name, param in inspect.signature(cls.__init__).parameters.items():
+            if name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                continue
+            assert name in hints, f"{cls.__name__}({name}) has no type hint: LightningCLI cannot build it"
+            for value in _bad_values(cls.__name__, name, hints[name]):
+                cases.append(pytest.param(cls, name, value, id=f"{cls.__name__}-{name}={value!r}"))
+    return cases
+
+
+ARGUMENT_CASES = _argument_cases()
+
+
+def test_the_generator_covers_every_callback() -> None:
+    """Every public callback with arguments gets bad values generated for each of them (no silent gaps)."""
+    covered = {(p.values[0].__name__, p.values[1]) for p in ARGUMENT_CASES}
+    for cls in CALLBACKS:
+        for name in inspect.signature(cls.__init__).parameters:
+            if name != "self" and inspect.signature(cls.__init__).parameters[name].kind == inspect.Parameter.POSITIONAL_OR_KEYWORD:
+                assert (cls.__name__, name) in covered, f"no bad value generated for {cls.__name__}({name})"
+    assert len(ARGUMENT_CASES) > 200
+
+
+@pytest.mark.parametrize(("cls", "name", "value"), ARGUMENT_CASES)
+def test_bad_argument_is_rejected_at_construction_naming_it(cls: type[Callback], name: str, value: Any) -> None:
+    kw = {k: v for k, v in kwargs_for(cls).items() if k != name}
+    with pytest.raises((ValueError, TypeError)) as info:
+        cls(**kw, **{name: value})
+    message = str(info.value)
+    assert re.search(rf"\b{re.escape(name)}\b", message), f"the error does not name `{name}`: {message}"
+    assert repr(value) in message or str(value) in message, f"the error does not show the value: {message}"
+    assert "Expected" in message, message
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [({"preflight_budget_s": -1}, "preflight_budget_s"), ({"gradient_clip": 0.0}, "gradient_clip"),
+     ({"snapshot_ensemble": "3"}, "snapshot_ensemble"), ({"snapshot_ensemble": 1}, "snapshot_ensemble"),
+     ({"nonfinite_every_n_steps": 0}, "nonfinite_every_n_steps"), ({"lr_floor": 2.0}, "lr_floor"),
+     ({"nonfinite_action": "skip", "nonfinite_every_n_steps": 5}, "nonfinite_every_n_steps"),
+     ({"forget_gate_bias": float("nan")}, "forget_gate_bias"), ({"monitor": None}, "monitor")],
+)
+def test_recipe_errors_name_the_recipe_argument(kwargs: dict[str, Any], named: str) -> None:
+    """Not the inner callback's parameter (``budget_s``, ``max_norm``, ``k``, ``every_n_steps``, ``floor``)."""
+    with pytest.raises((ValueError, TypeError)) as info:
+        lt.Recipe(**kwargs)
+    message = str(info.value)
+    assert named in message, message
+    for inner in ("budget_s ", "max_norm", " k ", "floor ", "value "):
+        assert inner not in message.replace(named, ""), message
+
+
+# --- fixes never wipe weights that matter (#10 item 2) ----------------------------------------------------------
+class FrozenContractNet(ContractNet):
+    """The contract model with a frozen "pretrained backbone": the conv branch and the LSTM."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv.requires_grad_(False)
+        self.lstm.requires_grad_(False)
+
+
+def test_every_fix_leaves_frozen_parameters_bit_for_bit(tmp_path: Path) -> None:
+    pl.seed_everything(0, verbose=False)
+    model = FrozenContractNet()
+    frozen = {k: v.detach().clone() for k, v in model.named_parameters() if not v.requires_grad}
+    assert any(k.startswith("lstm.") for k in frozen) and any(k.startswith("conv.") for k in frozen)
+    recipe = lt.Recipe(**ALL_FIXES)
+    probe = Probe(recipe)
+    train, val = _loaders()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = pl.Trainer(default_root_dir=tmp_path, accelerator="cpu", devices=1, max_epochs=1,
+                             limit_train_batches=2, limit_val_batches=1, logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False, callbacks=[recipe, probe])
+        trainer.fit(model, train, val)
+    assert probe.weights is not None
+    for name, before in frozen.items():
+        assert torch.equal(probe.weights[name], before), f"a fix changed the frozen `{name}`"
+        assert torch.equal(dict(model.named_parameters())[name], before), f"training changed the frozen `{name}`"
+    applied = recipe.child(lt.WeightInit).applied  # type: ignore[union-attr]
+    assert applied and not any(k.startswith(("conv", "lstm")) for k in applied)
+
+
+def test_weight_init_leaves_a_pretrained_looking_model_alone(tmp_path: Path) -> None:
+    """A model trained by a first fit and handed to a second one (fine-tuning): `weight_init="auto"` keeps it."""
+    _, model, _ = _fit([], tmp_path)
+    trained = _weights(model)
+    recipe = lt.Recipe(weight_init="auto", every_n_steps=2, view_every_n_steps=2, preflight=False)
+    probe = Probe(recipe)
+    train, val = _loaders()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = pl.Trainer(default_root_dir=tmp_path, accelerator="cpu", devices=1, max_epochs=1,
+                             limit_train_batches=1, limit_val_batches=1, logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False, callbacks=[recipe, probe])
+        trainer.fit(model, train, val)
+    assert probe.weights is not None
+    for name, before in trained.items():
+        assert torch.equal(probe.weights[name], before), f"weight_init changed the trained `{name}`"
+    [f] = [f for f in recipe.findings if f.code == "weight-init"]
+    assert f.skipped and "not freshly initialised" in f.message
+
+
+@pytest.mark.parametrize("monitor", ["val_loss_never_logged", "val_loss"])
+def test_recipe_early_stopping_never_crashes_on_a_missing_monitor(tmp_path: Path, monitor: str) -> None:
+    """A monitor that is never logged, and no validation loop at all: the fit completes, an info says why."""
+    recipe = lt.Recipe(early_stopping=True, monitor=monitor, every_n_steps=2, view_every_n_steps=2, preflight=False)
+    pl.seed_everything(0, verbose=False)
+    train, val = _loaders()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = pl.Trainer(default_root_dir=tmp_path, accelerator="cpu", devices=1, max_epochs=2,
+                             limit_train_batches=2, limit_val_batches=0 if monitor == "val_loss" else 1, logger=False,
+                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                             callbacks=[recipe])
+        trainer.fit(ContractNet(), train, val)
+    assert trainer.state.finished and trainer.current_epoch == 2
+    assert any(f.skipped and f.module == monitor for f in recipe.findings)

@@ -100,7 +100,7 @@ def test_recipe_with_bf16_mixed_runs_every_check(tmp_path: Path) -> None:
     # the statistics callbacks sampled under bf16 autocast
     grads = recipe.child(lt.GradientStats)
     acts = recipe.child(lt.ActivationStats)
-    assert isinstance(grads, lt.GradientStats) and grads.state_dict()["count"] == 6
+    assert isinstance(grads, lt.GradientStats) and grads.state_dict()["count"] == 8  # steps 0, 1, 2, 4, 5, 6, 8, 10 (dense start)
     assert isinstance(acts, lt.ActivationStats) and acts.state_dict()["history"]
 
 
@@ -129,7 +129,7 @@ def test_recipe_with_bf16_true_runs_every_check(tmp_path: Path) -> None:
     assert not [c for c in codes if c.startswith("nonfinite")]
     assert not [f for f in recipe.findings if "could not" in f.message], recipe.findings
     grads = recipe.child(lt.GradientStats)
-    assert isinstance(grads, lt.GradientStats) and grads.state_dict()["count"] == 6
+    assert isinstance(grads, lt.GradientStats) and grads.state_dict()["count"] == 8  # steps 0, 1, 2, 4, 5, 6, 8, 10 (dense start)
 
 
 def test_recipe_with_every_fix_under_bf16_true(tmp_path: Path) -> None:
@@ -174,7 +174,7 @@ class SyncStrict(Callback):
         self.strict_steps = 0
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
-        if is_sampled(trainer.global_step, self.every_n_steps):
+        if is_sampled(trainer.global_step, self.every_n_steps, dense_start=True):  # the checks' dense start
             torch.cuda.set_sync_debug_mode("default")
         else:
             torch.cuda.set_sync_debug_mode("error")
@@ -216,9 +216,10 @@ def test_recipe_never_syncs_with_the_gpu_on_unsampled_steps(tmp_path: Path) -> N
     recipe = lt.Recipe(every_n_steps=every, view_every_n_steps=every, nonfinite_every_n_steps=every)
     trainer, strict = _strict_fit([recipe], every, tmp_path / "recipe")
     assert trainer.global_step == 24
-    assert strict.strict_steps == 24 - 24 // every  # every unsampled step ran under "error" without raising
+    sampled = [s for s in range(24) if is_sampled(s, every, dense_start=True)]  # 0, 1, 2, 4, 5, 8, 10, ...
+    assert strict.strict_steps == 24 - len(sampled)  # every unsampled step ran under "error" without raising
     grads = recipe.child(lt.GradientStats)
-    assert isinstance(grads, lt.GradientStats) and grads.state_dict()["count"] == 24 // every  # sampled steps did work
+    assert isinstance(grads, lt.GradientStats) and grads.state_dict()["count"] == len(sampled)  # sampled steps did work
     assert not [f for f in recipe.findings if "could not" in f.message], recipe.findings
 
 
@@ -242,4 +243,4 @@ def test_recipe_on_mps(tmp_path: Path) -> None:
     assert all(line.status != "skipped" for line in _card(recipe).values())
     assert not [f for f in recipe.findings if "could not" in f.message], recipe.findings
     grads = recipe.child(lt.GradientStats)
-    assert isinstance(grads, lt.GradientStats) and grads.state_dict()["count"] == 6
+    assert isinstance(grads, lt.GradientStats) and grads.state_dict()["count"] == 8  # steps 0, 1, 2, 4, 5, 6, 8, 10 (dense start)

@@ -82,3 +82,22 @@ def test_healthy_digits_run_reports_nothing_but_the_seed_note(make_trainer: Any)
     assert [f.code for f in recipe.findings] == ["no-seed"]
     card = recipe.child(lt.Preflight)
     assert isinstance(card, lt.Preflight) and all(line.status == "pass" for line in card.card)
+
+
+@pytest.mark.parametrize("part", [lt.FixedBatchPredictions, lt.Preflight])
+def test_batch_keys_are_forwarded(part: type) -> None:
+    """`input_key`/`target_key` reach the parts that read inputs and targets (helper B adds them to those parts)."""
+    import inspect
+
+    if "input_key" not in inspect.signature(part.__init__).parameters:
+        pytest.skip(f"{part.__name__} has no input_key argument in this tree (added on helper B's/E's branch)")
+    recipe = lt.Recipe(input_key="pixels", target_key="cls")
+    child = recipe.child(part)
+    assert (child.input_key, child.target_key) == ("pixels", "cls")
+
+
+def test_batch_keys_are_validated_under_their_recipe_names() -> None:
+    for kwargs, name in (({"input_key": 5}, "input_key"), ({"target_key": ""}, "target_key")):
+        with pytest.raises((TypeError, ValueError), match=name):
+            lt.Recipe(**kwargs)
+    assert lt.Recipe().child(lt.FixedBatchPredictions) is not None  # unset keys are not forwarded

@@ -31,6 +31,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
+from lightning_tips import _ddp
 from lightning_tips._batch import peek_batches, stream_reason
 from lightning_tips._callback import TipCallback
 from lightning_tips._console import render_table
@@ -43,6 +44,7 @@ from lightning_tips._utils import (
     preserved_rng,
     step_loss,
 )
+from lightning_tips._validate import check_float
 
 __all__ = [
     "CardLine",
@@ -326,12 +328,12 @@ def _agreed(trainer: pl.Trainer, mine: Verdict | None) -> tuple[Verdict, int] | 
     rank when no rank has one. One ``all_gather`` of a flag, plus one broadcast when some rank has one."""
     if trainer.world_size == 1:
         return None if mine is None else (mine, 0)
-    flag = torch.tensor([float(mine is not None)], device=trainer.strategy.root_device)
-    ranks = [i for i, f in enumerate(trainer.strategy.all_gather(flag).flatten().tolist()) if f]
+    flags = _ddp.gather(trainer, {"has_verdict": torch.tensor(mine is not None)}, site="Preflight verdict")
+    ranks = [i for i, f in enumerate(flags["has_verdict"].tolist()) if f]
     if not ranks:
         return None
     src = ranks[0]
-    chosen = trainer.strategy.broadcast(mine if trainer.global_rank == src else None, src=src)
+    chosen = _ddp.broadcast_object(trainer, mine if trainer.global_rank == src else None, src, site="Preflight verdict")
     assert isinstance(chosen, Verdict)
     if src != 0:
         chosen = replace(chosen, message=f"{chosen.message} (rank {src}'s data)")
@@ -432,8 +434,7 @@ class PreflightCheck(_OncePerFit):
 
     def __init__(self, budget_s: float = DEFAULT_BUDGET_S) -> None:
         super().__init__()
-        if isinstance(budget_s, bool) or not isinstance(budget_s, int | float) or not budget_s > 0:
-            raise ValueError(f"Expected budget_s > 0 but got {budget_s!r}.")
+        check_float("budget_s", budget_s, low=0.0, low_open=True)
         self.budget_s = float(budget_s)
         # set by run_preflight for each card
         self._deadline: float | None = None  # perf_counter() time the safety net trips

@@ -25,8 +25,19 @@ Verdicts (both computed from the statistics of the *global* batch, the same on e
       ``saturated_fraction`` (default 0.5).
     * Activations registered after the model's output layer (a Sigmoid feeding ``BCELoss``) get
       statistics but no verdict: confident outputs are not a flaw.
-    * ``dead-activation`` (info): the model has no activation modules (``F.relu`` cannot be
-      hooked; TorchScript modules neither), or the hooks never ran (a compiled model): skipped.
+    * No ``dead-activation`` verdict over fewer than 16 values per unit (a healthy unit that fires
+      with probability p looks dead over n values with probability (1-p)^n): with small batches the
+      per-unit fired counts are accumulated over sampled steps until they hold 16. None from NaN/Inf
+      statistics (the root cause is ``NonFiniteGuard``'s ``nonfinite-*`` finding).
+    * Functional activations (``F.relu``, ``F.gelu``, ``torch.sigmoid``, ``torch.tanh`` … as in
+      ``nn.TransformerEncoderLayer`` and Hugging Face models) are observed on sampled steps too: a
+      ``TorchFunctionMode`` attributes each call to its enclosing module (key ``<module>/<fn>``,
+      :func:`~lightning_tips._hooks.functional_calls`); one applied to the output layer's result
+      gets no verdict.
+    * ``dead-activation`` (info, skipped): TorchScript modules and no activation modules, or nothing
+      observed on 3 sampled steps that computed a loss (a compiled model). A step whose
+      ``training_step`` returned ``None`` ran no forward and is no evidence (the next step is sampled
+      instead).
 """
 
 from __future__ import annotations
@@ -43,12 +54,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from lightning_tips import _loggers
+from lightning_tips import _ddp, _loggers
 from lightning_tips._callback import TipCallback
-from lightning_tips._hooks import forward_hooks
+from lightning_tips._hooks import forward_hooks, functional_calls
 from lightning_tips._render import colorize
 from lightning_tips._report import report
-from lightning_tips._utils import find_output_layer, is_sampled, reduce_sum
+from lightning_tips._utils import find_output_layer, is_sampled
+from lightning_tips._validate import check_bool, check_float, check_int
 from lightning_tips.findings import Finding, Severity
 
 __all__ = [
@@ -68,6 +80,8 @@ _RELU_FAMILY = (
 _HEADER = 5  # n_values, sum, sum of squares, n_saturated, n_samples
 _MAX_HISTOGRAM_VALUES = 4096  # per layer, the strided sample logged as a histogram
 _MAX_STAT_VALUES = 1 << 16  # per layer, the strided sample of the moments, saturation and histogram
+_SILENT_STEPS = 3  # sampled steps with a loss but no hook call before "the hooks never run" is concluded
+MIN_VALUES_PER_UNIT = 16  # a unit firing with probability p looks dead over n values with probability (1-p)^n
 
 
 @dataclass(frozen=True)
@@ -84,6 +98,32 @@ class ActivationSpec:
     high: float
     sat_low: float = -math.inf
     sat_high: float = math.inf
+
+
+_RELU_SPEC = ActivationSpec("relu", -1.0, 3.0)
+_FUNCTIONAL_SPECS: dict[str, ActivationSpec] = {
+    **{n: _RELU_SPEC for n in ("relu", "relu_", "gelu", "silu", "mish", "elu", "celu", "selu", "leaky_relu",
+                                "hardswish")},
+    "relu6": ActivationSpec("relu", -1.0, 6.0),
+    "sigmoid": ActivationSpec("squash", 0.0, 1.0, 0.02, 0.98),
+    "tanh": ActivationSpec("squash", -1.0, 1.0, -0.96, 0.96),
+}
+
+
+def _watched_functions() -> dict[Any, str]:
+    """The functional activations observed on sampled steps: ``{torch function: name}``."""
+    import torch.nn.functional as F
+
+    found: dict[Any, str] = {}
+    for name in _FUNCTIONAL_SPECS:
+        for owner in (F, torch, torch.Tensor):
+            fn = getattr(owner, name, None)
+            if fn is not None:
+                found.setdefault(fn, name)
+    return found
+
+
+_WATCHED = _watched_functions()
 
 
 def activation_spec(module: nn.Module) -> ActivationSpec | None:
@@ -134,6 +174,7 @@ class LayerStats:
     histogram: list[float]
     is_output: bool = False
     values: list[float] = field(default_factory=list)
+    steps: int = 1  # sampled steps the dead fraction covers (accumulated when one batch has too few values)
 
 
 def _record(y: torch.Tensor, spec: ActivationSpec, bins: int) -> tuple[torch.Tensor, torch.Tensor, int, int]:
@@ -172,6 +213,16 @@ def _to_host(tensor: torch.Tensor) -> list[float]:
     return tensor.tolist()
 
 
+def _host_named(tensors: Mapping[str, torch.Tensor], to_host: Callable[[torch.Tensor], list[float]]) -> dict[str, list[float]]:
+    """``{name: tensor}`` as ``{name: list of floats}`` with one device-to-host copy."""
+    flat = to_host(torch.cat([t.reshape(-1).float() for t in tensors.values()])) if tensors else []
+    out: dict[str, list[float]] = {}
+    it = iter(flat)
+    for k, t in tensors.items():
+        out[k] = [next(it) for _ in range(t.numel())]
+    return out
+
+
 @dataclass
 class _Meta:
     key: str
@@ -194,13 +245,29 @@ class _Recorder:
         self.bins = bins
         self.keep_values = keep_values
         self.fired = False  # did any hook run at all
+        self.loss_seen = False  # did the step produce a loss (a backward): a forward ran
         self.meta: list[_Meta] = []
         self.records: list[torch.Tensor] = []
         self.units: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         self._calls: dict[str, int] = {}
+        self.output_of: Any = None
 
     def hook(self, name: str, module: nn.Module, output: Any) -> None:
+        self._add(name, type(module).__name__, self.specs[name], output, name in self.outputs)
+
+    def functional(self, module_name: str, fn: str, args: tuple[Any, ...], output: Any) -> None:
+        """A functional activation (``F.gelu`` …) called inside ``module_name``'s forward."""
+        if module_name in self.specs:
+            return  # inside an activation module (nn.GELU calls F.gelu): measured by its hook
+        is_output = bool(args) and self.output_of is not None and args[0] is self.output_of
+        key = f"{module_name or 'model'}/{fn}"
+        self._add(key, f"F.{fn}", _FUNCTIONAL_SPECS[fn], output, is_output)
+
+    def output_hook(self, name: str, module: nn.Module, output: Any) -> None:
+        self.output_of = output  # the output layer's result: an activation applied to it is the model's output
+
+    def _add(self, name: str, module_type: str, spec: ActivationSpec, output: Any, is_output: bool) -> None:
         self.fired = True
         if not isinstance(output, torch.Tensor) or not output.is_floating_point() or output.dim() == 0:
             return  # tuple outputs, integer outputs, scalars: nothing to measure
@@ -209,9 +276,8 @@ class _Recorder:
         call = self._calls.get(name, 0)
         self._calls[name] = call + 1
         key = name if call == 0 else f"{name}[{call}]"  # a module applied several times per forward
-        spec = self.specs[name]
         rec, fired, _, n_units = _record(output, spec, self.bins)
-        self.meta.append(_Meta(key, name, type(module).__name__, spec, n_units, output.numel(), name in self.outputs))
+        self.meta.append(_Meta(key, name, module_type, spec, n_units, output.numel(), is_output))
         self.records.append(rec)
         self.units.append(fired)
         if self.keep_values:
@@ -223,55 +289,84 @@ class _Recorder:
     def size(self) -> int:
         return sum(r.numel() for r in self.records) + sum(u.numel() for u in self.units)
 
+    def state(self) -> dict[str, torch.Tensor]:
+        """The named on-device states to sum across ranks: per call, its record and per-unit fired
+        counts; and whether any hook ran / a loss was produced (so every rank learns the same)."""
+        out = {"hooks_fired": torch.tensor(float(self.fired)), "loss_seen": torch.tensor(float(self.loss_seen))}
+        for m, rec, fired in zip(self.meta, self.records, self.units):
+            out[f"{m.key}/record"] = rec
+            out[f"{m.key}/fired"] = fired
+        return out
+
     def finalize(
         self,
-        reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+        reduce: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor] | None] = lambda s: s,
         to_host: Callable[[torch.Tensor], list[float]] | None = None,
-    ) -> dict[str, LayerStats]:
-        """Sum the records across ranks with ``reduce``, count dead units on the device, sync once."""
+        carry: dict[str, tuple[torch.Tensor, int, int]] | None = None,
+    ) -> dict[str, LayerStats] | None:
+        """Sum the states across ranks with ``reduce`` (``None``: the ranks' layouts differ, skip),
+        count dead units on the device, sync once.
+
+        ``carry`` (updated in place): per ReLU-family layer with fewer than ``MIN_VALUES_PER_UNIT``
+        values per unit so far, ``(summed per-unit fired counts, values per unit, sampled steps)``;
+        a layer's dead fraction is then judged over the accumulated steps once they hold enough values.
+        """
+        reduced = reduce(self.state())
+        if reduced is None:
+            return None
+        self.fired, self.loss_seen = bool(reduced["hooks_fired"] > 0), bool(reduced["loss_seen"] > 0)  # no sync on CPU
         if not self.records:
             return {}
-        packed = reduce(torch.cat(self.records + self.units))
-        width = _HEADER + self.bins
-        n_rec = len(self.records)
-        recs = packed[: n_rec * width].reshape(n_rec, width)
-        fired = packed[n_rec * width :]
         # "never fires over the global batch": the summed per-unit fired count is zero
-        dead = [fired.new_zeros(1)] * n_rec
-        offset = 0
-        for i, u in enumerate(self.units):
-            if u.numel():
-                dead[i] = (fired[offset : offset + u.numel()] == 0).sum().float().reshape(1)
-                offset += u.numel()
-        host = (to_host or _to_host)(torch.cat([recs.flatten(), torch.cat(dead), *self.values]))
+        host_parts = {}
+        acc: dict[str, torch.Tensor] = {}
+        for m in self.meta:
+            fired = reduced[f"{m.key}/fired"]
+            host_parts[f"{m.key}/record"] = reduced[f"{m.key}/record"]
+            host_parts[f"{m.key}/dead"] = (fired == 0).sum().float().reshape(1)
+            if carry is not None and m.spec.kind == "relu":
+                prev = carry.get(m.key)
+                acc[m.key] = fired + prev[0] if prev is not None and prev[0].shape == fired.shape else fired
+                host_parts[f"{m.key}/dead_acc"] = (acc[m.key] == 0).sum().float().reshape(1)
+        if self.keep_values:
+            host_parts.update({f"{m.key}/values": v for m, v in zip(self.meta, self.values)})
+        host = _host_named(host_parts, to_host or _to_host)
         out: dict[str, LayerStats] = {}
-        vals_at = n_rec * width + n_rec
-        for i, m in enumerate(self.meta):
-            row = host[i * width : (i + 1) * width]
+        for m in self.meta:
+            row = host[f"{m.key}/record"]
             n, s, ss, n_sat, n_samples = row[:_HEADER]
             mean = s / n
-            var = max(ss / n - mean * mean, 0.0) * (n / (n - 1) if n > 1 else 1.0)
-            values: list[float] = []
-            if self.keep_values:
-                k = self.values[i].numel()
-                values, vals_at = host[vals_at : vals_at + k], vals_at + k
+            var = max(ss / n - mean * mean, 0.0) * (n / (n - 1) if n > 1 else 1.0) if math.isfinite(ss) else math.nan
+            values: list[float] = host.get(f"{m.key}/values", [])
             relu = m.spec.kind == "relu"
+            dead, per_unit, steps = (host[f"{m.key}/dead"][0] if relu else math.nan), int(n_samples), 1
+            if carry is not None and m.key in acc:
+                prev = carry.pop(m.key, None)
+                if per_unit < MIN_VALUES_PER_UNIT and math.isfinite(s):  # too little evidence from this step alone
+                    fits = prev is not None and prev[0].shape == acc[m.key].shape
+                    total, steps = (prev[1] + per_unit, prev[2] + 1) if fits and prev is not None else (per_unit, 1)
+                    if total >= MIN_VALUES_PER_UNIT:
+                        dead, per_unit = host[f"{m.key}/dead_acc"][0], total
+                    else:
+                        carry[m.key] = (acc[m.key], total, steps)
+                        steps = 1
             out[m.key] = LayerStats(
                 name=m.key,
                 module_type=m.module_type,
                 kind=m.spec.kind,
                 n_values=int(n),
-                n_samples=int(n_samples),
+                n_samples=per_unit,
                 n_units=m.n_units,
                 mean=mean,
                 std=math.sqrt(var),
-                dead_fraction=host[n_rec * width + i] / m.n_units if relu else math.nan,
+                dead_fraction=dead / m.n_units if relu else math.nan,
                 saturated_fraction=math.nan if relu else n_sat / n,
                 low=m.spec.low,
                 high=m.spec.high,
                 histogram=row[_HEADER:],
                 is_output=m.is_output,
                 values=values,
+                steps=steps,
             )
         return out
 
@@ -303,10 +398,15 @@ def activation_stats(model: nn.Module, *inputs: Any, bins: int = 40) -> dict[str
         (1.0, 8, 16)
     """
     specs, outputs = _specs(model)
+    out_layer = find_output_layer(model)
     rec = _Recorder(specs, outputs, bins, keep_values=False)
-    with forward_hooks(model, lambda name, _m: name in specs, rec.hook), torch.no_grad():
+    with ExitStack() as stack, torch.no_grad():
+        stack.enter_context(forward_hooks(model, lambda name, _m: name in specs, rec.hook))
+        if out_layer is not None:
+            stack.enter_context(forward_hooks(model, lambda name, _m: name == out_layer[0], rec.output_hook))
+        stack.enter_context(functional_calls(model, _WATCHED, rec.functional))
         model(*inputs)
-    return rec.finalize()
+    return rec.finalize() or {}
 
 
 def activation_findings(
@@ -323,14 +423,16 @@ def activation_findings(
     """
     found: list[Finding] = []
     for key, s in stats.items():
-        if s.is_output:
-            continue
+        if s.is_output or not (math.isfinite(s.mean) and math.isfinite(s.std)):
+            continue  # non-finite activations: the root cause is NonFiniteGuard's nonfinite-* finding
+        if s.kind == "relu" and s.n_samples < MIN_VALUES_PER_UNIT:
+            continue  # too few values per unit: a healthy unit (p ~ 0.5) looks dead over 1 value half the time
         if s.kind == "relu" and s.dead_fraction > dead_fraction:
             dead = round(s.dead_fraction * s.n_units)
             found.append(Finding(
                 "dead-activation", Severity.WARNING,
                 f"{s.dead_fraction:.0%} of the units of `{key}` ({s.module_type}, {dead}/{s.n_units} units) "
-                f"never fired (output <= 0) over {s.n_samples} values per unit (every sample and position of the sampled batch; threshold {dead_fraction:.0%}); "
+                f"never fired (output <= 0) over {s.n_samples} values per unit ({_evidence(s)}; threshold {dead_fraction:.0%}); "
                 f"mean {s.mean:.3g}, std {s.std:.3g}",
                 advice="dead units get no gradient and stop learning: lower the learning rate (P10), use He init "
                 "(T11, P5), check for very negative biases; consider LeakyReLU (R4.12, P2)",
@@ -347,6 +449,12 @@ def activation_findings(
                 figures={"saturated_fraction": s.saturated_fraction},
             ))
     return found
+
+
+def _evidence(s: LayerStats) -> str:
+    if s.steps > 1:
+        return f"every sample and position of {s.steps} sampled batches"
+    return "every sample and position of the sampled batch"
 
 
 def _tails(s: LayerStats) -> str:
@@ -390,14 +498,15 @@ def activations_over_time(
 class ActivationStats(TipCallback):
     """Dead and saturated activations, with histograms over time (tips R4.12, T15, P2).
 
-    On every ``every_n_steps``-th step, forward hooks on the model's activation modules measure the
-    fraction of units that never fire (ReLU family), the fraction of saturated outputs
+    On the sampled steps — 0, 1, 2, 5, 10, 20, 50, then every ``every_n_steps``-th — forward hooks on
+    the model's activation modules, and a probe of functional activation calls (``F.gelu`` …),
+    measure the fraction of units that never fire (ReLU family), the fraction of saturated outputs
     (sigmoid/tanh), mean, std and a ``bins``-bin histogram per layer. Findings:
 
     * ``dead-activation`` (warning) when a ReLU-family layer's dead fraction > ``dead_fraction``;
     * ``saturated-activation`` (warning) when a sigmoid/tanh layer's saturated fraction > ``saturated_fraction``;
-    * ``dead-activation`` (info) once, when nothing can be hooked (functional activations, TorchScript,
-      a compiled model whose hooks do not run).
+    * ``dead-activation`` (info, skipped) once, when nothing can be observed (TorchScript, a compiled
+      model whose hooks do not run on 3 sampled steps that computed a loss).
 
     Views (through the logger adapter): scalars ``tips/dead_fraction/<layer>``,
     ``tips/saturated_fraction/<layer>``, ``tips/activation_mean/<layer>``, ``tips/activation_std/<layer>``
@@ -411,7 +520,8 @@ class ActivationStats(TipCallback):
     DDP, one more small reduction checks that every rank measured the same layers).
 
     Args:
-        every_n_steps: sample every n-th optimizer step (``global_step % n == 0``).
+        every_n_steps: sample every n-th optimizer step (``global_step % n == 0``), after the dense
+            start 0, 1, 2, 5, 10, 20, 50.
         dead_fraction: warn when more than this fraction of a layer's units never fire.
         saturated_fraction: warn when more than this fraction of a layer's outputs are saturated.
         log_histograms: log per-layer histograms on sampled steps.
@@ -443,26 +553,17 @@ class ActivationStats(TipCallback):
         bins: int = 40,
     ) -> None:
         super().__init__()
-        for arg, value in (("every_n_steps", every_n_steps), ("history", history), ("bins", bins)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"Expected `{arg}` to be an int but got {value!r}.")
-        if every_n_steps < 1:
-            raise ValueError(f"Expected `every_n_steps` >= 1 but got {every_n_steps}.")
-        if history < 1:
-            raise ValueError(f"Expected `history` >= 1 but got {history}.")
-        if bins < 2:
-            raise ValueError(f"Expected `bins` >= 2 but got {bins}.")
-        for arg, frac in (("dead_fraction", dead_fraction), ("saturated_fraction", saturated_fraction)):
-            if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0.0 <= frac < 1.0:
-                raise ValueError(f"Expected `{arg}` to be a float in [0, 1) but got {frac!r}.")
-        if not isinstance(log_histograms, bool):
-            raise TypeError(f"Expected `log_histograms` to be a bool but got {log_histograms!r}.")
+        check_int("every_n_steps", every_n_steps, low=1)
+        check_int("history", history, low=1)
+        check_int("bins", bins, low=2)
+        check_float("dead_fraction", dead_fraction, low=0.0, high=1.0, high_open=True)
+        check_float("saturated_fraction", saturated_fraction, low=0.0, high=1.0, high_open=True)
+        check_bool("log_histograms", log_histograms)
+        check_int("histogram_every_n_steps", histogram_every_n_steps, low=0)
         self.every_n_steps = every_n_steps
         self.dead_fraction = float(dead_fraction)
         self.saturated_fraction = float(saturated_fraction)
         self.log_histograms = log_histograms
-        if isinstance(histogram_every_n_steps, bool) or not isinstance(histogram_every_n_steps, int) or histogram_every_n_steps < 0:
-            raise ValueError(f"Expected histogram_every_n_steps to be an int >= 0 but got {histogram_every_n_steps!r}.")
         self.histogram_every_n_steps = histogram_every_n_steps
         self.history = history
         self.bins = bins
@@ -470,7 +571,11 @@ class ActivationStats(TipCallback):
         self._recorder: _Recorder | None = None
         self._specs: dict[str, ActivationSpec] = {}
         self._outputs: set[str] = set()
+        self._output_layer: str | None = None
         self._disabled = False
+        self._silent_steps = 0
+        self._carry: dict[str, tuple[torch.Tensor, int, int]] = {}  # small batches: dead evidence across steps
+        self._resample = False  # the last sampled step ran no forward: sample the next one
         self._sampled_step = -1
         self._image_step = -1
         self._history: dict[str, dict[str, Any]] = {}
@@ -484,7 +589,7 @@ class ActivationStats(TipCallback):
     def __getstate__(self) -> dict[str, Any]:
         self._detach()
         state = self.__dict__.copy()
-        state["_stack"], state["_recorder"] = ExitStack(), None
+        state["_stack"], state["_recorder"], state["_carry"] = ExitStack(), None, {}
         return state
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -494,29 +599,37 @@ class ActivationStats(TipCallback):
             return
         self._detach()
         self._disabled = False
+        self._silent_steps = 0
+        self._carry = {}
+        self._resample = False
         self._sampled_step = self._image_step = -1
         self._history = {}
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._specs, self._outputs = _specs(pl_module)
-        if not self._specs:
-            scripted = any(isinstance(m, torch.jit.ScriptModule) for m in pl_module.modules())
-            why = "activations computed with torch.nn.functional cannot be hooked"
-            if scripted:
-                why += "; the model holds TorchScript modules, whose activations cannot be hooked either"
-            self._skip(trainer, f"no activation modules found; {why}")
+        out_layer = find_output_layer(pl_module)
+        self._output_layer = out_layer[0] if out_layer is not None else None
+        if not self._specs and any(isinstance(m, torch.jit.ScriptModule) for m in pl_module.modules()):
+            self._skip(trainer, "no activation modules found, and the model holds TorchScript modules, whose "
+                                "activations (modules or functional calls) cannot be observed")
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         self._detach()  # hooks of an interrupted step never outlive it
         step = trainer.global_step
-        if self._disabled or not is_sampled(step, self.every_n_steps) or step == self._sampled_step:
+        sampled = is_sampled(step, self.every_n_steps, dense_start=True) or self._resample
+        if self._disabled or not sampled or step == self._sampled_step:
             return  # (the same global step repeats under gradient accumulation: sample its first batch)
         self._sampled_step = step
         histograms = self.log_histograms and trainer.is_global_zero and is_sampled(step, self.histogram_every_n_steps or 1)
-        self._recorder = _Recorder(self._specs, self._outputs, self.bins, histograms)
-        self._stack.enter_context(forward_hooks(pl_module, lambda name, _m: name in self._specs, self._recorder.hook))
+        rec = self._recorder = _Recorder(self._specs, self._outputs, self.bins, histograms)
+        self._stack.enter_context(forward_hooks(pl_module, lambda name, _m: name in self._specs, rec.hook))
+        self._stack.enter_context(forward_hooks(pl_module, lambda name, _m: name == self._output_layer, rec.output_hook))
+        # functional activations (F.gelu in nn.TransformerEncoderLayer, Hugging Face models), this step only
+        self._stack.enter_context(functional_calls(pl_module, _WATCHED, rec.functional))
 
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
+        if self._recorder is not None:
+            self._recorder.loss_seen = True  # a loss: the step ran a forward
         self._detach()  # the forward is done; recomputation (activation checkpointing) is not measured twice
 
     def on_train_batch_end(
@@ -549,30 +662,36 @@ class ActivationStats(TipCallback):
 
     def _skip(self, trainer: pl.Trainer, message: str) -> None:
         self._disabled = True
-        self.report(trainer, "dead-activation", "info", message,
-                    advice="use nn.ReLU / nn.Sigmoid modules (not F.relu) to get activation statistics (R4.12)")
-
-    def _agree(self, trainer: pl.Trainer, rec: _Recorder) -> tuple[bool, bool]:
-        """``(every rank measured the same layout, a hook ran on some rank)`` — the same on every rank."""
-        if trainer.world_size == 1:
-            return bool(rec.records), rec.fired
-        size = rec.size
-        probe = torch.tensor([size, size * size, int(rec.fired)], dtype=torch.int64, device=trainer.strategy.root_device)
-        total_size, total_sq, fired = reduce_sum(trainer, probe).tolist()
-        world = trainer.world_size
-        same = size > 0 and total_size == world * size and total_sq == world * size * size
-        return bool(same), fired > 0
+        self.report(trainer, "dead-activation", "info", message, skipped=True)
 
     def _finish(self, trainer: pl.Trainer, rec: _Recorder) -> None:
-        same, fired = self._agree(trainer, rec)
-        if not fired:
-            self._skip(trainer, f"forward hooks on {len(self._specs)} activation module(s) did not run "
-                                "(a compiled or scripted model?); activation statistics are skipped")
+        # one reduction across ranks (sums of every layer's record and per-unit fired counts, and the
+        # two flags); None when the ranks measured different layers (a zero-size batch): skip the sample
+        stats = rec.finalize(
+            reduce=lambda state: _ddp.reduce(trainer, state, site="ActivationStats sample", on_mismatch="skip"),
+            carry=self._carry,
+        )
+        if stats is None:
             return
-        if not same:
-            return  # a zero-size batch (or different layers on different ranks): skip this sample
+        if not rec.loss_seen and not rec.fired:
+            # no loss on any rank (training_step returned None: a skipped batch): no forward ran, so this
+            # is no evidence; the next step is sampled instead (the same decision on every rank)
+            self._resample = True
+            return
+        self._resample = False
+        if not rec.fired:
+            # a step that produced no loss (training_step returned None) ran no forward: no evidence.
+            # Hooks that stay silent on several steps that did produce a loss: a compiled/scripted model
+            self._silent_steps += int(rec.loss_seen)
+            if self._silent_steps >= _SILENT_STEPS:
+                self._skip(trainer, f"forward hooks on {len(self._specs)} activation module(s) did not run on "
+                                    f"{self._silent_steps} sampled steps that computed a loss (a compiled or scripted "
+                                    "model?); activation statistics are skipped")
+            return
+        self._silent_steps = 0
+        if not stats:
+            return  # hooks ran but measured nothing (a zero-size batch on every rank)
         step = self._sampled_step
-        stats = rec.finalize(reduce=lambda t: reduce_sum(trainer, t))
         for finding in activation_findings(stats, self.dead_fraction, self.saturated_fraction, step=step):
             report(finding, trainer, self._findings_log)
         scalars: dict[str, float] = {}

@@ -7,10 +7,13 @@ put human-readable metrics beside the loss (R2.6), and verify the training loss 
 :class:`LearningCurves` records one point per validation check (per epoch by default; per epoch
 when there is no validation loop), draws the chart, logs the values as scalars, and reports:
 
-- ``overfitting`` (warning): the validation loss stayed above its best for ``patience`` checks
-  while the training loss kept falling (:func:`~lightning_tips.checks._curves.overfitting_verdict`);
+- ``overfitting`` (warning): the validation loss stayed above its best for ``patience`` checks,
+  by a rise beyond the curve's noise and at least 10% of the best, while the training loss kept
+  falling and the validation accuracy (when known) fell; ``info`` when the accuracy did not fall
+  (:func:`~lightning_tips.checks._curves.overfitting_verdict`);
 - ``not-learning`` (warning): over the first ``min_points`` points the training loss never went
-  below 0.98 x its first value (:func:`~lightning_tips.checks._curves.flat_loss_verdict`).
+  below 0.98 x its first value nor down beyond its noise; ``info`` when it falls, slowly; nothing
+  when a loss is non-finite (:func:`~lightning_tips.checks._curves.flat_loss_verdict`).
 
 Pure functions first (:func:`render_learning_curves` and the shared verdicts); the callback is a
 thin adapter.
@@ -33,10 +36,12 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
+from lightning_tips import _ddp
 from lightning_tips._callback import TipCallback
 from lightning_tips._loggers import log_image, log_scalars
 from lightning_tips._render import figure_to_array, new_figure
-from lightning_tips._utils import reduce_sum, split_batch
+from lightning_tips._utils import split_batch
+from lightning_tips._validate import check_int, check_str
 from lightning_tips.checks._curves import flat_loss_verdict, overfitting_verdict
 
 __all__ = ["HISTORY_KEYS", "LearningCurves", "render_learning_curves"]
@@ -151,8 +156,10 @@ class LearningCurves(TipCallback):
       a ``"target"``/``"y"``/``"labels"`` key or from the ``(x, y)`` batch); a torchmetrics
       ``BinaryAccuracy`` kept on the callback (on the module's device, synced across ranks) counts
       the correct arg-max / ``logit > 0`` predictions; or (2) log ``train_acc_key`` / ``val_acc_key``
-      yourself with ``self.log`` and they are read from ``trainer.callback_metrics`` (a train metric
-      logged only ``on_epoch`` is read at the first point after it is computed).
+      yourself with ``self.log`` and they are read from ``trainer.callback_metrics``; a logged train
+      accuracy is read at the end of the training epoch, when Lightning has aggregated it (at a
+      validation check it still holds the previous epoch's value): the epoch's last point gets
+      exactly your epoch value, logged once; a point of a mid-epoch check gets none.
 
     Each point is logged as scalars ``tips/curves/train_loss``, ``tips/curves/val_loss``,
     ``tips/curves/train_acc``, ``tips/curves/val_acc`` and the chart as the image
@@ -161,10 +168,14 @@ class LearningCurves(TipCallback):
     Findings (each at most once per fit, also across a resume):
 
     - ``overfitting`` (warning): the validation loss stayed above its best for ``patience`` points
-      while the training loss fell below its value at the best point (T2, R4.9); ``overfitting``
-      (info) when no validation loss can be seen or there is no validation loop;
+      while the training loss fell below its value at the best point, by a rise beyond the noise
+      and >= 10% of the best, and the validation accuracy (when known) fell (T2, R4.9); ``info``
+      when the accuracy did not fall; a skipped ``info`` when no validation loss can be seen or
+      there is no validation loop (:func:`~lightning_tips.checks._curves.overfitting_verdict`);
     - ``not-learning`` (warning): after ``min_points`` points no training loss went below 0.98 x
-      the first (R2.9, T10); ``not-learning`` (info) when ``training_step`` returns no loss.
+      the first nor down beyond the noise (R2.9, T10); ``info`` when it falls slowly; nothing when a
+      loss is NaN/Inf (the non-finite guard's root cause); a skipped ``info`` when ``training_step``
+      returns no loss.
 
     The history and the reported verdicts are checkpointed: a resumed run continues the curves.
 
@@ -179,14 +190,14 @@ class LearningCurves(TipCallback):
 
     Example:
         >>> from lightning_tips.checks._curves import overfitting_verdict
-        >>> overfitting_verdict([1.0, 0.8, 0.6, 0.5, 0.4], [0.9, 0.7, 0.75, 0.8, 0.85], patience=3)["best_val"]
+        >>> overfitting_verdict([1.0, 0.8, 0.6, 0.5, 0.4], [0.9, 0.7, 0.75, 0.8, 0.85], patience=3).figures["best_val"]
         0.7
         >>> LearningCurves(patience=3).state_key
         "LearningCurves{'patience': 3, 'min_points': 3, 'val_loss_key': 'val_loss'}"
         >>> LearningCurves(patience=0)
         Traceback (most recent call last):
         ...
-        ValueError: Expected patience to be a positive integer but got 0.
+        ValueError: Expected patience to be an int >= 1 but got 0.
     """
 
     def __init__(
@@ -199,18 +210,14 @@ class LearningCurves(TipCallback):
         image_every_n_steps: int = 0,
     ) -> None:
         super().__init__()
-        if isinstance(image_every_n_steps, bool) or not isinstance(image_every_n_steps, int) or image_every_n_steps < 0:
-            raise ValueError(f"Expected image_every_n_steps to be an integer >= 0 but got {image_every_n_steps!r}.")
+        check_int("image_every_n_steps", image_every_n_steps, low=0)
         self.image_every_n_steps = image_every_n_steps
         self._drawn_points, self._drawn_step = -1, 0
         self._acc_from_log, self._point_epoch = False, -1
-        for name, value, low in (("patience", patience, 1), ("min_points", min_points, 2)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                kind = "a positive integer" if low == 1 else f"an integer >= {low}"
-                raise ValueError(f"Expected {name} to be {kind} but got {value!r}.")
+        check_int("patience", patience, low=1)
+        check_int("min_points", min_points, low=2)
         for name, key in (("val_loss_key", val_loss_key), ("train_acc_key", train_acc_key), ("val_acc_key", val_acc_key)):
-            if not isinstance(key, str) or not key:
-                raise TypeError(f"Expected {name} to be a non-empty string but got {key!r}.")
+            check_str(name, key)
         self.patience = patience
         self.min_points = min_points
         self.val_loss_key = val_loss_key
@@ -264,12 +271,14 @@ class LearningCurves(TipCallback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._reset_train()
+        # its collectives come at epoch ends: ranks with uneven epochs must stop here, not deadlock there
+        _ddp.check_in(trainer, site="LearningCurves start")
         if not trainer.enable_validation:
             self._once(
                 trainer, "overfitting", "no-validation",
                 "LearningCurves: there is no validation loop, so only the training curve is drawn and "
                 "overfitting cannot be checked.",
-                "add a validation set and evaluate it every epoch (T2, R2.3)",
+                skipped=True,
             )
 
     def on_train_batch_end(
@@ -326,16 +335,19 @@ class LearningCurves(TipCallback):
             self._record(trainer, pl_module, validated=False)
         elif self._acc_from_log and self._point_epoch == trainer.current_epoch:
             # a train accuracy logged on_epoch is aggregated only now: at this epoch's validation it
-            # still held the previous epoch's value, so the point gets the fresh one
+            # still held the previous epoch's value, so the point was left without one (never logged
+            # stale) and gets the fresh value here — one value per point, the user's own
             value = self._metric_value(trainer, self.train_acc_key)
-            if value is not None and self.history["train_acc"]:
+            if value is not None and self.history["train_acc"] and math.isnan(self.history["train_acc"][-1]):
                 fresh = float(value.item())  # once per epoch
                 self.history["train_acc"][-1] = fresh
                 log_scalars(trainer, {f"{SCALAR_PREFIX}train_acc": fresh}, step=int(self.history["step"][-1]))
 
     # --- one point -------------------------------------------------------------------------------
     def _metric_value(self, trainer: pl.Trainer, key: str) -> torch.Tensor | None:
-        value = trainer.callback_metrics.get(key)
+        metrics = trainer.callback_metrics
+        # several validation loaders: Lightning logs `key/dataloader_idx_N`; the curves follow the first loader
+        value = metrics.get(key, metrics.get(f"{key}/dataloader_idx_0"))
         if isinstance(value, torch.Tensor) and value.numel() == 1:
             return value.detach().float().reshape(())
         return None
@@ -354,11 +366,10 @@ class LearningCurves(TipCallback):
         logged_val = self._metric_value(trainer, self.val_loss_key) if validated else None
         self._acc_from_log = not (self._train_metric is not None and self._train_acc_n > 0)
         self._point_epoch = trainer.current_epoch
-        train_acc = (
-            self._metric_value(trainer, self.train_acc_key)
-            if self._acc_from_log
-            else self._train_metric.compute().float()  # type: ignore[union-attr]
-        )
+        if not self._acc_from_log:
+            train_acc = self._train_metric.compute().float()  # type: ignore[union-attr]
+        else:  # at a validation check a logged on_epoch value is the previous epoch's: read at epoch end
+            train_acc = None if validated else self._metric_value(trainer, self.train_acc_key)
         val_acc = None
         if validated:
             val_acc = (
@@ -368,7 +379,7 @@ class LearningCurves(TipCallback):
             )
         for value in (logged_val, train_acc, val_acc):
             entries += [value.to(device), one] if value is not None else [zero, zero]
-        sums = reduce_sum(trainer, torch.stack(entries)).tolist()  # the one host sync of the point
+        sums = _ddp.reduce(trainer, {"point": torch.stack(entries)}, site="LearningCurves point")["point"].tolist()  # the one host sync
         t_sum, t_n, v_sum, v_n, lv, lv_n, ta, ta_n, va, va_n = sums
         nan = float("nan")
         train_loss = t_sum / t_n if t_n else nan
@@ -414,46 +425,47 @@ class LearningCurves(TipCallback):
 
     # --- verdicts --------------------------------------------------------------------------------
     def _once(self, trainer: pl.Trainer, code: str, tag: str, message: str, advice: str = "", severity: str = "info",
-              figures: Mapping[str, float] | None = None) -> None:
+              figures: Mapping[str, float] | None = None, skipped: bool = False) -> None:
         if tag in self._reported:
             return
         self._reported.add(tag)
-        self.report(trainer, code, severity, message, advice=advice, figures=figures)
+        self.report(trainer, code, severity, message, advice="" if skipped else advice, figures=figures, skipped=skipped)
 
     def _verdicts(self, trainer: pl.Trainer, validated: bool, saw_train_loss: bool, saw_val_loss: bool) -> None:
         if not saw_train_loss:
             self._once(
                 trainer, "not-learning", "no-train-loss",
                 "LearningCurves cannot check that the training loss goes down: training_step returned no "
-                "loss tensor (manual optimization or a None return).",
-                "return the loss (a tensor, or a dict with 'loss') from training_step (R2.9)",
+                "loss tensor (manual optimization or a None return) — return the loss (a tensor, or a dict with "
+                "'loss') to get this check (R2.9).",
+                skipped=True,
             )
         if validated and not saw_val_loss:
             self._once(
                 trainer, "overfitting", "no-val-loss",
                 f"LearningCurves cannot check for overfitting: no validation loss — `{self.val_loss_key}` is "
-                "not logged and validation_step returns no loss.",
-                f"self.log('{self.val_loss_key}', loss) in validation_step, or return the loss from it (T2)",
+                f"not logged and validation_step returns no loss (self.log('{self.val_loss_key}', loss) in "
+                "validation_step, or return the loss from it, to get this check).",
+                skipped=True,
             )
         train = self.history["train_loss"]
-        flat = flat_loss_verdict(train, min_points=self.min_points)
-        if flat is not None:
+        flat = flat_loss_verdict(train, min_points=self.min_points)  # None once a loss is NaN/Inf (root cause)
+        if flat is not None and flat.severity is not None:
             self._once(
-                trainer, "not-learning", "not-learning",
-                f"the training loss did not go down over the first {int(flat['points'])} points (epochs): "
-                f"first {flat['first']:.4g}, best since {flat['best_later']:.4g} "
-                f"({flat['ratio']:.1%} of the first; a learning model gets below 98%).",
-                severity="warning", figures=flat,
+                trainer, "not-learning", f"not-learning-{flat.severity}", f"{flat.message}.",
+                severity=flat.severity, figures=flat.figures,
             )
-        pairs = [(t, v) for t, v in zip(train, self.history["val_loss"]) if math.isfinite(t) and math.isfinite(v)]
-        over = overfitting_verdict([p[0] for p in pairs], [p[1] for p in pairs], patience=self.patience)
-        if over is not None:
+        points = [
+            (t, v, a) for t, v, a in zip(train, self.history["val_loss"], self.history["val_acc"])
+            if math.isfinite(t) and math.isfinite(v)
+        ]  # fmt: skip
+        over = overfitting_verdict(
+            [p[0] for p in points], [p[1] for p in points], patience=self.patience, val_accs=[p[2] for p in points]
+        )
+        if over is not None and over.severity is not None:
             self._once(
-                trainer, "overfitting", "overfitting",
-                f"the validation loss rose from its best {over['best_val']:.4g} to {over['val_now']:.4g} over "
-                f"{int(over['checks_since_best'])} checks while the training loss fell from "
-                f"{over['train_at_best']:.4g} to {over['train_now']:.4g}: the model is overfitting.",
-                severity="warning", figures=over,
+                trainer, "overfitting", f"overfitting-{over.severity}", f"{over.message}.",
+                severity=over.severity, figures=over.figures,
             )
 
     # --- state -----------------------------------------------------------------------------------
@@ -467,4 +479,5 @@ class LearningCurves(TipCallback):
         super().load_state_dict(state_dict)
         history = state_dict.get("history", {})
         self.history = {k: [float(v) for v in history.get(k, [])] for k in HISTORY_KEYS}
-        self._reported = set(state_dict.get("reported", []))
+        legacy = {"overfitting": "overfitting-warning", "not-learning": "not-learning-warning"}  # older checkpoints
+        self._reported = {legacy.get(tag, tag) for tag in state_dict.get("reported", [])}

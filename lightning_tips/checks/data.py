@@ -74,6 +74,7 @@ from torch.utils.data import (
     WeightedRandomSampler,
 )
 
+from lightning_tips import _ddp
 from lightning_tips._batch import peek_batches, stream_reason, unpacked
 from lightning_tips._utils import (
     batch_size,
@@ -82,9 +83,9 @@ from lightning_tips._utils import (
     named_tensors,
     nonfinite_fields,
     preserved_rng,
-    reduce_sum,
     split_batch,
 )
+from lightning_tips._validate import check_bool, check_float, check_int, check_str
 from lightning_tips.checks._preflight import CardLine, PreflightCheck, Verdict, print_card
 from lightning_tips.views.first_batch import log_first_batch
 
@@ -769,19 +770,11 @@ class DataChecks(PreflightCheck):
         target_key: str | None = None,
     ) -> None:
         super().__init__(budget_s=budget_s)
-        for name, key in (("input_key", input_key), ("target_key", target_key)):
-            if key is not None and not isinstance(key, str):
-                raise TypeError(f"Expected {name} to be a str or None but got {type(key).__name__}.")
-        self.input_key = input_key
-        self.target_key = target_key
-        if isinstance(max_batches, bool) or not isinstance(max_batches, int):
-            raise TypeError(f"Expected max_batches to be an int but got {type(max_batches).__name__}.")
-        if max_batches < 1:
-            raise ValueError(f"Expected max_batches >= 1 but got {max_batches}.")
-        if not max_scan_s > 0:
-            raise ValueError(f"Expected max_scan_s > 0 but got {max_scan_s}.")
-        if not isinstance(first_batch, bool):
-            raise TypeError(f"Expected first_batch to be a bool but got {type(first_batch).__name__}.")
+        self.input_key = check_str("input_key", input_key, optional=True)
+        self.target_key = check_str("target_key", target_key, optional=True)
+        check_int("max_batches", max_batches, low=1)
+        check_float("max_scan_s", max_scan_s, low=0.0, low_open=True)
+        check_bool("first_batch", first_batch)
         self.max_batches = max_batches
         self.max_scan_s = max_scan_s
         self.first_batch = first_batch
@@ -839,18 +832,20 @@ class DataChecks(PreflightCheck):
             "balanced": int(any(sampler_balances(loader) for _, loader in train_loaders)),
             "no_seed": int(os.environ.get("PL_GLOBAL_SEED") is None),
         }  # fmt: skip
-        meta_t = _all_sum(trainer, pl_module, torch.tensor([local[k] for k in _META], dtype=torch.int64))
-        g = dict(zip(_META, (int(v) for v in meta_t.tolist())))
-        world = trainer.world_size
+        meta = _ddp.reduce(trainer, {k: torch.tensor(local[k], dtype=torch.int64) for k in _META if k != "label_size"},
+                           site="DataChecks figures")
+        meta.update(_ddp.reduce(trainer, {"label_size": torch.tensor(local["label_size"])}, "max", site="DataChecks label size"))
+        g = {k: int(v) for k, v in meta.items()}
         labels_apply = g["labeled_ranks"] > 0 and g["unlabeled_batches"] == 0 and 0 < g["label_size"] <= MAX_CLASSES
         counts = None
         if labels_apply:
             local_counts = torch.bincount(labels, minlength=g["label_size"])[: g["label_size"]]
-            counts = _all_sum(trainer, pl_module, local_counts)
-        layout_same = g["stats_len"] > 0 and world * g["stats_len_sq"] == g["stats_len"] ** 2
+            counts = _ddp.reduce(trainer, {"label_counts": local_counts}, site="DataChecks label counts")["label_counts"]
         global_stats = None
-        if layout_same:
-            global_stats = _all_sum(trainer, pl_module, packed, dtype=torch.float32)
+        if g["stats_len"] > 0:  # the per-feature stats' layout must match on every rank, else skipped
+            got = _ddp.reduce(trainer, {"feature_stats": packed}, site="DataChecks feature stats", on_mismatch="skip")
+            global_stats = None if got is None else got["feature_stats"]
+        layout_same = global_stats is not None
 
         # 3. verdicts: pure functions of the global figures (every rank reports the same; rank zero speaks)
         verdicts = [*_nonfinite_verdicts(g, train, val), *_duplicate_verdicts(g, train, val)]
@@ -941,13 +936,3 @@ def _to_cpu(batch: Any) -> Any:
     from lightning_tips._utils import apply_to_tensors
 
     return apply_to_tensors(batch, lambda t: t.detach().cpu())
-
-
-def _all_sum(trainer: pl.Trainer, pl_module: pl.LightningModule, t: torch.Tensor,
-             dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Sum over ranks (on the module's device, ``dtype`` there), back on the CPU; identity on one process."""
-    if trainer.world_size == 1:
-        return t
-    out = reduce_sum(trainer, t.to(device=pl_module.device, dtype=dtype or t.dtype))
-    return out.detach().cpu().to(t.dtype)
-

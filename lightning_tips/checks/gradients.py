@@ -32,9 +32,12 @@ import torch
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from torch import nn
 
+from lightning_tips import _ddp
 from lightning_tips._callback import TipCallback
 from lightning_tips._loggers import log_histogram, log_scalars
-from lightning_tips._utils import is_sampled, reduce_sum
+from lightning_tips._utils import EARLY_STEPS, is_sampled
+from lightning_tips._validate import check_bool, check_float, check_int
+from lightning_tips.checks.lr_decay import optimizer_defaults_verdict
 
 __all__ = [
     "GradientStats",
@@ -46,6 +49,7 @@ __all__ = [
 ]
 
 _SHARDED = (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)
+VANISHING_PERSIST = 3  # sampled steps in a row before vanishing-gradient is concluded
 
 
 def grad_norms(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -170,16 +174,21 @@ class GradientStats(TipCallback):
     """Per-layer gradient norms on sampled steps, with ``exploding-gradient`` and
     ``vanishing-gradient`` verdicts (tips T8, P11, P15).
 
-    Every ``every_n_steps`` steps, in ``on_before_optimizer_step`` (after backward and AMP
+    On the sampled steps — 0, 1, 2, 5, 10, 20, 50 (most pathologies show in the first steps), then every
+    ``every_n_steps``-th (:func:`~lightning_tips._utils.is_sampled`) — in ``on_before_optimizer_step`` (after backward and AMP
     unscaling, *before* Lightning's gradient clipping, so the norms are the raw ones), it computes the
     norm of each layer's weight gradients (each module that owns parameters with ``ndim > 1``, in
     registration order) and the total norm over all parameters, as one device tensor reduced across
     ranks, and brings them to the host with one ``.tolist()``. Unsampled steps cost nothing.
 
     - ``exploding-gradient`` (warning): the total norm is > ``growth`` x the median of the first 3
-      sampled norms, or > ``max_norm``.
+      sampled norms, or > ``max_norm``. When it happens in the first 50 steps and the optimizer
+      starts with an lr above its family's usual range (SGD > 1, Adam-family > 0.01), the message
+      names the lr as the likely root cause.
     - ``vanishing-gradient`` (warning): the first layer's norm is < ``min_ratio`` x the last layer's,
-      or some layer's norm is < ``floor``. Frozen layers and layers without a gradient are ignored.
+      or some layer's norm is < ``floor``, on 3 sampled steps in a row (one step is not training
+      dynamics: zero-initialised heads and residual branches give exact zeros at step 0). Frozen
+      layers and layers without a gradient are ignored.
 
     Norms are logged as ``tips/grad_norm/total`` and ``tips/grad_norm/<layer>``. With
     ``log_histograms`` the gradients of each layer are also logged as ``tips/grad_hist/<layer>``:
@@ -190,7 +199,8 @@ class GradientStats(TipCallback):
     an ``info`` finding, and the callback stays idle.
 
     Args:
-        every_n_steps: sample every this many optimizer steps (``0`` never samples).
+        every_n_steps: sample every this many optimizer steps, after the dense start 0, 1, 2, 5, 10, 20, 50
+            (``0`` never samples).
         growth: ``exploding-gradient`` when the total norm grows more than this factor over the
             median of the first 3 samples.
         max_norm: ``exploding-gradient`` when the total norm passes this bound.
@@ -221,27 +231,25 @@ class GradientStats(TipCallback):
         history: int = 100,
     ) -> None:
         super().__init__()
-        if not isinstance(every_n_steps, int) or isinstance(every_n_steps, bool) or every_n_steps < 0:
-            raise ValueError(f"Expected every_n_steps to be an int >= 0 but got {every_n_steps!r}.")
+        check_int("every_n_steps", every_n_steps, low=0)
         for name, value in (("growth", growth), ("max_norm", max_norm), ("min_ratio", min_ratio), ("floor", floor)):
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-                raise ValueError(f"Expected {name} to be a positive number but got {value!r}.")
-        if not isinstance(history, int) or isinstance(history, bool) or history < 4:
-            raise ValueError(f"Expected history to be an int >= 4 but got {history!r}.")
+            check_float(name, value, low=0.0, low_open=True)
+        check_int("history", history, low=4)
+        check_bool("log_histograms", log_histograms)
+        check_int("histogram_every_n_steps", histogram_every_n_steps, low=0)
         self.every_n_steps = every_n_steps
         self.growth = float(growth)
         self.max_norm = float(max_norm)
         self.min_ratio = float(min_ratio)
         self.floor = float(floor)
         self.log_histograms = bool(log_histograms)
-        if isinstance(histogram_every_n_steps, bool) or not isinstance(histogram_every_n_steps, int) or histogram_every_n_steps < 0:
-            raise ValueError(f"Expected histogram_every_n_steps to be an int >= 0 but got {histogram_every_n_steps!r}.")
         self.histogram_every_n_steps = histogram_every_n_steps
         self.history = history
         self._steps: list[int] = []
         self._totals: list[float] = []
         self._baseline: list[float] = []  # the first 3 sampled totals, kept beyond `history`
         self._count = 0  # sampled steps recorded so far
+        self._vanishing_steps: list[int] = []  # the current run of sampled steps with a vanishing verdict
         self._groups: list[tuple[str, list[nn.Parameter]]] | None = None
         self._idle = False
 
@@ -257,6 +265,7 @@ class GradientStats(TipCallback):
         self._groups = None
         self._idle = False
         self._steps, self._totals, self._baseline, self._count = [], [], [], 0  # a resumed fit reloads them
+        self._vanishing_steps = []
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if len(trainer.optimizers) > 1:
@@ -271,7 +280,7 @@ class GradientStats(TipCallback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        if self._idle or not is_sampled(trainer.global_step, self.every_n_steps):
+        if self._idle or not is_sampled(trainer.global_step, self.every_n_steps, dense_start=True):
             return
         if self._groups is None:
             self._groups = layer_groups(pl_module)
@@ -280,11 +289,11 @@ class GradientStats(TipCallback):
         if not all_grads:
             return
         total = grad_norms(all_grads).square().sum().reshape(1)
-        sq = torch.cat([total, layer_norms.square().to(total.device)])
-        sq = reduce_sum(trainer, sq)
-        if trainer.world_size > 1 and not isinstance(trainer.strategy, _SHARDED):
-            sq = sq / trainer.world_size  # DDP: every rank holds the same averaged gradients
-        values = sq.sqrt().tolist()  # the one host sync of a sampled step
+        sq = _ddp.reduce(trainer, {"total": total, "layers": layer_norms.square().to(total.device)},
+                         site="GradientStats norms")
+        div = trainer.world_size if trainer.world_size > 1 and not isinstance(trainer.strategy, _SHARDED) else 1
+        # DDP: every rank holds the same averaged gradients; the one host sync of a sampled step
+        values = (torch.cat([sq["total"], sq["layers"]]) / div).sqrt().tolist()
         self._record(trainer, pl_module, trainer.global_step, values[0], names, values[1:])
 
     # --- the verdicts ----------------------------------------------------------------------------
@@ -326,26 +335,32 @@ class GradientStats(TipCallback):
             )
             self.report(
                 trainer, "exploding-gradient", "warning",
-                f"total gradient norm {total:.4g} at step {step} {why}" + _largest(names, norms) + clipped,
+                f"total gradient norm {total:.4g} at step {step} {why}" + _largest(names, norms) + clipped
+                + _lr_cause(trainer, step),
                 # orders of magnitude: reported again only when the norm moves by 10x or more
                 figures={"total_norm_order": _order(total)},
                 module=names[max(range(len(norms)), key=norms.__getitem__)] if norms else None,
                 step=step,
             )
         vanishing = vanishing_verdict(names, norms, self.min_ratio, self.floor)
-        if vanishing is not None:
+        # a training-dynamics verdict needs more than one step: zero-initialised heads and residual
+        # branches (timm's zero_init_last, torchvision's ViT head) give exactly-zero gradients at step 0
+        self._vanishing_steps = [*self._vanishing_steps, step] if vanishing is not None else []
+        if vanishing is not None and len(self._vanishing_steps) >= VANISHING_PERSIST:
+            seen = self._vanishing_steps
+            persist = f"; on {len(seen)} sampled steps in a row ({', '.join(map(str, seen[-VANISHING_PERSIST:]))})"
             low = min(range(len(norms)), key=norms.__getitem__)
             if len(norms) > 1 and norms[-1] > 0 and vanishing["ratio"] < self.min_ratio:
                 msg = (
                     f"the first layer `{names[0]}` gets a gradient norm of {norms[0]:.3g}, "
                     f"{vanishing['ratio']:.2g}x that of the last layer `{names[-1]}` ({norms[-1]:.3g}) at step {step} "
-                    f"(threshold {self.min_ratio:g}): the early layers barely learn"
+                    f"(threshold {self.min_ratio:g}){persist}: the early layers barely learn"
                 )
                 where = names[0]
             else:
                 msg = (
                     f"layer `{names[low]}` has a gradient norm of {norms[low]:.3g} at step {step}, "
-                    f"below floor={self.floor:g}: it does not learn"
+                    f"below floor={self.floor:g}{persist}: it does not learn"
                 )
                 where = names[low]
             self.report(
@@ -363,6 +378,7 @@ class GradientStats(TipCallback):
                 "totals": list(self._totals),
                 "baseline": list(self._baseline),
                 "count": self._count,
+                "vanishing_steps": list(self._vanishing_steps),
             }
         )
         return state
@@ -373,6 +389,23 @@ class GradientStats(TipCallback):
         self._totals = [float(t) for t in state_dict.get("totals", [])]
         self._baseline = [float(t) for t in state_dict.get("baseline", self._totals[:3])]
         self._count = int(state_dict.get("count", len(self._totals)))
+        self._vanishing_steps = [int(s) for s in state_dict.get("vanishing_steps", [])]
+
+
+def _lr_cause(trainer: pl.Trainer, step: int) -> str:
+    """When the blow-up comes in the first steps and the optimizer starts with an lr far above its
+    family's usual range, the lr is the root cause: say so (the range is ``LRDecayGuard``'s, R3.2)."""
+    if step > max(EARLY_STEPS):
+        return ""
+    for opt in trainer.optimizers:
+        bad = optimizer_defaults_verdict(opt)
+        if bad is not None and bad["lr"] > bad["high"]:
+            return (
+                f"; the root cause is likely the learning rate: {type(opt).__name__} starts with lr {bad['lr']:.3g}, "
+                f"{bad['lr'] / bad['high']:.3g}x the top of the usual {bad['family']} range ({bad['low']:g}–{bad['high']:g}): "
+                "lower it (R3.2)"
+            )
+    return ""
 
 
 def _order(x: float) -> float:

@@ -47,6 +47,7 @@ import torch
 from torch import nn
 
 from lightning_tips._utils import apply_to_tensors, first_tensor, join_batch, model_copy, named_tensors, split_batch
+from lightning_tips._validate import check_int
 from lightning_tips.checks._preflight import CardLine, CheckSkipped, PreflightCheck, Verdict, settle
 from lightning_tips.checks.output_activation import StepTrace, eval_dropout, trace_training_step
 
@@ -296,10 +297,7 @@ class InputIndependenceCheck(PreflightCheck):
 
     def __init__(self, steps: int = 100, budget_s: float = 3.0) -> None:
         super().__init__(budget_s=budget_s)
-        if isinstance(steps, bool) or not isinstance(steps, int):
-            raise TypeError(f"Expected steps to be an int but got {type(steps).__name__}.")
-        if steps < 1:
-            raise ValueError(f"Expected steps >= 1 but got {steps}.")
+        check_int("steps", steps, low=1)
         self.steps = steps
         self._reset_runtime()
 

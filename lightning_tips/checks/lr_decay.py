@@ -45,6 +45,7 @@ from torch.optim import Optimizer
 
 from lightning_tips._callback import TipCallback
 from lightning_tips._utils import is_sampled, preserved_rng
+from lightning_tips._validate import check_float, check_int
 
 __all__ = ["LRDecayGuard", "decay_verdict", "optimizer_defaults_verdict", "simulate_lrs", "unsimulatable_reason"]
 
@@ -286,14 +287,10 @@ class LRDecayGuard(TipCallback):
         floor: float | None = None,
     ) -> None:
         super().__init__()
-        if not 0.0 < min_ratio < 1.0:
-            raise ValueError(f"Expected min_ratio in (0, 1) but got {min_ratio!r}.")
-        if not 0.0 < by_fraction <= 1.0:
-            raise ValueError(f"Expected by_fraction in (0, 1] but got {by_fraction!r}.")
-        if not isinstance(every_n_steps, int) or every_n_steps < 0:
-            raise ValueError(f"Expected every_n_steps to be a non-negative int but got {every_n_steps!r}.")
-        if floor is not None and not 0.0 < floor < 1.0:
-            raise ValueError(f"Expected floor in (0, 1) or None but got {floor!r}.")
+        check_float("min_ratio", min_ratio, low=0.0, high=1.0, low_open=True, high_open=True)
+        check_float("by_fraction", by_fraction, low=0.0, high=1.0, low_open=True)
+        check_int("every_n_steps", every_n_steps, low=0)
+        check_float("floor", floor, low=0.0, high=1.0, low_open=True, high_open=True, optional=True)
         self.min_ratio = min_ratio
         self.by_fraction = by_fraction
         self.every_n_steps = every_n_steps
@@ -327,12 +324,19 @@ class LRDecayGuard(TipCallback):
                 self._initial.setdefault((i, g), initial)
             bad = optimizer_defaults_verdict(opt)
             if bad is not None:
+                # an info at the start: an unusual lr is not yet evidence of harm. When the loss or the
+                # gradients blow up in the first steps, GradientStats' `exploding-gradient` warning names
+                # this lr as the root cause (it reads the same optimizer_defaults_verdict)
+                side = f"{bad['lr'] / bad['high']:.3g}x above" if bad["lr"] > bad["high"] else (
+                    f"{bad['low'] / bad['lr']:.3g}x below" if bad["lr"] > 0 else "below"
+                )
                 self.report(
                     trainer,
                     "optimizer-defaults",
                     "info",
-                    f"{type(opt).__name__} starts with lr {bad['lr']:.3g}, outside the usual "
-                    f"[{bad['low']:g}, {bad['high']:g}] for {bad['family']} optimizers",
+                    f"{type(opt).__name__} starts with lr {bad['lr']:.3g}, {side} the usual "
+                    f"[{bad['low']:g}, {bad['high']:g}] for {bad['family']} optimizers; if the loss or the "
+                    "gradients blow up in the first steps, `exploding-gradient` names this lr as the cause",
                     module=f"optimizer[{i}]",
                     figures={"lr": bad["lr"], "low": bad["low"], "high": bad["high"]},
                 )

@@ -29,6 +29,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
+from lightning_tips import _ddp
 from lightning_tips._callback import TipCallback
 from lightning_tips._hooks import forward_hooks
 from lightning_tips._utils import (
@@ -37,9 +38,9 @@ from lightning_tips._utils import (
     named_tensors,
     nonfinite_fields,
     preserved_rng,
-    reduce_sum,
     step_loss,
 )
+from lightning_tips._validate import check_bool, check_choice, check_int
 from lightning_tips.checks.gradients import grad_norms
 from lightning_tips.findings import CODES, TipError
 
@@ -188,12 +189,11 @@ class NonFiniteGuard(TipCallback):
         full_every_n_steps: int = 1,
     ) -> None:
         super().__init__()
-        if not isinstance(full_every_n_steps, int) or isinstance(full_every_n_steps, bool) or full_every_n_steps < 1:
-            raise ValueError(f"Expected full_every_n_steps to be an int >= 1 but got {full_every_n_steps!r}.")
-        if action not in ("stop", "skip", "warn", "raise"):
-            raise ValueError(f"Expected action to be one of 'stop', 'skip', 'warn', 'raise' but got {action!r}.")
-        if not isinstance(every_n_steps, int) or isinstance(every_n_steps, bool) or every_n_steps < 1:
-            raise ValueError(f"Expected every_n_steps to be an int >= 1 but got {every_n_steps!r}.")
+        check_int("full_every_n_steps", full_every_n_steps, low=1)
+        check_choice("action", action, ("stop", "skip", "warn", "raise"))
+        check_int("every_n_steps", every_n_steps, low=1)
+        check_bool("check_inputs", check_inputs)
+        check_bool("locate", locate)
         if action == "skip" and every_n_steps != 1:
             raise ValueError(
                 "Expected every_n_steps=1 with action='skip' (an update can only be skipped on a checked step) "
@@ -299,12 +299,7 @@ class NonFiniteGuard(TipCallback):
         """The one host sync: per rank, per queued step, ``[input sum, loss, grad-norm sum]``."""
         device = next((v.device for row in self._pending for v in row if v.device.type != "cpu"), torch.device("cpu"))
         mat = torch.stack([v.to(device, torch.float32) for row in self._pending for v in row]).view(-1, 3)
-        if trainer.world_size > 1:
-            # every rank's rows at its own index, zeros elsewhere: the sum is everyone's rows
-            full = torch.zeros(trainer.world_size, *mat.shape, device=device)
-            full[trainer.global_rank] = mat
-            return reduce_sum(trainer, full).tolist()
-        return [mat.tolist()]
+        return _ddp.gather(trainer, {"rows": mat}, site="NonFiniteGuard flags")["rows"].tolist()
 
     def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, params: list[nn.Parameter] | None) -> None:
         self._flush_row()
@@ -338,7 +333,7 @@ class NonFiniteGuard(TipCallback):
         result: dict[str, Any] | None = None
         if trainer.global_rank == culprit:
             result = self._investigate(trainer, pl_module, kind, params, current)
-        result = trainer.strategy.broadcast(result, src=culprit)
+        result = _ddp.broadcast_object(trainer, result, culprit, site="NonFiniteGuard locate")
         if result is None or not result.get("confirmed", False):
             return
         if kind == 1 and result.get("fields"):

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from lightning_tips._utils import apply_to_tensors, batch_size, model_copy, step_loss
+from lightning_tips._validate import check_int
 from lightning_tips.checks._preflight import CardLine, CheckSkipped, PreflightCheck, Verdict, settle
 from lightning_tips.checks.lr_decay import Schedule, simulate_lrs, unsimulatable_reason
 from lightning_tips.checks.output_activation import eval_dropout, training_step_skip_reason
@@ -311,11 +312,8 @@ class OverfitBatchCheck(PreflightCheck):
 
     def __init__(self, steps: int = 50, max_batch: int = 16, budget_s: float = 3.0) -> None:
         super().__init__(budget_s=budget_s)
-        for name, v in (("steps", steps), ("max_batch", max_batch)):
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise TypeError(f"Expected {name} to be an int but got {type(v).__name__}.")
-            if v < 1:
-                raise ValueError(f"Expected {name} >= 1 but got {v}.")
+        check_int("steps", steps, low=1)
+        check_int("max_batch", max_batch, low=1)
         self.steps = steps
         self.max_batch = max_batch
 

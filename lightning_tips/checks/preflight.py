@@ -30,6 +30,7 @@ from typing import Any
 import lightning.pytorch as pl
 
 from lightning_tips._callback import TipComposite
+from lightning_tips._validate import check_bool, check_float
 from lightning_tips.checks._preflight import (
     DEFAULT_BUDGET_S,
     CardLine,
@@ -101,10 +102,8 @@ class Preflight(_OncePerFit, TipComposite):
                  "input_independence": input_independence, "overfit_batch": overfit_batch, "data": data,
                  "missing_bias": missing_bias}
         for name, v in flags.items():
-            if not isinstance(v, bool):
-                raise TypeError(f"Expected {name} to be a bool but got {type(v).__name__}.")
-        if isinstance(budget_s, bool) or not isinstance(budget_s, int | float) or not budget_s > 0:
-            raise ValueError(f"Expected budget_s > 0 but got {budget_s!r}.")
+            check_bool(name, v)
+        check_float("budget_s", budget_s, low=0.0, low_open=True)
         checks: list[PreflightCheck] = []
         if missing_bias:  # static: reads the module tree only
             checks.append(MissingBiasCheck())

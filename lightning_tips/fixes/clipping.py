@@ -36,6 +36,7 @@ from torch import Tensor
 from lightning_tips._callback import TipCallback
 from lightning_tips._loggers import log_scalars
 from lightning_tips._utils import is_sampled
+from lightning_tips._validate import check_bool, check_choice, check_float, check_int
 
 __all__ = ["GradientClipping", "clip_figures", "clip_gradients_", "percentile_threshold"]
 
@@ -166,22 +167,17 @@ class GradientClipping(TipCallback):
         every_n_steps: int = 50,
     ) -> None:
         super().__init__()
-        if mode not in ("norm", "value"):
-            raise ValueError(f"Expected mode to be 'norm' or 'value' but got {mode!r}.")
+        check_choice("mode", mode, ("norm", "value"))
+        check_bool("adaptive", adaptive)
         if adaptive and mode != "norm":
             raise ValueError(f"Expected mode='norm' with adaptive=True (AutoClip clips norms) but got mode={mode!r}.")
         if max_norm is None and not adaptive:
             raise ValueError("Expected a positive max_norm (it may be None only with adaptive=True) but got None.")
-        if max_norm is not None and not (isinstance(max_norm, (int, float)) and max_norm > 0):
-            raise ValueError(f"Expected max_norm to be a positive number but got {max_norm!r}.")
-        if not 0.0 < percentile <= 100.0:
-            raise ValueError(f"Expected percentile in (0, 100] but got {percentile!r}.")
-        if not isinstance(history, int) or history < 1:
-            raise ValueError(f"Expected history to be a positive int but got {history!r}.")
-        if not norm_type > 0:
-            raise ValueError(f"Expected norm_type > 0 but got {norm_type!r}.")
-        if not isinstance(every_n_steps, int) or every_n_steps < 0:
-            raise ValueError(f"Expected every_n_steps to be a non-negative int but got {every_n_steps!r}.")
+        check_float("max_norm", max_norm, low=0.0, low_open=True, optional=True)
+        check_float("percentile", percentile, low=0.0, high=100.0, low_open=True)
+        check_int("history", history, low=1)
+        check_float("norm_type", norm_type, low=0.0, low_open=True, allow_inf=True)
+        check_int("every_n_steps", every_n_steps, low=0)
         self.mode = mode
         self.max_norm = None if max_norm is None else float(max_norm)
         self.adaptive = adaptive

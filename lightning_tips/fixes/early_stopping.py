@@ -30,16 +30,20 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import EarlyStopping as _LightningEarlyStopping
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
 
+from lightning_tips import _ddp
 from lightning_tips._callback import TipCallback
 from lightning_tips._utils import any_rank
+from lightning_tips._validate import check_bool, check_choice, check_float, check_int, check_str
 from lightning_tips.checks._curves import overfitting_verdict
 
 __all__ = ["EarlyStopping", "best_weights_copy"]
@@ -48,6 +52,35 @@ _ADVICE = (
     "add dropout (R4.7) or weight decay (R4.8), get more or augmented data (R4.1-R4.3), or use a smaller "
     "model (R4.5); early stopping keeps the best weights meanwhile (R4.9)"
 )
+
+
+def _no_validation_loop(trainer: pl.Trainer, pl_module: pl.LightningModule) -> str | None:
+    """Why this fit has no validation loop, when that is known at ``setup``; else ``None``."""
+    if not is_overridden("validation_step", pl_module):
+        return f"{type(pl_module).__name__} defines no validation_step"
+    limit = trainer.limit_val_batches
+    if limit is not None and limit == 0:
+        return "limit_val_batches=0"
+    return None
+
+
+_VAL_ACC_KEY = "val_acc"  # read when logged: a validation accuracy that did not fall speaks against overfitting
+
+
+def _metric(logs: Mapping[str, Any], key: str) -> float | None:
+    """``logs[key]`` (or the first validation loader's ``key/dataloader_idx_0``) as a float, if a finite scalar."""
+    value = logs.get(key, logs.get(f"{key}/dataloader_idx_0"))
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        out = float(value.detach().float().reshape(()))
+        return out if math.isfinite(out) else None
+    return None
+
+
+def _per_loader_key(monitor: str, logs: Mapping[str, Any]) -> str | None:
+    """``monitor/dataloader_idx_N`` for the lowest N logged, when ``monitor`` itself is not (several val loaders)."""
+    prefix = f"{monitor}/dataloader_idx_"
+    indices = sorted(int(k[len(prefix) :]) for k in logs if k.startswith(prefix) and k[len(prefix) :].isdigit())
+    return f"{prefix}{indices[0]}" if indices else None
 
 
 def best_weights_copy(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -68,9 +101,19 @@ class EarlyStopping(_LightningEarlyStopping, TipCallback):
         ``overfitting`` (``warning``): the monitored metric has been worse than its best for
         ``patience`` checks while the training loss — ``trainer.callback_metrics[train_loss_key]`` at
         the check, e.g. ``self.log("train_loss", loss, on_epoch=True)`` — fell below its value at the
-        best check. Figures: ``best_val``, ``val_now``, ``train_at_best``, ``train_now``,
-        ``checks_since_best``. If ``train_loss_key`` is never logged, one ``info`` ``overfitting``
-        finding says the verdict was skipped.
+        best check, by a rise beyond the metric's check-to-check noise and >= 10% of the best; below a
+        25% rise a logged ``val_acc`` that did not fall makes it an ``info`` (the decision is
+        :func:`~lightning_tips.checks._curves.overfitting_verdict`, shared with ``LearningCurves``).
+        Figures: ``best_val``, ``val_now``, ``train_at_best``, ``train_now``, ``checks_since_best``,
+        ``rise``, ``noise`` (and ``acc_at_best``/``acc_now``). If ``train_loss_key`` is never logged,
+        one ``info`` ``overfitting`` finding says the verdict was skipped.
+
+    A monitor that is not available: with several validation loaders (Lightning logs
+    ``val_loss/dataloader_idx_N``) the first loader's key is monitored and one ``info`` says so.
+    With no validation loop (no ``validation_step``, or ``limit_val_batches=0``) and a ``val*`` monitor,
+    ``strict=True`` raises Lightning's ``RuntimeError`` at ``setup``, before the first step (not after
+    an epoch); with ``strict=False`` — and always inside :class:`~lightning_tips.Recipe` — a skipped
+    ``info`` says early stopping is off, and training goes on.
 
     Checkpoint state: Lightning's (``wait_count``, ``stopped_epoch``, ``best_score``, ``patience``,
     stopping reason) plus the findings, the per-check histories, and — only with
@@ -116,12 +159,17 @@ class EarlyStopping(_LightningEarlyStopping, TipCallback):
         restore_best_weights: bool = True,
         train_loss_key: str = "train_loss",
     ) -> None:
-        if mode not in ("min", "max"):
-            raise ValueError(f"Expected mode to be 'min' or 'max' but got {mode!r}.")
-        if not isinstance(patience, int) or patience < 1:
-            raise ValueError(f"Expected patience to be a positive int but got {patience!r}.")
-        if not isinstance(train_loss_key, str) or not train_loss_key:
-            raise TypeError(f"Expected train_loss_key to be a non-empty str but got {train_loss_key!r}.")
+        check_str("monitor", monitor)
+        check_float("min_delta", min_delta, low=0.0)
+        check_int("patience", patience, low=1)
+        check_choice("mode", mode, ("min", "max"))
+        for name, flag in (("verbose", verbose), ("strict", strict), ("check_finite", check_finite),
+                           ("log_rank_zero_only", log_rank_zero_only), ("restore_best_weights", restore_best_weights)):
+            check_bool(name, flag)
+        check_float("stopping_threshold", stopping_threshold, optional=True)
+        check_float("divergence_threshold", divergence_threshold, optional=True)
+        check_bool("check_on_train_epoch_end", check_on_train_epoch_end, optional=True)
+        check_str("train_loss_key", train_loss_key)
         # Lightning's __init__ calls super().__init__(), which (by the MRO) is TipCallback.__init__
         super().__init__(
             monitor=monitor,
@@ -141,10 +189,14 @@ class EarlyStopping(_LightningEarlyStopping, TipCallback):
         self._reset_history()
         self.best_weights: dict[str, torch.Tensor] | None = None
         self.best_epoch: int | None = None
+        # set by Recipe: a monitor that is not available is an `info` (skipped), never Lightning's error
+        self._skip_missing_monitor = False
+        self._no_validation: str | None = None  # why this fit has no validation loop (known at setup)
 
     def _reset_history(self) -> None:
         self._val_history: list[float] = []  # the monitored metric per check, as reported
         self._train_history: list[float] = []  # the training loss at the same checks
+        self._acc_history: list[float] = []  # `val_acc` at the same checks (NaN when not logged): counter-evidence
         self._missing_train_reported = False
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -153,19 +205,71 @@ class EarlyStopping(_LightningEarlyStopping, TipCallback):
         TipCallback.setup(self, trainer, pl_module, stage)
         if stage == "fit":
             self._reset_history()
+            self._no_validation = _no_validation_loop(trainer, pl_module)
+            if self._no_validation is not None and self.monitor.startswith("val"):
+                if self.strict and not self._skip_missing_monitor:
+                    # Lightning would say so after a whole epoch; it is known now
+                    raise RuntimeError(
+                        f"Early stopping conditioned on metric `{self.monitor}` which is not available: this fit has "
+                        f"no validation loop ({self._no_validation}). Add a validation loop, monitor a metric "
+                        f"logged in training_step, or pass EarlyStopping(strict=False)."
+                    )
+                self._report_missing(trainer, f"this fit has no validation loop ({self._no_validation})")
+
+    def _report_missing(self, trainer: pl.Trainer, why: str) -> None:
+        self.report(
+            trainer,
+            "overfitting",
+            "info",
+            f"early stopping and its overfitting verdict skipped: `{self.monitor}` is not available — {why}",
+            module=self.monitor,  # its own line: LearningCurves may say "no validation loop" for its curves
+            skipped=True,
+        )
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # the checks' collectives come at validation ends: uneven epochs across ranks stop here instead
+        _ddp.check_in(trainer, site="EarlyStopping start")
 
     def _run_early_stopping_check(self, trainer: pl.Trainer) -> None:
         # Lightning's documented extension point: called once per check, after `_should_skip_check`
+        logs = trainer.callback_metrics
+        if getattr(trainer, "fast_dev_run", False) or self.monitor in logs:
+            self._check(trainer, self.monitor)
+            return
+        key = _per_loader_key(self.monitor, logs)
+        if key is not None:  # two or more validation loaders: Lightning logs `val_loss/dataloader_idx_N`
+            self.report(
+                trainer,
+                "overfitting",
+                "info",
+                f"early stopping monitors `{key}` (the first validation loader's `{self.monitor}`): with several "
+                f"validation loaders Lightning logs one `{self.monitor}` per loader",
+                advice=f"pass monitor={key!r} (or another loader's key) to choose explicitly",
+                module=self.monitor,
+            )
+            monitor, self.monitor = self.monitor, key  # Lightning's check reads self.monitor
+            try:
+                self._check(trainer, key)
+            finally:
+                self.monitor = monitor
+            return
+        if self.strict and not self._skip_missing_monitor:
+            super()._run_early_stopping_check(trainer)  # Lightning's RuntimeError, listing the available keys
+            return
+        available = ", ".join(f"`{k}`" for k in sorted(logs)) or "none"
+        self._report_missing(trainer, f"it was never logged (available: {available})")
+
+    def _check(self, trainer: pl.Trainer, key: str) -> None:
         before = self.best_score
         super()._run_early_stopping_check(trainer)
         logs = trainer.callback_metrics
-        if getattr(trainer, "fast_dev_run", False) or self.monitor not in logs:
+        if getattr(trainer, "fast_dev_run", False) or key not in logs:
             return
         improved = self.best_score is not before  # Lightning rebinds best_score only on improvement
         if self.restore_best_weights and any_rank(trainer, improved):
             self.best_weights = best_weights_copy(trainer.lightning_module)
             self.best_epoch = trainer.current_epoch
-        self._check_overfitting(trainer, float(logs[self.monitor].squeeze()))
+        self._check_overfitting(trainer, float(logs[key].squeeze()))
 
     def _check_overfitting(self, trainer: pl.Trainer, current: float) -> None:
         train = trainer.callback_metrics.get(self.train_loss_key)
@@ -185,21 +289,22 @@ class EarlyStopping(_LightningEarlyStopping, TipCallback):
             return
         self._val_history.append(current)
         self._train_history.append(float(train))
+        acc = _metric(trainer.callback_metrics, _VAL_ACC_KEY)
+        self._acc_history.append(float("nan") if acc is None else float(acc))
         sign = 1.0 if self.mode == "min" else -1.0  # the verdict wants "lower is better"
-        verdict = overfitting_verdict(self._train_history, [sign * v for v in self._val_history], self.patience)
-        if verdict is None:
-            return
-        figures = dict(verdict)
-        figures["best_val"], figures["val_now"] = sign * verdict["best_val"], sign * verdict["val_now"]
-        if math.isnan(figures["val_now"]):
-            return
-        message = (
-            f"`{self.monitor}` has been worse than its best ({figures['best_val']:.4g}) for "
-            f"{int(figures['checks_since_best'])} checks (now {figures['val_now']:.4g}) while "
-            f"`{self.train_loss_key}` fell from {figures['train_at_best']:.4g} to {figures['train_now']:.4g}: "
-            f"the model is overfitting"
+        verdict = overfitting_verdict(
+            self._train_history,
+            [sign * v for v in self._val_history],
+            self.patience,
+            val_accs=self._acc_history if self.mode == "min" else None,  # a monitored accuracy is its own evidence
+            sign=sign,
+            val_name=f"`{self.monitor}`",
+            train_name=f"`{self.train_loss_key}`",
         )
-        self.report(trainer, "overfitting", "warning", message, advice=_ADVICE, figures=figures)
+        if verdict is None or verdict.severity is None:
+            return
+        advice = _ADVICE if verdict.severity == "warning" else "none needed yet; watch the validation accuracy (T2)"
+        self.report(trainer, "overfitting", verdict.severity, verdict.message, advice=advice, figures=verdict.figures)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.restore_best_weights or self.best_weights is None:
@@ -217,6 +322,7 @@ class EarlyStopping(_LightningEarlyStopping, TipCallback):
         state.update(
             val_history=list(self._val_history),
             train_history=list(self._train_history),
+            acc_history=list(self._acc_history),
             missing_train_reported=self._missing_train_reported,
             best_epoch=self.best_epoch,
         )
@@ -229,6 +335,8 @@ class EarlyStopping(_LightningEarlyStopping, TipCallback):
         TipCallback.load_state_dict(self, state_dict)
         self._val_history = [float(v) for v in state_dict.get("val_history", [])]
         self._train_history = [float(v) for v in state_dict.get("train_history", [])]
+        acc = [float(v) for v in state_dict.get("acc_history", [])]
+        self._acc_history = acc if len(acc) == len(self._val_history) else [float("nan")] * len(self._val_history)
         self._missing_train_reported = bool(state_dict.get("missing_train_reported", False))
         self.best_epoch = state_dict.get("best_epoch")
         self.best_weights = state_dict.get("best_weights") if self.restore_best_weights else None

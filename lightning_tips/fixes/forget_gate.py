@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from lightning_tips._callback import TipCallback
+from lightning_tips._validate import check_float
 
 if TYPE_CHECKING:  # pragma: no cover
     import lightning.pytorch as pl
@@ -116,9 +117,7 @@ class ForgetGateBias(TipCallback):
 
     def __init__(self, value: float = 1.0) -> None:
         super().__init__()
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"Expected value to be a finite float but got {value!r}.")
-        self.value = float(value)
+        self.value = check_float("value", value)
         self.gates_set = 0  # how many gates the fix set (kept in the checkpoint)
 
     @property
@@ -141,10 +140,16 @@ class ForgetGateBias(TipCallback):
                         f"skipped {names}: built with bias=False, so there is no forget-gate bias to set",
                         advice="build the LSTM with bias=True to use a forget-gate bias of 1 (T17)",
                         module=without_bias[0], figures={"modules_skipped": len(without_bias)})
-        with_bias = [(n, m) for n, m in lstms if m.bias]
+        frozen = [n for n, m in lstms if m.bias and any(not p.requires_grad for p in m.parameters())]
+        if frozen:  # a frozen (pretrained) LSTM is never changed
+            names = ", ".join(f"`{n}`" for n in frozen)
+            self.report(trainer, "forget-gate-bias", "info",
+                        f"left {names} alone: frozen (requires_grad=False), its biases are kept as they are",
+                        module=frozen[0], figures={"modules_frozen": len(frozen)}, skipped=True)
+        with_bias = [(n, m) for n, m in lstms if m.bias and n not in frozen]
         if not with_bias:
             return
-        self.gates_set = set_forget_gate_bias_(pl_module, self.value)
+        self.gates_set = sum(set_forget_gate_bias_(m, self.value) for _, m in with_bias)
         names = ", ".join(f"`{n}`" for n, _ in with_bias)
         self.report(trainer, "forget-gate-bias", "info",
                     f"set the forget-gate bias (bias_ih + bias_hh on [H:2H]) to {self.value:g} on {self.gates_set} "

@@ -16,16 +16,16 @@ Three ways to use it, all with the same result:
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
 from torch.nn.parameter import UninitializedParameter
 
+from lightning_tips import _ddp
 from lightning_tips._callback import TipCallback
-from lightning_tips._utils import find_output_layer, preserved_loader_rng, reduce_sum, split_batch
+from lightning_tips._utils import find_output_layer, preserved_loader_rng, split_batch
+from lightning_tips._validate import check_bool, check_choice, check_float_list, check_int, check_module_path
 
 if TYPE_CHECKING:  # pragma: no cover
     import lightning.pytorch as pl
@@ -279,17 +279,12 @@ class OutputBiasInit(TipCallback):
         center: bool = False,
     ) -> None:
         super().__init__()
-        if task not in get_args(Task):
-            raise ValueError(f"Expected task to be one of {', '.join(map(repr, get_args(Task)))} but got {task!r}.")
-        if prior is not None:
-            if isinstance(prior, (str, bytes)) or not isinstance(prior, Sequence) or len(prior) == 0:
-                raise TypeError(f"Expected prior to be a non-empty list of floats but got {prior!r}.")
-            if not all(isinstance(p, (int, float)) and math.isfinite(p) for p in prior):
-                raise ValueError(f"Expected prior to hold finite numbers but got {prior!r}.")
-            if task in ("auto", "multiclass", "binary", "multilabel") and not all(0 <= p <= 1 for p in prior):
-                raise ValueError(f"Expected prior probabilities in [0, 1] but got {prior!r}.")
-        if not isinstance(max_batches, int) or max_batches < 1:
-            raise ValueError(f"Expected max_batches to be a positive int but got {max_batches!r}.")
+        check_choice("task", task, get_args(Task))
+        probabilities = task in ("auto", "multiclass", "binary", "multilabel")
+        check_float_list("prior", prior, low=0.0 if probabilities else None, high=1.0 if probabilities else None, optional=True)
+        check_module_path("layer", layer, optional=True)
+        check_int("max_batches", max_batches, low=1)
+        check_bool("center", center)
         self.task = task
         self.prior = None if prior is None else [float(p) for p in prior]
         self.layer = layer
@@ -336,22 +331,24 @@ class OutputBiasInit(TipCallback):
         """Scan and reduce across ranks; every rank takes the same decision from the reduced vector."""
         local = self._scan(trainer.train_dataloader, width)
         failed = isinstance(local, str)
-        vec = torch.zeros(2 * width + 2 + len(_TASKS))
+        state = {
+            "sums": torch.zeros(width), "sumsq": torch.zeros(width), "n": torch.zeros(()),
+            "failed": torch.tensor(failed), "tasks": torch.zeros(len(_TASKS)),
+        }  # fmt: skip
         if not isinstance(local, str):
-            task, sums, sumsq, n, _ = local
-            vec[:width], vec[width : 2 * width], vec[2 * width] = sums, sumsq, float(n)
-            vec[2 * width + 2 + _TASKS.index(task)] = 1.0
-        vec[2 * width + 1] = float(failed)
-        total = reduce_sum(trainer, vec.to(pl_module.device)).cpu()
-        if total[2 * width + 1] > 0:
+            task, state["sums"], state["sumsq"], n, _ = local
+            state["n"] = torch.tensor(float(n))
+            state["tasks"][_TASKS.index(task)] = 1.0
+        total = _ddp.reduce(trainer, state, site="OutputBiasInit targets")
+        if bool(total["failed"]):
             return local if isinstance(local, str) else "the targets could not be read on another rank"
-        tasks = [t for t, c in zip(_TASKS, total[2 * width + 2 :].tolist()) if c > 0]
+        tasks = [t for t, c in zip(_TASKS, total["tasks"].tolist()) if c > 0]
         if len(tasks) != 1:
             return f"the ranks inferred different tasks ({', '.join(tasks)}); pass task=..."
         batches = local[4] if not isinstance(local, str) else 0
-        n = round(float(total[2 * width]))
+        n = round(float(total["n"]))
         where = f"{n} targets in {batches} batch(es)" + (f" x {trainer.world_size} ranks" if trainer.world_size > 1 else "")
-        return tasks[0], total[:width], total[width : 2 * width], n, where
+        return tasks[0], total["sums"], total["sumsq"], n, where
 
     # --- the hook ------------------------------------------------------------------------------
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

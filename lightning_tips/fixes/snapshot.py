@@ -38,10 +38,12 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from lightning_tips import _ddp
 from lightning_tips._batch import call_forward
 from lightning_tips._callback import TipCallback
 from lightning_tips._loggers import files_dir, log_scalars
-from lightning_tips._utils import any_rank, apply_to_tensors, model_copy, preserved_rng, reduce_sum, split_batch
+from lightning_tips._utils import any_rank, apply_to_tensors, model_copy, preserved_rng, split_batch
+from lightning_tips._validate import check_bool, check_int
 
 __all__ = ["EnsembleResult", "SnapshotEnsemble", "evaluate_snapshots"]
 
@@ -203,12 +205,10 @@ class SnapshotEnsemble(TipCallback):
         max_batches: int | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(k, int) or k < 2:
-            raise ValueError(f"Expected k to be an int >= 2 (an ensemble needs two snapshots) but got {k!r}.")
-        if not isinstance(every_n_epochs, int) or every_n_epochs < 1:
-            raise ValueError(f"Expected every_n_epochs to be a positive int but got {every_n_epochs!r}.")
-        if max_batches is not None and (not isinstance(max_batches, int) or max_batches < 1):
-            raise ValueError(f"Expected max_batches to be a positive int or None but got {max_batches!r}.")
+        check_int("k", k, low=2)  # an ensemble needs two snapshots
+        check_int("every_n_epochs", every_n_epochs, low=1)
+        check_bool("on_disk", on_disk)
+        check_int("max_batches", max_batches, low=1, optional=True)
         self.k = k
         self.every_n_epochs = every_n_epochs
         self.on_disk = on_disk
@@ -251,6 +251,10 @@ class SnapshotEnsemble(TipCallback):
         return torch.load(entry["path"], map_location="cpu", weights_only=True)
 
     # --- the evaluation ----------------------------------------------------------------------------
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # its collectives come at validation ends: uneven epochs across ranks stop here instead
+        _ddp.check_in(trainer, site="SnapshotEnsemble start")
+
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING or self._skipped:
             return
@@ -288,8 +292,8 @@ class SnapshotEnsemble(TipCallback):
         assert isinstance(result, EnsembleResult)
         if trainer.world_size > 1:
             n = result.samples
-            totals = torch.tensor([result.ensemble * n, result.single * n, float(n)], device=pl_module.device)
-            e, s1, n_all = reduce_sum(trainer, totals).tolist()
+            totals = torch.tensor([result.ensemble * n, result.single * n, float(n)])
+            e, s1, n_all = _ddp.reduce(trainer, {"totals": totals}, site="SnapshotEnsemble totals")["totals"].tolist()
             result = EnsembleResult(result.kind, e / n_all, s1 / n_all, int(n_all))
         self.last_result = result
         self._report(trainer, result)

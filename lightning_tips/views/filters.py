@@ -28,6 +28,7 @@ from lightning_tips import _loggers
 from lightning_tips._callback import TipCallback
 from lightning_tips._render import image_grid
 from lightning_tips._utils import first_tensor, is_sampled, split_batch
+from lightning_tips._validate import check_int, check_str
 
 __all__ = ["FirstLayerFilters", "filter_grid", "first_layer_weights"]
 
@@ -143,14 +144,11 @@ class FirstLayerFilters(TipCallback):
 
     def __init__(self, every_n_steps: int = 500, max_filters: int = 64, colormap: str = "viridis") -> None:
         super().__init__()
-        for arg, value in (("every_n_steps", every_n_steps), ("max_filters", max_filters)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"Expected `{arg}` to be an int but got {value!r}.")
-            if value < 1:
-                raise ValueError(f"Expected `{arg}` >= 1 but got {value}.")
+        check_int("every_n_steps", every_n_steps, low=1)
+        check_int("max_filters", max_filters, low=1)
         import matplotlib
 
-        if colormap not in matplotlib.colormaps:
+        if check_str("colormap", colormap) not in matplotlib.colormaps:
             raise ValueError(f"Expected `colormap` to be a matplotlib colormap name (e.g. 'viridis') but got {colormap!r}.")
         self.every_n_steps = every_n_steps
         self.max_filters = max_filters

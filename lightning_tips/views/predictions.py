@@ -54,6 +54,7 @@ from lightning_tips._callback import TipCallback
 from lightning_tips._loggers import log_image, log_table
 from lightning_tips._render import figure_to_array, new_figure
 from lightning_tips._utils import apply_to_tensors, is_sampled, preserved_rng
+from lightning_tips._validate import check_int, check_str
 
 __all__ = [
     "FixedBatchPredictions",
@@ -368,7 +369,7 @@ class FixedBatchPredictions(TipCallback):
         >>> FixedBatchPredictions(num_samples=0)
         Traceback (most recent call last):
         ...
-        ValueError: Expected num_samples to be a positive integer but got 0.
+        ValueError: Expected num_samples to be an int >= 1 but got 0.
     """
 
     def __init__(
@@ -379,13 +380,10 @@ class FixedBatchPredictions(TipCallback):
         target_key: str | None = None,
     ) -> None:
         super().__init__()
-        if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 0:
-            raise ValueError(f"Expected every_n_steps to be a non-negative integer but got {every_n_steps!r}.")
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"Expected num_samples to be a positive integer but got {num_samples!r}.")
-        for name, key in (("input_key", input_key), ("target_key", target_key)):
-            if key is not None and not isinstance(key, str):
-                raise TypeError(f"Expected {name} to be a str or None but got {type(key).__name__}.")
+        check_int("every_n_steps", every_n_steps, low=0)
+        check_int("num_samples", num_samples, low=1)
+        check_str("input_key", input_key, optional=True)
+        check_str("target_key", target_key, optional=True)
         self.every_n_steps = every_n_steps
         self.num_samples = num_samples
         self.input_key = input_key

@@ -116,8 +116,8 @@ def test_dead_over_the_global_batch_is_reduced_across_ranks() -> None:
 
     a, b = record(torch.tensor([[1.0, -1.0]] * 3)), record(torch.tensor([[-1.0, 1.0]] * 5))
     assert a.finalize()["0"].dead_fraction == 0.5  # locally half dead
-    other = torch.cat(b.records + b.units)
-    glob = a.finalize(reduce=lambda t: t + other)["0"]
+    other = b.state()
+    glob = a.finalize(reduce=lambda state: {k: v + other[k] for k, v in state.items()})["0"]
     assert glob.dead_fraction == 0.0 and glob.n_samples == 8 and glob.mean == pytest.approx(1.0 * 8 / 16)
     assert activation_findings({"0": glob}) == []
 
@@ -186,18 +186,63 @@ def test_planted_bugs_and_healthy_twins(make_trainer: Factory, net_fn: Callable[
             assert msg.startswith("100% of the units of `net.2` (ReLU, 32/32 units) never fired")
 
 
-def test_functional_activations_report_a_skip_once(make_trainer: Factory) -> None:
+def test_functional_activations_are_measured(make_trainer: Factory) -> None:
     cb = ActivationStats(every_n_steps=1)
     _fit(make_trainer, FunctionalReLUNet(), cb)
-    assert _codes(cb) == [("dead-activation", "info", None)]
-    assert "torch.nn.functional cannot be hooked" in cb.findings[0].message
+    assert _codes(cb) == []  # healthy: measured, silent
+    assert set(cb.state_dict()["history"]) == {"net/relu"}
+    dead = FunctionalReLUNet()
+    with torch.no_grad():
+        dead.fc1.bias.fill_(-10.0)
+    cb = ActivationStats(every_n_steps=1)
+    _fit(make_trainer, dead, cb)
+    assert ("dead-activation", "warning", "net/relu") in _codes(cb)
+    assert "(F.relu, 32/32 units)" in cb.findings[0].message
+
+
+def test_transformer_encoder_gelu_is_measured_and_silent(make_trainer: Factory) -> None:
+    class Encoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Linear(8, 32)
+            layer = nn.TransformerEncoderLayer(32, 4, dim_feedforward=64, dropout=0.0, activation="gelu", batch_first=True)
+            self.encoder = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
+            self.head = nn.Linear(32, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.encoder(self.embed(x.reshape(-1, 8, 8))).mean(1))
+
+    cb = ActivationStats(every_n_steps=1)
+    _fit(make_trainer, Encoder(), cb)
+    assert [c for c in _codes(cb) if c[1] != "info"] == [] and _codes(cb) == []
+    assert set(cb.state_dict()["history"]) == {"net.encoder.layers.0/gelu", "net.encoder.layers.1/gelu"}
+
+
+def test_functional_output_sigmoid_gets_no_verdict() -> None:
+    class Scores(nn.Module):  # a sigmoid on the output layer, as for BCELoss: confident outputs are no flaw
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(64, 4)
+            with torch.no_grad():
+                self.fc.weight.mul_(100.0)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.sigmoid(self.fc(x))
+
+    stats = activation_stats(Scores(), torch.randn(32, 64))
+    assert stats["model/sigmoid"].is_output and stats["model/sigmoid"].saturated_fraction > 0.5
+    assert activation_findings(stats) == []
 
 
 def test_hooks_that_never_run_report_a_skip(make_trainer: Factory) -> None:
-    class Unused(FunctionalReLUNet):  # an activation module that forward never calls (as in a compiled model)
+    class Unused(nn.Module):  # an activation module that forward never calls (as in a compiled model)
         def __init__(self) -> None:
             super().__init__()
+            self.fc1, self.fc2 = nn.Linear(64, 32), nn.Linear(32, 10)
             self.act = nn.ReLU()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc2(self.fc1(x.flatten(1)))
 
     cb = ActivationStats(every_n_steps=1)
     _fit(make_trainer, Unused(), cb)
@@ -233,7 +278,8 @@ class _HookProbe(pl.Callback):
 def test_hooks_live_only_on_sampled_steps(make_trainer: Factory) -> None:
     probe = _HookProbe(3)
     _, model = _fit(make_trainer, mlp(depth=2), ActivationStats(every_n_steps=3), batches=7, extra=[probe])
-    assert probe.during == [2, 0, 0, 2, 0, 0, 2]  # two ReLUs hooked on steps 0, 3, 6
+    # hooks (the two ReLUs' and the functional probe's module stack) on steps 0, 3, 6 and the dense start 1, 2, 5
+    assert [d > 0 for d in probe.during] == [True, True, True, True, False, True, True]
     assert probe.after == [0] * 7
     assert _HookProbe.count(model) == 0
 
@@ -268,8 +314,8 @@ def test_one_sync_per_sampled_step_only(make_trainer: Factory, monkeypatch: pyte
     monkeypatch.setattr(torch.Tensor, "tolist", spy(orig_tolist))
     monkeypatch.setattr(torch.Tensor, "item", spy(orig_item))
     _fit(make_trainer, mlp(depth=2), ActivationStats(every_n_steps=3, log_histograms=False), batches=10)
-    assert len(calls) == 4  # steps 0, 3, 6, 9
-    assert len(seen) == 4  # and no other .tolist()/.item() from the module
+    assert len(calls) == 7  # steps 0, 3, 6, 9 and the dense start 1, 2, 5
+    assert len(seen) == 7  # and no other .tolist()/.item() from the module
 
 
 def test_views_as_files_without_logger(make_trainer: Factory, tmp_path: Path) -> None:
@@ -354,7 +400,7 @@ def test_hooks_removed_when_training_raises(make_trainer: Factory) -> None:
 
 
 def test_histograms_only_on_their_own_period(make_trainer: Factory) -> None:
-    """histogram_every_n_steps=4 with every_n_steps=2: statistics at 0, 2, 4, 6; histograms at 0 and 4."""
+    """histogram_every_n_steps=4 with every_n_steps=2: statistics at 0, 1, 2, 4, 5, 6 (dense start); histograms at 0, 4."""
     from lightning_tips._loggers import files_dir
 
     stats = ActivationStats(every_n_steps=2, histogram_every_n_steps=4)
@@ -363,6 +409,76 @@ def test_histograms_only_on_their_own_period(make_trainer: Factory) -> None:
     rows = (files_dir(trainer) / "tips_activations_net.2_histogram.csv").read_text().splitlines()[1:]
     assert sorted({int(r.split(",")[0]) for r in rows}) == [0, 4]
     scalars = (files_dir(trainer) / "scalars.csv").read_text().splitlines()[1:]
-    assert {int(line.split(",")[0]) for line in scalars if "net.2" in line} == {0, 2, 4, 6}
+    assert {int(line.split(",")[0]) for line in scalars if "net.2" in line} == {0, 1, 2, 4, 5, 6}
     with pytest.raises(ValueError, match="histogram_every_n_steps"):
         ActivationStats(histogram_every_n_steps=-1)
+
+
+# --- evidence (issues #10 item 4, #11 items 4-5) ---------------------------------------------------
+class _SkipFirst(Classifier):
+    """Returns ``None`` from its first ``training_step``: a legal skipped batch, no forward."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        if batch_idx == 0 and self.current_epoch == 0:
+            return None
+        return super().training_step(batch, batch_idx)
+
+
+def test_a_skipped_first_step_does_not_switch_the_check_off(make_trainer: Factory) -> None:
+    cb = ActivationStats(every_n_steps=100)  # only global step 0 is sampled: its first batch is skipped
+    pl.seed_everything(0, verbose=False)
+    trainer = make_trainer(limit_train_batches=3, limit_val_batches=0, num_sanity_val_steps=0, callbacks=[cb])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(_SkipFirst(dead_relu_mlp()), datamodule=DigitsDataModule(batch_size=64, limit=192, val_limit=64))
+    assert not any("did not run" in f.message for f in cb.findings), cb.findings
+    assert ("dead-activation", "warning", "net.2") in _codes(cb)
+
+
+def test_one_value_per_unit_is_no_evidence() -> None:
+    """About half of a healthy ReLU layer's units are off for any single sample: no verdict from one."""
+    torch.manual_seed(0)
+    net = mlp(in_features=64, hidden=32, depth=2)
+    one = activation_stats(net, torch.randn(1, 64))
+    assert any(s.dead_fraction > 0.3 for s in one.values())  # the noise the verdict must not read as a bug
+    assert activation_findings(one) == []
+    dead = activation_stats(dead_relu_mlp(), torch.randn(1, 64))
+    assert activation_findings(dead) == []  # too little evidence either way
+    assert [f.module for f in activation_findings(activation_stats(dead_relu_mlp(), torch.randn(16, 64)))] == ["2"]
+
+
+@pytest.mark.parametrize("dead", [False, True], ids=["healthy", "dead"])
+def test_batches_of_one_accumulate_evidence_across_sampled_steps(make_trainer: Factory, dead: bool) -> None:
+    """Batch 1: one value per unit per step. The verdict waits until 16 sampled steps hold 16 values per unit."""
+    cb = ActivationStats(every_n_steps=1)
+    pl.seed_everything(0, verbose=False)
+    trainer = make_trainer(limit_train_batches=20, limit_val_batches=0, num_sanity_val_steps=0, callbacks=[cb])
+    net = dead_relu_mlp() if dead else mlp(hidden=32, depth=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(Classifier(net), datamodule=DigitsDataModule(batch_size=1, limit=20, val_limit=8))
+    found = [f for f in cb.findings if f.severity.value != "info"]
+    if not dead:
+        assert found == []
+        return
+    [f] = [f for f in found if f.module == "net.2"]
+    assert f.code == "dead-activation" and f.step == 15  # the 16th sampled step: 16 values per unit
+    assert "over 16 values per unit (every sample and position of 16 sampled batches" in f.message
+
+
+def test_nan_activations_get_no_dead_or_saturated_verdict(make_trainer: Factory) -> None:
+    relu_net, sig_net = dead_relu_mlp(), deep_stack(nn.Sigmoid, gain=10.0)
+    for net in (relu_net, sig_net):
+        with torch.no_grad():
+            net[1].weight[0, 0] = float("nan")  # every later activation is NaN
+    for net in (relu_net, sig_net):
+        stats = activation_stats(net, torch.randn(32, 64))
+        assert any(math.isnan(s.mean) for s in stats.values())
+        assert activation_findings(stats) == []
+    cb = ActivationStats(every_n_steps=1)
+    _fit(make_trainer, dead_relu_mlp(), cb, batches=2)  # the dead twin still fires when finite
+    assert ("dead-activation", "warning", "net.2") in _codes(cb)
+    cb = ActivationStats(every_n_steps=1)
+    _fit(make_trainer, relu_net, cb, batches=2)
+    assert [c for c in _codes(cb) if c[1] != "info"] == []
+    assert not any("nan" in f.message for f in cb.findings)

@@ -77,7 +77,7 @@ def test_correct_matches_argmax_and_sign() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error"),
     [({"patience": 0}, ValueError), ({"min_points": 1}, ValueError), ({"patience": 2.5}, ValueError),
-     ({"val_loss_key": ""}, TypeError)],
+     ({"val_loss_key": ""}, ValueError), ({"val_loss_key": 5}, TypeError)],
 )
 def test_bad_arguments(kwargs: dict, error: type[Exception]) -> None:
     with pytest.raises(error, match="Expected"):
@@ -329,3 +329,149 @@ def test_train_accuracy_logged_on_epoch_lands_on_its_own_epoch(make_trainer: Mak
     trainer.fit(DigitsCNN(), datamodule=DigitsDataModule(image=True))
     assert len(cb.history["train_acc"]) == 3 and len(probe.values) == 3
     assert cb.history["train_acc"] == pytest.approx(probe.values)
+
+
+def test_logged_train_accuracy_is_written_once_per_point_equal_to_the_users(
+    make_trainer: MakeTrainer, tmp_path: Path
+) -> None:
+    """#12: with the CSV logger `tips/curves/train_acc` was written twice per point (the previous epoch's
+    value at validation, then the fresh one). One value per point, equal to the user's on-epoch `train_acc`."""
+    import csv
+
+    from examples.digits import DigitsCNN
+
+    pl.seed_everything(0)
+    cb = LearningCurves()
+    logger = CSVLogger(tmp_path, name="csv")
+    trainer = make_trainer(max_epochs=3, limit_train_batches=6, limit_val_batches=2, callbacks=[cb], logger=logger)
+    trainer.fit(DigitsCNN(), datamodule=DigitsDataModule(image=True))
+    with open(Path(logger.log_dir) / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    ours = [(int(r["step"]), float(r["tips/curves/train_acc"])) for r in rows if r.get("tips/curves/train_acc")]
+    users = [float(r["train_acc"]) for r in rows if r.get("train_acc")]
+    assert len(users) == 3
+    assert [s for s, _ in ours] == [6, 12, 18]  # one row per point, no repeated step
+    assert [v for _, v in ours] == pytest.approx(users, abs=1e-7)
+    assert cb.history["train_acc"] == pytest.approx(users, abs=1e-7)
+    assert len(set(users)) == 3  # the epochs differ: a stale value could not pass
+
+
+# --- noise-aware, material verdicts, on scripted curves (#11 items 1 and 4) ------------------------------------
+class ScriptedCurves(pl.LightningModule):
+    """Logs the given per-epoch values: `train_loss` (returned from training_step), `val_loss`, `val_acc`
+    (validation_step). One batch per epoch each; the parameter never changes (SGD at lr 0, zero gradient)."""
+
+    def __init__(self, train: list[float], val: list[float], acc: list[float] | None = None) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.train_values, self.val_values, self.acc_values = train, val, acc
+
+    def training_step(self, batch: object, batch_idx: int) -> torch.Tensor:
+        loss = torch.tensor(self.train_values[self.current_epoch]) + 0.0 * self.w.sum()
+        self.log("train_loss", loss, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch: object, batch_idx: int) -> None:
+        self.log("val_loss", self.val_values[self.current_epoch])
+        if self.acc_values is not None:
+            self.log("val_acc", self.acc_values[self.current_epoch])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def _scripted_fit(make_trainer: MakeTrainer, train: list[float], val: list[float], acc: list[float] | None = None):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lightning_tips import EarlyStopping
+
+    curves, stopper = LearningCurves(patience=3), EarlyStopping(patience=3, restore_best_weights=False)
+    data = DataLoader(TensorDataset(torch.zeros(4, 1)), batch_size=4)
+    trainer = make_trainer(max_epochs=len(val), callbacks=[curves, stopper], limit_train_batches=1,
+                           limit_val_batches=1, num_sanity_val_steps=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(ScriptedCurves(train, val, acc), data, data)
+    assert curves.history["val_loss"] == pytest.approx(val)
+    return [f for f in curves.findings if f.code == "overfitting"], [f for f in stopper.findings if f.code == "overfitting"]
+
+
+FALLING = [1.2, 0.9, 0.7, 0.55, 0.45, 0.38, 0.33]
+
+
+@pytest.mark.parametrize(
+    ("val", "acc"),
+    [
+        ([0.70, 0.55, 0.4831, 0.4840, 0.4845, 0.4848], [0.70, 0.78, 0.80, 0.80, 0.81, 0.80]),  # +0.35%
+        ([0.30, 0.16, 0.1145, 0.1150, 0.1153, 0.1156], [0.90, 0.95, 0.96, 0.96, 0.96, 0.97]),  # +1.0%
+        ([0.35, 0.18, 0.1357, 0.1362, 0.1371, 0.1379], [0.90, 0.94, 0.95, 0.95, 0.96, 0.95]),  # +1.6%
+        ([0.16, 0.13, 0.1113, 0.1150, 0.1190, 0.1229], [0.90, 0.95, 0.96, 0.96, 0.97, 0.96]),  # +10.4%, acc held
+        ([0.70, 0.55, 0.4831, 0.4840, 0.4845, 0.4848], None),  # not material even without accuracy
+    ],
+    ids=["0.4831-0.4848", "0.1145-0.1156", "0.1357-0.1379", "0.1113-0.1229", "no-acc"],
+)
+def test_healthy_runs_quoted_in_the_issue_get_no_overfitting_warning(
+    make_trainer: MakeTrainer, val: list[float], acc: list[float] | None
+) -> None:
+    """#11: 'rose from its best 0.4831 to 0.4848 over 3 checks' and the like were warnings on healthy runs."""
+    curves, stopper = _scripted_fit(make_trainer, FALLING[: len(val)], val, acc)
+    for f in curves + stopper:
+        assert f.severity.value == "info", f.format()
+    if val[-1] / min(val) - 1 < 0.10:  # not material: nothing at all
+        assert curves == [] and stopper == []
+    else:  # material, but the accuracy did not fall: an info that says so
+        assert len(curves) == 1 and len(stopper) == 1
+        assert "accuracy did not fall" in curves[0].message and "accuracy did not fall" in stopper[0].message
+
+
+def test_a_material_rise_with_falling_accuracy_is_a_warning_in_both(make_trainer: MakeTrainer) -> None:
+    val = [0.70, 0.50, 0.40, 0.43, 0.46, 0.50]  # +25% over 3 checks, beyond the noise
+    acc = [0.70, 0.80, 0.85, 0.84, 0.83, 0.82]
+    curves, stopper = _scripted_fit(make_trainer, FALLING[:6], val, acc)
+    assert [f.severity.value for f in curves] == ["warning"] and [f.severity.value for f in stopper] == ["warning"]
+    for f in (curves[0], stopper[0]):  # one decision function: the same figures
+        assert f.figures["best_val"] == 0.4 and f.figures["val_now"] == 0.5 and f.figures["rise"] == 0.25
+        assert f.figures["acc_at_best"] == 0.85 and f.figures["acc_now"] == 0.82
+        assert "accuracy fell from 0.85 to 0.82" in f.message
+
+
+def test_a_wobble_within_the_noise_is_no_finding(make_trainer: MakeTrainer) -> None:
+    """A noisy val curve (small val set): the last rise is 12% of the best but within 3x the check-to-check noise."""
+    val = [0.60, 0.45, 0.52, 0.40, 0.47, 0.43, 0.448]
+    curves, stopper = _scripted_fit(make_trainer, FALLING[:7], val)
+    assert curves == [] and stopper == []
+
+
+def test_not_learning_is_suppressed_when_the_loss_is_nan(make_trainer: MakeTrainer) -> None:
+    """A NaN loss is the root cause (the non-finite guard's): no separate not-learning warning."""
+    nan = float("nan")
+    cb = LearningCurves(min_points=3)
+    from torch.utils.data import DataLoader, TensorDataset
+
+    data = DataLoader(TensorDataset(torch.zeros(4, 1)), batch_size=4)
+    trainer = make_trainer(max_epochs=5, callbacks=[cb], limit_train_batches=1, limit_val_batches=1,
+                           num_sanity_val_steps=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(ScriptedCurves([2.30, 2.30, nan, 2.30, 2.30], [2.3] * 5), data, data)
+    assert "not-learning" not in codes(cb)
+
+
+@pytest.mark.parametrize(
+    ("train", "expected"),
+    [([2.30, 2.300, 2.299, 2.300], "warning"),  # flat
+     ([2.30, 2.285, 2.270, 2.262], "info"),  # -1.7%: learns, slowly, beyond the noise
+     ([2.30, 2.10, 1.90, 1.70], None)],  # learns
+)
+def test_not_learning_severity_follows_the_evidence(make_trainer: MakeTrainer, train: list[float], expected: str | None) -> None:
+    cb = LearningCurves(min_points=3)
+    from torch.utils.data import DataLoader, TensorDataset
+
+    data = DataLoader(TensorDataset(torch.zeros(4, 1)), batch_size=4)
+    trainer = make_trainer(max_epochs=len(train), callbacks=[cb], limit_train_batches=1, limit_val_batches=1,
+                           num_sanity_val_steps=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(ScriptedCurves(train, [1.0] * len(train)), data, data)
+    found = [f.severity.value for f in cb.findings if f.code == "not-learning"]
+    assert found == ([] if expected is None else [expected])

@@ -172,11 +172,11 @@ def test_sampler_helpers() -> None:
 
 
 def test_invalid_arguments() -> None:
-    with pytest.raises(ValueError, match="Expected max_batches >= 1"):
+    with pytest.raises(ValueError, match="Expected max_batches to be an int >= 1"):
         DataChecks(max_batches=0)
     with pytest.raises(TypeError, match="Expected max_batches to be an int"):
         DataChecks(max_batches=2.5)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="Expected max_scan_s > 0"):
+    with pytest.raises(ValueError, match="Expected max_scan_s to be a finite number > 0"):
         DataChecks(max_scan_s=0)
 
 

@@ -137,12 +137,55 @@ def test_growth_over_training_is_exploding(make_trainer: Any) -> None:
 
 def test_deep_sigmoid_mlp_vanishes(make_trainer: Any) -> None:
     pl.seed_everything(0)
-    stats = GradientStats(every_n_steps=4)
-    trainer = make_trainer(callbacks=[stats], max_steps=4)
+    stats = GradientStats(every_n_steps=2)
+    trainer = make_trainer(callbacks=[stats], max_steps=6)
     _fit(trainer, Classifier(deep_mlp(activation="sigmoid")), _digits_loader())
-    [f] = stats.findings
-    assert (f.code, f.step, f.module) == ("vanishing-gradient", 0, "net.1")
+    [f] = stats.findings  # concluded on the third sampled step in a row (dense start: 0, 1, 2), not on step 0 alone
+    assert (f.code, f.step, f.module) == ("vanishing-gradient", 2, "net.1")
     assert f.figures["ratio_order"] < 1e-4 and "barely learn" in f.message
+    assert "on 3 sampled steps in a row (0, 1, 2)" in f.message
+
+
+class _ZeroInitResNet(nn.Module):
+    """Residual blocks whose last BatchNorm weight is zero (timm's ``zero_init_last``) and a zero-initialised
+    head (torchvision's ViT): exactly-zero gradients on every earlier layer at step 0 — healthy practice."""
+
+    def __init__(self, width: int = 32, blocks: int = 2) -> None:
+        super().__init__()
+        self.stem = nn.Linear(64, width)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Linear(width, width), nn.BatchNorm1d(width), nn.ReLU(), nn.Linear(width, width),
+                          nn.BatchNorm1d(width))
+            for _ in range(blocks)
+        )
+        self.head = nn.Linear(width, 10)
+        with torch.no_grad():
+            for b in self.blocks:
+                b[4].weight.zero_()
+            self.head.weight.zero_()
+            self.head.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.stem(x.flatten(1)))
+        for b in self.blocks:
+            h = torch.relu(h + b(h))
+        return self.head(h)
+
+
+def test_zero_initialised_residual_branches_and_head_are_silent(make_trainer: Any) -> None:
+    pl.seed_everything(0)
+    net = _ZeroInitResNet()
+    # step 0 alone would be a verdict: every layer before the zero head gets exactly zero gradient
+    x, y = next(iter(_digits_loader()))
+    probe = _ZeroInitResNet()
+    probe.load_state_dict(net.state_dict())
+    torch.nn.functional.cross_entropy(probe(x), y).backward()
+    names, norms = layer_grad_norms(probe)
+    assert vanishing_verdict(names, norms.tolist()) is not None and norms[0] == 0
+    stats = GradientStats(every_n_steps=1)
+    trainer = make_trainer(callbacks=[stats], max_steps=6)
+    assert _fit(trainer, Classifier(net, lr=1e-2), _digits_loader()) == []
+    assert stats.findings == [] and stats.state_dict()["count"] == 6
 
 
 def test_deep_relu_he_mlp_is_silent(make_trainer: Any) -> None:
@@ -181,7 +224,7 @@ def test_one_host_sync_per_sampled_step(make_trainer: Any, monkeypatch: pytest.M
     pl.seed_everything(0)
     trainer = make_trainer(callbacks=[spy, GradientStats(every_n_steps=3)], max_steps=8)
     _fit(trainer, Classifier(mlp()), _digits_loader())
-    assert spy.calls == [0, 3, 6]
+    assert spy.calls == [0, 1, 2, 3, 5, 6]  # every 3rd step and the dense start 0, 1, 2, 5
 
 
 def test_pure_observer(make_trainer: Any) -> None:
@@ -203,14 +246,14 @@ def test_history_round_trip_through_a_checkpoint(make_trainer: Any, tmp_path: Pa
     trainer = make_trainer(callbacks=[stats, ckpt], max_steps=6, enable_checkpointing=True)
     _fit(trainer, Classifier(mlp()), _digits_loader())
     first = stats.state_dict()
-    assert first["steps"] == [0, 2, 4] and len(first["baseline"]) == 3 and first["count"] == 3
+    assert first["steps"] == [0, 1, 2, 4, 5] and len(first["baseline"]) == 3 and first["count"] == 5
 
     resumed = GradientStats(every_n_steps=2)
     trainer = make_trainer(callbacks=[resumed], max_steps=10, max_epochs=2)
     _fit(trainer, Classifier(mlp()), _digits_loader(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     state = resumed.state_dict()
-    assert state["steps"] == [0, 2, 4, 6, 8] and state["baseline"] == first["baseline"] and state["count"] == 5
-    assert state["totals"][:3] == first["totals"]
+    assert state["steps"] == [0, 1, 2, 4, 5, 6, 8] and state["baseline"] == first["baseline"] and state["count"] == 7
+    assert state["totals"][:5] == first["totals"]
 
 
 def test_history_is_bounded_but_the_baseline_is_kept(make_trainer: Any) -> None:
@@ -270,12 +313,12 @@ def test_clipping_does_not_hide_the_raw_norms(make_trainer: Any) -> None:
     stats = GradientStats(every_n_steps=2)
     trainer = make_trainer(callbacks=[stats], max_steps=2, gradient_clip_val=1.0)
     _fit(trainer, Classifier(RNNClassifierNet(recurrent_scale=4.0)), sequence_loaders())
-    [f] = stats.findings
-    assert f.code == "exploding-gradient" and "gradient_clip_val=1 bounds the update" in f.message
+    assert stats.findings and all(f.code == "exploding-gradient" for f in stats.findings)  # steps 0 and 1
+    assert "gradient_clip_val=1 bounds the update" in stats.findings[0].message
 
 
 def test_gradient_histograms_only_on_their_own_period(make_trainer: Any) -> None:
-    """histogram_every_n_steps=4 with every_n_steps=2: norms at 0, 2, 4, 6; histograms at 0 and 4."""
+    """histogram_every_n_steps=4 with every_n_steps=2: norms at 0, 1, 2, 4, 5, 6 (dense start); histograms at 0 and 4."""
     from lightning_tips._loggers import files_dir
 
     stats = GradientStats(every_n_steps=2, log_histograms=True, histogram_every_n_steps=4)
@@ -284,6 +327,23 @@ def test_gradient_histograms_only_on_their_own_period(make_trainer: Any) -> None
     rows = (files_dir(trainer) / "tips_grad_hist_net.1_histogram.csv").read_text().splitlines()[1:]
     assert sorted({int(r.split(",")[0]) for r in rows}) == [0, 4]
     norms = (files_dir(trainer) / "scalars.csv").read_text()
-    assert {int(line.split(",")[0]) for line in norms.splitlines()[1:] if "tips/grad_norm/total" in line} == {0, 2, 4, 6}
+    assert {int(line.split(",")[0]) for line in norms.splitlines()[1:] if "tips/grad_norm/total" in line} == {0, 1, 2, 4, 5, 6}
     with pytest.raises(ValueError, match="histogram_every_n_steps"):
         GradientStats(histogram_every_n_steps=-1)
+
+
+# --- dense early sampling (issue #12) --------------------------------------------------------------
+@pytest.mark.parametrize(("lr", "explodes"), [(5.0, True), (0.05, False)], ids=["sgd-lr-5", "sgd-lr-0.05"])
+def test_a_short_run_that_blows_up_early_is_caught(make_trainer: Any, lr: float, explodes: bool) -> None:
+    """60 steps of SGD at lr 5.0: the default every_n_steps=100 alone would have sampled step 0 only."""
+    pl.seed_everything(0)
+    stats = GradientStats(every_n_steps=100)
+    trainer = make_trainer(callbacks=[stats], max_steps=60, max_epochs=2)
+    _fit(trainer, Classifier(mlp(), lr=lr, optimizer="sgd"), _digits_loader(n=1024))
+    assert stats.state_dict()["steps"] == [0, 1, 2, 5, 10, 20, 50]
+    found = [f for f in stats.findings if f.severity.value == "warning"]
+    if not explodes:
+        assert found == []
+        return
+    assert found and found[0].code == "exploding-gradient" and found[0].step <= 50
+    assert "root cause is likely the learning rate: SGD starts with lr 5" in found[0].message

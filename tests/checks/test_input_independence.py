@@ -240,7 +240,7 @@ def test_healthy_runs_silent_at_runtime(make_trainer) -> None:
 
 
 def test_bad_arguments() -> None:
-    with pytest.raises(ValueError, match="Expected steps >= 1"):
+    with pytest.raises(ValueError, match="Expected steps to be an int >= 1"):
         InputIndependenceCheck(steps=0)
     with pytest.raises(TypeError, match="Expected steps to be an int"):
         InputIndependenceCheck(steps=2.5)  # type: ignore[arg-type]

@@ -263,14 +263,19 @@ def test_floor_fix_clamps_the_lr(make_trainer):
 
 
 # --- optimizer defaults (R3.2) ----------------------------------------------------------------------
-@pytest.mark.parametrize(("optimizer", "lr", "flagged"), [("adam", 0.1, True), ("sgd", 1e-5, True),
-                                                          ("adam", 3e-4, False), ("sgd", 0.1, False)])
+@pytest.mark.parametrize(("optimizer", "lr", "flagged"), [("adam", 0.1, "10x above"), ("sgd", 1e-5, "10x below"),
+                                                          ("sgd", 5.0, "5x above"),
+                                                          ("adam", 3e-4, None), ("sgd", 0.1, None)])
 def test_optimizer_defaults(make_trainer, optimizer, lr, flagged):
+    """An lr 100x the usual (SGD at 5.0, AdamW at 0.1) stays an info at the start (#12): no harm seen yet; the
+    confirmed blow-up is GradientStats' `exploding-gradient` warning, which names the lr (the message says so)."""
     guard = LRDecayGuard()
     _fit(make_trainer, None, guard, lr=lr, optimizer=optimizer, max_epochs=1, limit_train_batches=2)
-    assert _codes(guard) == ([("optimizer-defaults", "info")] if flagged else [])
+    assert [c for c in _codes(guard) if c[0] == "optimizer-defaults"] == ([("optimizer-defaults", "info")] if flagged else [])
     if flagged:
-        assert guard.findings[0].figures["lr"] == pytest.approx(lr)
+        [f] = [f for f in guard.findings if f.code == "optimizer-defaults"]
+        assert f.figures["lr"] == pytest.approx(lr)
+        assert flagged in f.message and "`exploding-gradient` names this lr" in f.message
 
 
 # --- state ---------------------------------------------------------------------------------------------

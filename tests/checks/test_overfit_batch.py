@@ -161,11 +161,11 @@ def test_manual_optimization_is_info(make_trainer) -> None:
 
 
 def test_bad_arguments() -> None:
-    with pytest.raises(ValueError, match="Expected max_batch >= 1"):
+    with pytest.raises(ValueError, match="Expected max_batch to be an int >= 1"):
         OverfitBatchCheck(max_batch=0)
     with pytest.raises(TypeError, match="Expected steps to be an int"):
         OverfitBatchCheck(steps="50")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="Expected budget_s > 0"):
+    with pytest.raises(ValueError, match="Expected budget_s to be a finite number > 0"):
         OverfitBatchCheck(budget_s=0)
 
 

@@ -34,7 +34,7 @@ def test_children_and_arguments() -> None:
     assert Preflight(data=False, missing_bias=False, batch_mixing=False).checks[0].title == "initial loss"
     with pytest.raises(TypeError, match="Expected init_loss to be a bool"):
         Preflight(init_loss=1)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="Expected budget_s > 0"):
+    with pytest.raises(ValueError, match="Expected budget_s to be a finite number > 0"):
         Preflight(budget_s=0.0)
 
 
@@ -154,9 +154,10 @@ def test_no_optimizer_is_info(make_trainer) -> None:
 
     pre = Preflight(data=False)
     fit(make_trainer, NoOpt(small_cnn()), digits_loader(), pre)
-    info = {f.code for f in pre.findings if f.severity.value == "info"}
-    assert {"input-independent", "not-learning"} <= info
-    assert any("none of the model's parameters" in f.message for f in pre.findings)
+    # only the check that trains a copy needs the optimizer (input-independent compares forwards)
+    skipped = {f.code for f in pre.findings if f.severity.value == "info" and "none of the model's parameters" in f.message}
+    assert skipped == {"not-learning"}
+    assert not [f for f in pre.findings if f.severity.value != "info"]
 
 
 def test_pure_observer_bit_identical(make_trainer) -> None:

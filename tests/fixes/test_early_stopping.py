@@ -46,10 +46,13 @@ def test_is_lightning_early_stopping_and_tip_callback():
 
 @pytest.mark.parametrize(
     ("kwargs", "error"),
-    [({"mode": "median"}, ValueError), ({"patience": 0}, ValueError), ({"train_loss_key": ""}, TypeError)],
+    [({"mode": "median"}, ValueError), ({"patience": 0}, ValueError), ({"train_loss_key": ""}, ValueError),
+     ({"train_loss_key": None}, TypeError), ({"min_delta": "abc"}, TypeError), ({"monitor": None}, TypeError),
+     ({"monitor": -5}, TypeError), ({"strict": "abc"}, TypeError)],
 )
 def test_bad_arguments(kwargs, error):
-    with pytest.raises(error):
+    (name,) = kwargs
+    with pytest.raises(error, match=f"Expected {name} "):
         EarlyStopping(**kwargs)
 
 
@@ -162,3 +165,108 @@ def test_resume_round_trip_keeps_counters(make_trainer, tmp_path):
     assert len(resumed._val_history) == 10  # 8 restored + 2 new checks
     # the overfitting finding of the first run was restored with the state
     assert [f.code for f in resumed.findings][:1] == [f["code"] for f in state["findings"]][:1]
+
+
+# --- a monitor that is not available: no validation loop, several validation loaders (#10 item 5) -----------
+class _NoValidation(Classifier):
+    """The classifier without a validation loop."""
+
+    validation_step = None  # type: ignore[assignment]  # Lightning: not overridden
+
+
+class _TwoValLoaders(Classifier):
+    """Logs `val_loss` from two validation loaders: Lightning names them `val_loss/dataloader_idx_{0,1}`."""
+
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):  # type: ignore[override]
+        x, y = batch
+        self.log("val_loss", self.loss_fn(self(x), y))
+
+
+class _Steps(Callback):
+    def __init__(self):
+        self.batches = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.batches += 1
+
+
+def _two_loader_fit(make_trainer, cb, max_epochs=3):
+    pl.seed_everything(0)
+    dm = DigitsDataModule(batch_size=64)
+    dm.setup("fit")
+    model = _TwoValLoaders(mlp(hidden=32))
+    trainer = make_trainer(callbacks=[cb], max_epochs=max_epochs, limit_train_batches=4)
+    val = dm.val_dataloader()
+    trainer.fit(model, dm.train_dataloader(), [val, val])
+    return trainer
+
+
+@pytest.mark.parametrize("how", ["no validation_step", "limit_val_batches=0"])
+def test_recipe_without_validation_loop_is_an_info_not_a_crash(make_trainer, how):
+    """`Recipe(early_stopping=True)` used to crash after a full epoch: 'Early stopping conditioned on metric
+    `val_loss` which is not available'. Now the fit completes and one skipped info says why."""
+    import lightning_tips as lt
+
+    pl.seed_everything(0)
+    model = _NoValidation(mlp(hidden=32)) if how == "no validation_step" else Classifier(mlp(hidden=32))
+    recipe = lt.Recipe(early_stopping=True, preflight=False, every_n_steps=2)
+    trainer = make_trainer(callbacks=[recipe], max_epochs=2, limit_train_batches=3,
+                           **({"limit_val_batches": 0} if how != "no validation_step" else {}))
+    trainer.fit(model, DigitsDataModule(batch_size=64))
+    assert trainer.state.finished and trainer.global_step == 6
+    [skip] = [f for f in recipe.findings if f.code == "overfitting" and f.module == "val_loss"]
+    assert skip.severity.value == "info" and skip.skipped and skip.advice == ""
+    assert "val_loss" in skip.message and "no validation loop" in skip.message
+    assert ("validation_step" if how == "no validation_step" else "limit_val_batches=0") in skip.message
+
+
+def test_recipe_with_a_metric_never_logged_is_an_info(make_trainer):
+    import lightning_tips as lt
+
+    pl.seed_everything(0)
+    recipe = lt.Recipe(early_stopping=True, monitor="val_f1", preflight=False, every_n_steps=2)
+    trainer = make_trainer(callbacks=[recipe], max_epochs=2, limit_train_batches=3)
+    trainer.fit(Classifier(mlp(hidden=32)), DigitsDataModule(batch_size=64))
+    assert trainer.state.finished
+    [skip] = [f for f in recipe.findings if f.code == "overfitting" and f.module == "val_f1"]
+    assert skip.skipped and "`val_f1`" in skip.message and "`val_loss`" in skip.message  # lists what is available
+
+
+def test_standalone_strict_without_validation_loop_raises_at_setup(make_trainer):
+    """Lightning's error is kept, but said before the first step, not after an epoch."""
+    pl.seed_everything(0)
+    steps = _Steps()
+    trainer = make_trainer(callbacks=[EarlyStopping(), steps], max_epochs=2, limit_val_batches=0)
+    with pytest.raises(RuntimeError, match="`val_loss` which is not available: this fit has no validation loop"):
+        trainer.fit(Classifier(mlp(hidden=32)), DigitsDataModule(batch_size=64))
+    assert steps.batches == 0
+
+
+def test_standalone_non_strict_without_validation_loop_is_an_info(make_trainer):
+    pl.seed_everything(0)
+    es = EarlyStopping(strict=False)
+    trainer = make_trainer(callbacks=[es], max_epochs=2, limit_train_batches=3)
+    trainer.fit(_NoValidation(mlp(hidden=32)), DigitsDataModule(batch_size=64))
+    assert trainer.state.finished and [f.skipped for f in es.findings] == [True]
+
+
+@pytest.mark.parametrize("in_recipe", [False, True])
+def test_two_validation_loaders_monitor_the_first(make_trainer, in_recipe):
+    """`val_loss/dataloader_idx_0` is watched (and said once) instead of crashing on `val_loss`."""
+    import lightning_tips as lt
+
+    if in_recipe:
+        cb = lt.Recipe(early_stopping=True, preflight=False, every_n_steps=2)
+        es = cb.child(EarlyStopping)
+    else:
+        cb = es = EarlyStopping()
+    trainer = _two_loader_fit(make_trainer, cb)
+    assert trainer.state.finished and trainer.current_epoch == 3
+    assert es.best_score is not None and torch.isfinite(torch.as_tensor(es.best_score))
+    assert es.best_weights is not None and es.monitor == "val_loss"  # state_key unchanged
+    notes = [f for f in cb.findings if f.code == "overfitting" and f.module == "val_loss"]
+    assert len(notes) == 1 and "val_loss/dataloader_idx_0" in notes[0].message and not notes[0].skipped
+    assert float(es.best_score) == pytest.approx(min(es._val_history))
+    if in_recipe:  # the learning curves follow the same first loader
+        curves = cb.child(lt.LearningCurves)
+        assert curves.history["val_loss"] == pytest.approx(es._val_history)

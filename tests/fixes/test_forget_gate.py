@@ -188,3 +188,37 @@ def test_state_key_and_pickle():
     assert b.gates_set == 3
     b.load_state_dict({})
     assert b.gates_set == 0
+
+
+def test_a_frozen_lstm_is_left_alone(make_trainer):
+    """A frozen (pretrained) LSTM keeps its biases; an unfrozen one beside it gets the forget-gate bias."""
+    import lightning.pytorch as pl
+
+    class TwoLSTMs(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.frozen, self.free = nn.LSTM(8, 8, batch_first=True), nn.LSTM(8, 8, batch_first=True)
+            self.frozen.requires_grad_(False)
+            self.head = nn.Linear(8, 10)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            out, _ = self.free(self.frozen(x.view(-1, 8, 8))[0])
+            return torch.nn.functional.cross_entropy(self.head(out[:, -1]), y)
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+    torch.manual_seed(0)
+    model = TwoLSTMs()
+    before = {k: v.clone() for k, v in model.frozen.state_dict().items()}
+    cb = ForgetGateBias()
+    x, y = torch.randn(32, 64), torch.randint(0, 10, (32,))
+    trainer = make_trainer(max_steps=1, callbacks=[cb])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(model, torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32))
+    assert all(torch.equal(v, before[k]) for k, v in model.frozen.state_dict().items())
+    assert cb.gates_set == 1
+    skipped = [f for f in cb.findings if f.skipped]
+    assert len(skipped) == 1 and "`frozen`" in skipped[0].message

@@ -157,7 +157,7 @@ def test_callback_equals_function_and_keeps_the_rng(make_trainer):
     assert cb.applied == {f"net.{k}": v for k, v in applied.items()}
     f = cb.findings[0]
     assert (f.code, f.severity.value) == ("weight-init", "info")
-    assert f.figures == {"he": 2.0, "xavier": 1.0, "orthogonal": 0.0, "lecun": 0.0}
+    assert f.figures == {"he": 2.0, "xavier": 1.0, "orthogonal": 0.0, "lecun": 0.0, "kept": 0.0}
     assert "he 2, xavier 1" in f.message
 
 
@@ -227,3 +227,96 @@ def test_state_key_and_pickle():
     assert b.applied == {"net.0": "he"}
     b.load_state_dict({})
     assert b.applied == {}
+
+
+# --- weights that matter are never wiped (#10 item 2) ---------------------------------------------------------
+def _state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_frozen_layer_is_never_touched_by_recipe(make_trainer):
+    """An MLP whose first layer is frozen (a pretrained backbone, in real life): `Recipe(weight_init="auto")`
+    used to re-initialise it ("initialised 2 weight tensor(s)")."""
+    import lightning_tips as lt
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    net[0].requires_grad_(False)
+    before = _state(net)
+    recipe, snap = lt.Recipe(weight_init="auto", preflight=False), Snapshot()
+    _fit(make_trainer, Classifier(net), [recipe, snap])
+    assert torch.equal(snap.at_train_start["net.0.weight"], before["0.weight"])
+    assert torch.equal(snap.at_train_start["net.0.bias"], before["0.bias"])
+    assert not torch.equal(snap.at_train_start["net.2.weight"], before["2.weight"])  # the trainable layer is
+    init = recipe.child(WeightInit)
+    assert init.applied == {"net.2": "he"}
+    [f] = [f for f in recipe.findings if f.code == "weight-init"]
+    assert "initialised 1 weight tensor(s)" in f.message and "`net.0` frozen" in f.message
+
+
+def test_force_does_not_touch_frozen_layers_either(make_trainer):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    net[0].requires_grad_(False)
+    before = _state(net)
+    cb, snap = WeightInit(force=True), Snapshot()
+    _fit(make_trainer, Classifier(net), [cb, snap])
+    assert torch.equal(snap.at_fit_start["net.0.weight"], before["0.weight"])
+    assert cb.applied == {"net.2": "he"}
+
+
+def test_pretrained_model_is_untouched_by_default_and_force_reinitialises_it(make_trainer):
+    """A model trained for a few steps, then passed to a new fit (fine-tuning, or weights loaded from a file):
+    every layer deviates from PyTorch's default init, so nothing is re-initialised and the finding says why."""
+    torch.manual_seed(0)
+    model = Classifier(digits_mlp(), lr=1e-2)
+    _fit(make_trainer, model, [], max_steps=10)
+    trained = _state(model)
+    cb, snap = WeightInit(), Snapshot()
+    trainer = _fit(make_trainer, model, [cb, snap])
+    assert trainer.global_step == 2
+    assert all(torch.equal(snap.at_fit_start[k], v) for k, v in trained.items())
+    assert cb.applied == {}
+    [f] = cb.findings
+    assert f.skipped and f.severity.value == "info" and "not freshly initialised" in f.message
+    assert "force=True" in f.message
+    # ... loaded into a new instance: the same
+    clone = Classifier(digits_mlp(), lr=1e-2)
+    clone.load_state_dict(trained)
+    cb2, snap2 = WeightInit(), Snapshot()
+    _fit(make_trainer, clone, [cb2, snap2])
+    assert all(torch.equal(snap2.at_fit_start[k], v) for k, v in trained.items()) and cb2.applied == {}
+    # ... unless forced
+    forced, snap3 = WeightInit(force=True), Snapshot()
+    _fit(make_trainer, model, [forced, snap3])
+    assert len(forced.applied) == 3
+    assert not torch.equal(snap3.at_fit_start["net.1.weight"], snap.at_fit_start["net.1.weight"])
+
+
+def test_fresh_models_of_every_layer_kind_are_still_initialised():
+    """The default init of Linear, Conv2d, ConvTranspose2d, Bilinear, LSTM, GRU looks fresh (no false keep)."""
+    from lightning_tips.fixes.init import layers_to_keep
+
+    for seed in range(5):
+        torch.manual_seed(seed)
+        net = nn.ModuleDict({
+            "lin": nn.Linear(64, 32), "small": nn.Linear(3, 2), "conv": nn.Conv2d(3, 8, 3),
+            "deconv": nn.ConvTranspose2d(8, 4, 3), "bil": nn.Bilinear(5, 6, 7), "lstm": nn.LSTM(8, 16, 2),
+            "gru": nn.GRU(4, 8), "cell": nn.LSTMCell(4, 8),
+        })
+        assert layers_to_keep(net) == {}
+        assert set(init_weights_(net)) >= {"lin", "small", "conv", "deconv", "bil"}
+
+
+def test_custom_inits_are_kept_unless_forced():
+    from lightning_tips.fixes.init import layers_to_keep
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    nn.init.normal_(net[0].weight, std=0.02)  # GPT-style
+    nn.init.xavier_uniform_(net[2].weight)
+    assert set(layers_to_keep(net)) == {"0", "2"}
+    assert layers_to_keep(net, fresh_only=False) == {}
+    before = _state(net)
+    assert init_weights_(net, keep=layers_to_keep(net)) == {"4": "he"}
+    assert torch.equal(net[0].weight, before["0.weight"]) and torch.equal(net[2].weight, before["2.weight"])
