@@ -755,32 +755,24 @@ FAULTY: list[Case] = [
 ]
 
 
-# --- known gaps: cases that fail on the verdicts of main at 15afadc (wt-B, wt-C, wt-E merged),
-# 2026-12-02 07:30 UTC. xfail(strict=False): an XPASS shows a fix; drop the entry once it is fixed ------
-_STEP0_VANISHING = ("vanishing-gradient from step 0 alone: a zero-initialised head / residual branch has a zero "
-                    "gradient on the first step only (#11 symptom 6)")
+# --- known gaps: cases that fail on the verdicts of main at 7d21447 (wt-A..E merged),
+# 2026-12-02 07:40 UTC. xfail(strict=False): an XPASS shows a fix; drop the entry once it is fixed ------
 _NOT_LEARNING_FIRST = ("root cause not first: the pre-flight overfit-one-batch 'not-learning' (loss -> nan) is reported "
-                       "before the run-time guard finds the NaN; the precedence table only demotes consequences "
-                       "reported after their root (#11 symptom 4)")
+                       "before the run-time verdicts; the precedence table only demotes consequences reported "
+                       "after their root (#11 symptom 4)")
 KNOWN_GAPS: dict[str, str] = {
-    "resnet-zero-init-last": _STEP0_VANISHING,
-    "residual-mlp-zero-branches": _STEP0_VANISHING,
-    "mlp-zero-head": _STEP0_VANISHING,
     "transformer-tokens": "batch-mixing error on positions `self.pos(torch.arange(S))`, an (S, D) tensor broadcast "
                           "over the batch without a leading batch dim of 1 (#11 symptom 6)",
-    "steplr-30-epochs": "overfitting on an immaterial rise: val loss 0.0456 -> 0.0496 over 3 checks (#11 symptom 1)",
-    "batch-size-1": "one-sample evidence: dead-activation over 1 value per unit, class-imbalance from 20 labels "
-                    "(#11 symptom 5)",
+    "batch-size-1": "class-imbalance warning from 20 sampled labels (max/min 3.5) of 4 balanced blobs (#11 symptom 5)",
     "sgd-lr-1e6": _NOT_LEARNING_FIRST,
     "nan-backward": _NOT_LEARNING_FIRST,
-    "sgd-lr-5": _NOT_LEARNING_FIRST + "; no exploding-gradient before the NaN (only step 0 is sampled)",
+    "sgd-lr-5": _NOT_LEARNING_FIRST,
     "deep-sigmoid": "pre-flight not-learning reported before the vanishing-gradient root cause",
-    "dead-relu-bias": "vanishing-gradient (a consequence: no gradient through dead ReLUs) reported before dead-activation",
     "ignores-input": "missed: a model that returns learned constants gets input-independent as an info only "
                      "('the forward drops that dependence'); not-learning twice instead",
     "shuffled-labels": "missed: labels permuted apart from the inputs get no input-independent verdict in a 3-epoch run",
 }
-# outcomes that depended on machine load before the pre-flight was planned in steps (wt-E); keep an eye on them
+# outcomes that depended on machine load before the pre-flight was planned in steps (wt-E); none seen since
 FLAKY_GAPS: dict[str, str] = {}
 
 

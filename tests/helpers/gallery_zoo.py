@@ -238,10 +238,8 @@ ZOO_FAULTY: list[Case] = [
          expected_code="nonfinite-loss", also=("nonfinite-gradient",), note="AdamW lr=1e6"),
 ]
 
-# --- known gaps on main at 15afadc (xfail, strict=False) -------------------------------------------
+# --- known gaps on main at 7d21447 (xfail, strict=False) -------------------------------------------
 ZOO_KNOWN_GAPS: dict[str, str] = {
-    "tv-vit-tiny": "torchvision ViT's zero head: vanishing-gradient from step 0 alone (#11 symptom 6)",
-    "timm-resnet-zero-init-last": "zero_init_last: vanishing-gradient 'norm 0 at step 0' (#11 symptom 6)",
     "hf-bert-lr-1e6": "the pre-flight overfit-one-batch 'not-learning' (loss -> nan) is reported before nonfinite-loss",
 }
 ZOO_HEALTHY = with_known_gaps(ZOO_HEALTHY, ZOO_KNOWN_GAPS)
