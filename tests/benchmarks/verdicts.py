@@ -6,6 +6,8 @@ mean extra warnings (issue #11; definitions in ``tests/helpers/gallery_core.py``
     python -m tests.benchmarks.verdicts --markdown      # only the README table
     python -m tests.benchmarks.verdicts -k lstm --cases # a subset, per-case table with the messages
     python -m tests.benchmarks.verdicts --done-when     # exit 1 unless issue #11's "Done when" figures hold
+    python -m tests.benchmarks.verdicts --zoo --record  # re-record tests/galleries/outcomes.json (the tests check it)
+    python -m tests.benchmarks.verdicts --recorded      # the README table from the recorded outcomes, no fits
 
 Each case is a small real ``Trainer.fit`` with ``lt.Recipe()`` at defaults, 1 torch thread.
 """
@@ -24,10 +26,14 @@ ensure_torchvision_importable()  # before lightning (torchmetrics imports torchv
 import torch  # noqa: E402
 
 from tests.helpers.gallery_core import (  # noqa: E402
+    OUTCOMES_PATH,
     Case,
     CaseResult,
     done_when,
+    load_outcomes,
     markdown_table,
+    outcome,
+    recorded_results,
     results_table,
     run_case,
     score,
@@ -70,7 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cases", action="store_true", help="also print the per-case table")
     p.add_argument("--json", default=None, help="write per-case results to this file")
     p.add_argument("--done-when", action="store_true", help="check issue #11's targets; exit 1 if one is missed")
+    p.add_argument("--record", action="store_true", help=f"write the outcomes the tests check to {OUTCOMES_PATH.name}")
+    p.add_argument("--recorded", action="store_true", help="print the README table from the recorded outcomes (no fits)")
     args = p.parse_args(argv)
+    if args.recorded:
+        print(markdown_table(score(recorded_results(load_outcomes()))))
+        return 0
     torch.set_num_threads(1)
     cases = gallery(args.zoo, args.only_zoo)
     if args.k:
@@ -91,6 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.cases:
         print()
         print(results_table(results))
+    if args.record:  # cases not run this time (e.g. the zoo ones without the extra) keep their record
+        recorded = load_outcomes()
+        recorded.update({r.case.name: outcome(r) for r in results})
+        order = [c.name for c in gallery(zoo=True)] if args.zoo else list(recorded)
+        recorded = {n: recorded[n] for n in order + [n for n in recorded if n not in order] if n in recorded}
+        OUTCOMES_PATH.write_text(json.dumps(recorded, indent=1) + "\n")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump([{"case": r.case.name, "expected": r.case.expected_code, "ok": r.ok, "caught": r.caught,

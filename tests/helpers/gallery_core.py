@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import math
 import os
@@ -31,6 +32,7 @@ import traceback
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -191,15 +193,68 @@ def run_case(case: Case, root_dir: str | None = None, quiet: bool = True) -> Cas
 
 
 def with_known_gaps(cases: list[Case], gaps: dict[str, str]) -> list[Case]:
-    """``cases`` with ``xfail(strict=False, reason=gaps[name])`` added to the ones named in ``gaps``."""
+    """``cases`` with ``xfail(strict=False, reason=gaps[name])`` added to the ones named in ``gaps``
+    (for an ``AssertionError`` only: an :class:`OutcomeChanged` is never hidden by a known gap)."""
     import dataclasses
 
     import pytest
 
     return [
-        dataclasses.replace(c, marks=(*c.marks, pytest.mark.xfail(strict=False, reason=gaps[c.name])))
+        dataclasses.replace(
+            c, marks=(*c.marks, pytest.mark.xfail(strict=False, raises=AssertionError, reason=gaps[c.name]))
+        )
         if c.name in gaps else c
         for c in cases
+    ]
+
+
+# --- recorded outcomes: what the README's table is computed from -----------------------------------
+OUTCOMES_PATH = Path(__file__).resolve().parents[1] / "galleries" / "outcomes.json"
+RECORD_COMMAND = "python -m tests.benchmarks.verdicts --zoo --record  (in the zoo venv; then --markdown for the README)"
+
+
+class OutcomeChanged(Exception):
+    """A case's warnings differ from its recorded outcome (``tests/galleries/outcomes.json``), from which
+    the README's precision/recall table is computed: re-record, and regenerate the table."""
+
+
+def outcome(result: CaseResult) -> dict[str, Any]:
+    """The recorded form of a result: the case's expectation and its warnings (code, severity) in order."""
+    return {
+        "expected": result.case.expected_code,
+        "also": list(result.case.also),
+        "warnings": [[f.code, f.severity.value] for f in result.warnings],
+        "crash": result.crash is not None,
+    }
+
+
+def load_outcomes(path: Path = OUTCOMES_PATH) -> dict[str, dict[str, Any]]:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def check_recorded(result: CaseResult) -> None:
+    """Raise :class:`OutcomeChanged` unless ``result`` is what ``outcomes.json`` records for its case."""
+    recorded = load_outcomes().get(result.case.name)
+    got = outcome(result)
+    if recorded != got:
+        raise OutcomeChanged(
+            f"{result.case.name}: recorded {recorded}, got {got}:\n{result.describe()}\nre-record with `{RECORD_COMMAND}`"
+        )
+
+
+def recorded_results(outcomes: dict[str, dict[str, Any]]) -> list[CaseResult]:
+    """Results rebuilt from recorded outcomes (enough for :func:`score`), in the file's order."""
+
+    def never() -> Any:
+        raise RuntimeError("a recorded case is not run")
+
+    return [
+        CaseResult(
+            Case(name, never, never, expected_code=o["expected"], also=tuple(o.get("also", ()))),
+            [Finding(code, severity, "(recorded)") for code, severity in o["warnings"]],
+            crash="(recorded crash)" if o["crash"] else None,
+        )
+        for name, o in outcomes.items()
     ]
 
 
