@@ -120,12 +120,41 @@ class ContractNet(pl.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=self.lr)
 
 
-def _loaders() -> tuple[DataLoader, DataLoader]:
+class NoisyDigits(torch.utils.data.Dataset):
+    """A map-style dataset that owns a random generator (noise augmentation drawn per item)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+        self.g = torch.Generator().manual_seed(5)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[i] + 0.1 * torch.randn(self.x[i].shape, generator=self.g), self.y[i]
+
+
+class DigitStream(torch.utils.data.IterableDataset):
+    """A streaming dataset drawing samples from its own generator: every sample read is gone."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+        self.g = torch.Generator().manual_seed(7)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for _ in range(len(self.x)):
+            i = int(torch.randint(len(self.x), (1,), generator=self.g))
+            yield self.x[i], self.y[i]
+
+
+def _loaders(dataset: str = "tensor") -> tuple[DataLoader, DataLoader]:
     x, y = digits_tensors()
-    g = torch.Generator().manual_seed(1234)  # the loader's own generator: observers must not advance it
-    train = DataLoader(TensorDataset(x[:1500], y[:1500]), batch_size=32, shuffle=True, generator=g)
     val = DataLoader(TensorDataset(x[1500:], y[1500:]), batch_size=64)
-    return train, val
+    if dataset == "stream":
+        return DataLoader(DigitStream(x[:1500], y[:1500]), batch_size=32), val
+    data = NoisyDigits(x[:1500], y[:1500]) if dataset == "own-generator" else TensorDataset(x[:1500], y[:1500])
+    g = torch.Generator().manual_seed(1234)  # the loader's own generator: observers must not advance it
+    return DataLoader(data, batch_size=32, shuffle=True, generator=g), val
 
 
 def _fit(
@@ -136,11 +165,12 @@ def _fit(
     ckpt_path: Path | None = None,
     checkpoint_dir: Path | None = None,
     model_kw: Mapping[str, Any] | None = None,
+    dataset: str = "tensor",
 ) -> tuple[pl.Trainer, ContractNet, list[str]]:
     """Seed, build, fit 6 train / 2 val batches per epoch; the TipWarnings emitted during the fit."""
     pl.seed_everything(0, verbose=False)
     model = ContractNet(**(model_kw or {}))
-    train, val = _loaders()
+    train, val = _loaders(dataset)
     cbs = list(callbacks)
     if checkpoint_dir is not None:
         cbs.append(ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=0))
@@ -499,6 +529,19 @@ def test_checks_and_views_are_pure_observers(
     assert "conv.1.running_mean" in got and "conv.1.num_batches_tracked" in got
     for name, ref in plain_weights.items():
         assert torch.equal(got[name], ref), f"{type(cb).__name__} changed `{name}`"
+
+
+@pytest.mark.parametrize("dataset", ["own-generator", "stream"])
+def test_recipe_is_a_pure_observer_whatever_the_dataset(dataset: str, tmp_path: Path) -> None:
+    """A dataset owning a random generator, and a stream that loses what is read: Recipe() neither
+    advances the generator nor consumes samples (#10) — same weights as without it, and the stream's
+    reference fit differs from the plain one's (the dataset's randomness matters)."""
+    _, plain, _ = _fit([], tmp_path / "plain", dataset=dataset)
+    _, with_recipe, _ = _fit([lt.Recipe()], tmp_path / "recipe", dataset=dataset)
+    for name, ref in _weights(plain).items():
+        assert torch.equal(_weights(with_recipe)[name], ref), f"Recipe changed `{name}` on a {dataset} dataset"
+    _, tensor_model, _ = _fit([], tmp_path / "tensor")
+    assert not torch.equal(_weights(tensor_model)["head.weight"], _weights(plain)["head.weight"])
 
 
 def test_the_reference_fit_is_itself_reproducible(plain_weights: dict[str, torch.Tensor], tmp_path: Path) -> None:
