@@ -57,7 +57,6 @@ from torch import nn
 from lightning_tips import _ddp, _loggers
 from lightning_tips._callback import TipCallback
 from lightning_tips._hooks import forward_hooks, functional_calls
-from lightning_tips._render import colorize
 from lightning_tips._report import report
 from lightning_tips._utils import find_output_layer, is_sampled
 from lightning_tips._validate import check_bool, check_float, check_int
@@ -466,30 +465,49 @@ def _tails(s: LayerStats) -> str:
 
 
 def activations_over_time(
-    columns: Sequence[Sequence[float]], low: float, high: float, steps: Sequence[int] = (), cmap: str = "viridis"
+    columns: Sequence[Sequence[float]],
+    low: float,
+    high: float,
+    steps: Sequence[int] = (),
+    cmap: str = "viridis",
+    title: str = "",
 ) -> tuple[np.ndarray, str]:
-    """One layer's histograms over sampled steps as an image: a column per step, high values on top.
+    """One layer's histograms over sampled steps as a chart: a column per sampled step (x axis,
+    labelled with the global steps), the activation value on the y axis (``low`` at the bottom,
+    ``high`` on top), and a colour bar for the fraction of the values in each bin.
 
     Each column is normalised to the fraction of values per bin; colours map ``[0, max fraction]``
     linearly to ``cmap``. Returns ``(HxWx3 uint8 image, caption)``; the caption states the ranges.
 
     Example:
-        >>> img, caption = activations_over_time([[1, 0, 3], [0, 4, 0]], 0.0, 1.0, steps=[0, 10])
-        >>> img.shape, caption.split(";")[0]
-        ((12, 32, 3), 'activation histogram per sampled step (2 columns, steps 0..10)')
+        >>> img, caption = activations_over_time([[1, 0, 3], [0, 4, 0]], 0.0, 1.0, steps=[0, 10], title="net.1 (ReLU)")
+        >>> img.shape[2], img.shape[1] >= 600, caption.split(";")[0]
+        (3, True, 'activation histogram per sampled step (2 columns, steps 0..10)')
     """
+    from lightning_tips._render import figure_to_array, new_figure
+
     counts = np.asarray(columns, dtype=np.float64).T  # bins x steps
     totals = counts.sum(0, keepdims=True)
-    frac = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)[::-1]  # high values on top
+    frac = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
     vmax = float(frac.max()) or 1.0
-    img = colorize(frac / vmax, cmap)
     n_steps = counts.shape[1]
-    cell_w = max(2, min(16, 320 // max(1, n_steps)))
-    img = np.repeat(np.repeat(img, 4, axis=0), cell_w, axis=1)
+    fig = new_figure(7.0, 3.6)
+    ax = fig.add_subplot(1, 1, 1)
+    im = ax.imshow(frac, aspect="auto", origin="lower", cmap=cmap, vmin=0.0, vmax=vmax, interpolation="nearest",
+                   extent=(-0.5, n_steps - 0.5, low, high))
+    labels = list(steps) if len(steps) == n_steps else list(range(n_steps))
+    ticks = sorted({round(i * (n_steps - 1) / 5) for i in range(6)}) if n_steps > 6 else list(range(n_steps))
+    ax.set_xticks(ticks, [str(labels[t]) for t in ticks])
+    ax.set_xlabel("global step (sampled steps, in order)")
+    ax.set_ylabel("activation value")
+    ax.set_title(title or "activations over time", fontsize=10)
+    fig.colorbar(im, ax=ax, label="fraction of values")
+    fig.tight_layout()
+    img = figure_to_array(fig)
     span = f"steps {steps[0]}..{steps[-1]}" if len(steps) else "steps"
     caption = (
         f"activation histogram per sampled step ({n_steps} columns, {span}); rows: {counts.shape[0]} bins over "
-        f"[{low:g}, {high:g}], top = {high:g}, values outside counted in the end bins; colour: fraction of the "
+        f"[{low:g}, {high:g}], values outside counted in the end bins; colour: fraction of the "
         f"values in a bin, 0 -> {vmax:.3g}, colormap {cmap}"
     )
     return img, caption
@@ -720,7 +738,8 @@ class ActivationStats(TipCallback):
         for key, h in self._history.items():
             if not h["steps"]:
                 continue
-            img, caption = activations_over_time(h["histogram"], h["low"], h["high"], h["steps"])
+            img, caption = activations_over_time(h["histogram"], h["low"], h["high"], h["steps"],
+                                                 title=f"{key} ({h['module_type']}): activations over time")
             _loggers.log_image(trainer, f"tips/activations_over_time/{key}", img, step=self._sampled_step,
                                caption=f"{key} ({h['module_type']}): {caption}")
 
