@@ -565,10 +565,18 @@ def test_recipe_with_every_fix_on_fits_and_resumes(tmp_path: Path) -> None:
     names = [type(c).__name__ for c in first.children]
     for fix in ("WeightInit", "ForgetGateBias", "OutputBiasInit", "GradientClipping", "EarlyStopping", "SnapshotEnsemble"):
         assert fix in names
-    _, model, tips1 = _fit([first], tmp_path, checkpoint_dir=tmp_path / "ckpt")
+    at_start = Probe(first)
+    _, model, tips1 = _fit([first, at_start], tmp_path, checkpoint_dir=tmp_path / "ckpt")
     codes1 = {_code(t) for t in tips1}
     assert {"weight-init", "forget-gate-bias", "output-bias", "gradient-clipping", "snapshot-ensemble"} <= codes1
-    # the forget gate was set after the weight init (the order of the fixes): bias_ih + bias_hh == 1 at init
+    # the forget gate was set after the weight init (the order of the fixes; WeightInit zeroes biases):
+    # bias_ih + bias_hh == 1 on the forget slice when training starts
+    assert at_start.weights is not None
+    hidden = model.lstm.hidden_size
+    forget = (at_start.weights["lstm.bias_ih_l0"] + at_start.weights["lstm.bias_hh_l0"])[hidden : 2 * hidden]
+    assert torch.allclose(forget, torch.ones(hidden))
+    # ... and the output bias was set to the log prior after the weight init, not zeroed by it
+    assert at_start.weights["head.bias"].abs().max() > 0
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
     ckpt_path = tmp_path / "ckpt" / "last.ckpt"
