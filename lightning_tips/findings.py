@@ -245,12 +245,15 @@ _ENTRIES = [
         `batch_first` mistake). This silently corrupts training (R2.12, P12). Normalisation layers
         run in eval mode for the check so BatchNorm is not a false alarm. Only per-sample tensors
         are evidence: a tensor broadcast over the batch (leading dimension 1, e.g. a (1, S, D)
-        position embedding) is shared like a parameter and ignored; all-zero weights (a
+        position embedding) is shared like a parameter and ignored, and so is an embedding whose
+        index does not come from the batch's samples (`pos(arange(S))`, a token-type buffer: the
+        index is not a batch field or a view/copy of one, and does not move when the batch's
+        samples are rolled); all-zero weights (a
         zero-initialised head) get small noise on the check's copy so gradients can flow. Noise
         model: none — an
         independent sample's gradient is exactly zero; the threshold only absorbs float round-off.""",
         "any input-gradient on samples other than i with |g| > 1e-7 x max |g|, over the float inputs and "
-        "the per-sample nn.Embedding outputs (batch of 1, non-finite gradients: skipped)",
+        "the nn.Embedding outputs indexed by the batch's samples (batch of 1, non-finite gradients: skipped)",
         "R2.12 P12",
         "check the operations that reshape and permute tensor dimensions (view, transpose, "
         "batch_first of RNNs) (P12)",

@@ -761,8 +761,6 @@ _NOT_LEARNING_FIRST = ("root cause not first: the pre-flight overfit-one-batch '
                        "before the run-time verdicts; the precedence table only demotes consequences reported "
                        "after their root (#11 symptom 4)")
 KNOWN_GAPS: dict[str, str] = {
-    "transformer-tokens": "batch-mixing error on positions `self.pos(torch.arange(S))`, an (S, D) tensor broadcast "
-                          "over the batch without a leading batch dim of 1 (#11 symptom 6)",
     "batch-size-1": "class-imbalance warning from 20 sampled labels (max/min 3.5) of 4 balanced blobs (#11 symptom 5)",
     "sgd-lr-1e6": _NOT_LEARNING_FIRST,
     "nan-backward": _NOT_LEARNING_FIRST,
