@@ -330,9 +330,15 @@ _ENTRIES = [
     _entry(
         "class-imbalance", "check", "skewed labels with no prior-bias init and no balancing",
         """The class distribution is skewed and neither the output bias matches the prior (R2.5)
-        nor does the loader balance the classes (T6).""",
-        "max / min class frequency > 3, the output bias not within 0.5 of the log prior, and no "
-        "WeightedRandomSampler",
+        nor does the loader balance the classes (T6). Noise model: the labels are a sample of the
+        training set; conditional on the labels of the largest and smallest class, the largest
+        class's count is binomial, and under "max/min <= 3" its share is at most 3/4. A warning
+        needs the one-sided binomial tail P(X >= n_max) times the number of ordered class pairs
+        k(k-1) (Bonferroni) below 1e-3, from at least 30 sampled labels; a sampled ratio above 3
+        that chance could give (20 labels of 4 balanced classes coming out 7/6/5/2) is an info.""",
+        "max / min class frequency > 3 over >= 30 sampled labels, significantly so (binomial test of "
+        "max vs min against a 3:1 split, Bonferroni over class pairs, p < 1e-3), the output bias not "
+        "within 0.5 of the log prior, and no WeightedRandomSampler",
         "R2.5 T6",
         "initialise the output bias to the log prior (R2.5, `OutputBiasInit`) or balance batches (T6, "
         "`balanced_sampler`)",

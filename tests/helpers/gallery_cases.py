@@ -761,7 +761,6 @@ _NOT_LEARNING_FIRST = ("root cause not first: the pre-flight overfit-one-batch '
                        "before the run-time verdicts; the precedence table only demotes consequences reported "
                        "after their root (#11 symptom 4)")
 KNOWN_GAPS: dict[str, str] = {
-    "batch-size-1": "class-imbalance warning from 20 sampled labels (max/min 3.5) of 4 balanced blobs (#11 symptom 5)",
     "sgd-lr-1e6": _NOT_LEARNING_FIRST,
     "nan-backward": _NOT_LEARNING_FIRST,
     "sgd-lr-5": _NOT_LEARNING_FIRST,
