@@ -263,14 +263,18 @@ _ENTRIES = [
         """Either the forward ignores its input (a wrong variable, an input multiplied by 0), or the
         model learns nothing from the inputs that carries over to validation data (labels shuffled
         apart from their inputs) (R2.7). Pre-flight proves only what one batch can: the output is
-        exactly unchanged when the inputs are zeroed and replaced by noise, and no layer's output
-        depends on them (exact, no noise; a zero-initialised head and a representation collapsed by
-        dead units are recognised: silent and info). During training the validation loss is compared
+        exactly unchanged when the inputs are zeroed and replaced by noise, and no layer explains it
+        — either no layer's output depends on the inputs, or layers do but the dependence ends
+        outside every module (a body computed and its result not used) and the output stays
+        unchanged once every all-zero parameter is filled with noise (exact, no noise; a
+        zero-initialised head, also one applied functionally, is silent; a layer whose units are
+        all dead or constant is an info naming it). During training the validation loss is compared
         with the exact loss of the best constant prediction on the same validation labels; noise
         model: any model that uses the inputs goes below that exact baseline, and the minimum over
         checks is used, so noise can only hide the finding, never raise it.""",
-        "pre-flight: output change <= 1e-6 x its scale under zeroed and random inputs with no layer "
-        "depending on them; training: after `steps` (default 100) steps, >= 3 validation checks and >= 30 "
+        "pre-flight: output change <= 1e-6 x its scale under zeroed and random inputs, with no layer "
+        "depending on them or with the dependence ending outside every module (also with all-zero "
+        "parameters filled with noise); training: after `steps` (default 100) steps, >= 3 validation checks and >= 30 "
         "validation samples, best val loss >= the best constant prediction's loss (the class entropy of "
         "the validation labels; CE/NLL classification only) while the training loss < 0.8 x that baseline",
         "R2.7",

@@ -242,6 +242,34 @@ class IgnoresInput(nn.Module):
         return self.bias.expand(x.shape[0], -1)
 
 
+class DiscardsBody(nn.Module):
+    """Planted bug (gallery ignores-input): the forward computes a body from its input but returns learned
+    constants, zero-initialised (a wrong variable returned)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = small_cnn()
+        self.logits = nn.Parameter(torch.zeros(10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _ = self.body(x)
+        return self.logits.expand(x.shape[0], -1)
+
+
+class FunctionalZeroHead(nn.Module):
+    """Healthy twin of :class:`DiscardsBody`: a zero-initialised head applied functionally
+    (``F.linear(h, self.w, self.b)``, no ``nn.Linear`` module), so the output is constant at init."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Flatten())
+        self.w = nn.Parameter(torch.zeros(10, 8 * 6 * 6))
+        self.b = nn.Parameter(torch.zeros(10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.body(x), self.w, self.b)
+
+
 class ZeroedInput(nn.Module):
     """Planted bug: the input is multiplied by 0 before the first layer (a wrong mask, a wrong variable)."""
 
