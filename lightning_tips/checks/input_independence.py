@@ -236,8 +236,8 @@ def input_independence_verdict(fig: dict[str, Any]) -> Verdict:
     if fig["ignores_input"] and fig.get("layer"):
         filled = int(fig.get("zero_filled", 0))
         also = f", also with its {filled} all-zero parameter(s) filled with noise" if filled else ""
-        return Verdict(CODE, "warning", f"the model's output is identical with zeroed and with random inputs although "
-                       f"`{fig['layer']}` depends on them{also} and no layer explains it (no zero weight, no dead "
+        return Verdict(CODE, "warning", f"the model's output is identical with zeroed and with random inputs{also}, "
+                       f"although `{fig['layer']}` depends on them and no layer explains it (no zero weight, no dead "
                        "or constant units): the forward computes from its input but ignores the result (a wrong "
                        "variable returned, an unused branch)", figures, module=str(fig["layer"]))
     if fig["ignores_input"]:
