@@ -164,7 +164,8 @@ def _is_batch_field(index: torch.Tensor, fields: list[torch.Tensor]) -> bool:
         if index is t:
             return True
         try:
-            if index.device == t.device and index.untyped_storage().data_ptr() == t.untyped_storage().data_ptr():
+            if (index.numel() and t.numel() and index.device == t.device
+                    and index.untyped_storage().data_ptr() == t.untyped_storage().data_ptr()):
                 return True
             if index.shape == t.shape and bool(torch.equal(index, t.to(index.dtype))):
                 return True
