@@ -245,12 +245,15 @@ _ENTRIES = [
         `batch_first` mistake). This silently corrupts training (R2.12, P12). Normalisation layers
         run in eval mode for the check so BatchNorm is not a false alarm. Only per-sample tensors
         are evidence: a tensor broadcast over the batch (leading dimension 1, e.g. a (1, S, D)
-        position embedding) is shared like a parameter and ignored; all-zero weights (a
+        position embedding) is shared like a parameter and ignored, and so is an embedding whose
+        index does not come from the batch's samples (`pos(arange(S))`, a token-type buffer: the
+        index is not a batch field or a view/copy of one, and does not move when the batch's
+        samples are rolled); all-zero weights (a
         zero-initialised head) get small noise on the check's copy so gradients can flow. Noise
         model: none — an
         independent sample's gradient is exactly zero; the threshold only absorbs float round-off.""",
         "any input-gradient on samples other than i with |g| > 1e-7 x max |g|, over the float inputs and "
-        "the per-sample nn.Embedding outputs (batch of 1, non-finite gradients: skipped)",
+        "the nn.Embedding outputs indexed by the batch's samples (batch of 1, non-finite gradients: skipped)",
         "R2.12 P12",
         "check the operations that reshape and permute tensor dimensions (view, transpose, "
         "batch_first of RNNs) (P12)",
@@ -260,14 +263,18 @@ _ENTRIES = [
         """Either the forward ignores its input (a wrong variable, an input multiplied by 0), or the
         model learns nothing from the inputs that carries over to validation data (labels shuffled
         apart from their inputs) (R2.7). Pre-flight proves only what one batch can: the output is
-        exactly unchanged when the inputs are zeroed and replaced by noise, and no layer's output
-        depends on them (exact, no noise; a zero-initialised head and a representation collapsed by
-        dead units are recognised: silent and info). During training the validation loss is compared
+        exactly unchanged when the inputs are zeroed and replaced by noise, and no layer explains it
+        — either no layer's output depends on the inputs, or layers do but the dependence ends
+        outside every module (a body computed and its result not used) and the output stays
+        unchanged once every all-zero parameter is filled with noise (exact, no noise; a
+        zero-initialised head, also one applied functionally, is silent; a layer whose units are
+        all dead or constant is an info naming it). During training the validation loss is compared
         with the exact loss of the best constant prediction on the same validation labels; noise
         model: any model that uses the inputs goes below that exact baseline, and the minimum over
         checks is used, so noise can only hide the finding, never raise it.""",
-        "pre-flight: output change <= 1e-6 x its scale under zeroed and random inputs with no layer "
-        "depending on them; training: after `steps` (default 100) steps, >= 3 validation checks and >= 30 "
+        "pre-flight: output change <= 1e-6 x its scale under zeroed and random inputs, with no layer "
+        "depending on them or with the dependence ending outside every module (also with all-zero "
+        "parameters filled with noise); training: after `steps` (default 100) steps, >= 3 validation checks and >= 30 "
         "validation samples, best val loss >= the best constant prediction's loss (the class entropy of "
         "the validation labels; CE/NLL classification only) while the training loss < 0.8 x that baseline",
         "R2.7",
@@ -327,9 +334,15 @@ _ENTRIES = [
     _entry(
         "class-imbalance", "check", "skewed labels with no prior-bias init and no balancing",
         """The class distribution is skewed and neither the output bias matches the prior (R2.5)
-        nor does the loader balance the classes (T6).""",
-        "max / min class frequency > 3, the output bias not within 0.5 of the log prior, and no "
-        "WeightedRandomSampler",
+        nor does the loader balance the classes (T6). Noise model: the labels are a sample of the
+        training set; conditional on the labels of the largest and smallest class, the largest
+        class's count is binomial, and under "max/min <= 3" its share is at most 3/4. A warning
+        needs the one-sided binomial tail P(X >= n_max) times the number of ordered class pairs
+        k(k-1) (Bonferroni) below 1e-3, from at least 30 sampled labels; a sampled ratio above 3
+        that chance could give (20 labels of 4 balanced classes coming out 7/6/5/2) is an info.""",
+        "max / min class frequency > 3 over >= 30 sampled labels, significantly so (binomial test of "
+        "max vs min against a 3:1 split, Bonferroni over class pairs, p < 1e-3), the output bias not "
+        "within 0.5 of the log prior, and no WeightedRandomSampler",
         "R2.5 T6",
         "initialise the output bias to the log prior (R2.5, `OutputBiasInit`) or balance batches (T6, "
         "`balanced_sampler`)",

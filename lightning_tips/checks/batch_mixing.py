@@ -12,8 +12,12 @@ eval mode (BatchNorm without running statistics gets neutral ones); GroupNorm / 
 sample and stay as they are; all-zero weights (a zero-initialised head or residual-branch norm,
 which would block every gradient) get small seeded noise. Inputs are ``split_batch(batch)[0]`` (every floating tensor of a
 tuple/dict is checked); integer inputs (token ids) are checked at the output of each
-``nn.Embedding`` whose output is per-sample (an embedding of shape ``(1, S, D)`` broadcast over the
-batch — Hugging Face's position embeddings — is shared like a parameter and ignored). The real
+``nn.Embedding`` indexed by the batch's samples. Provenance of the index: one of the batch's integer
+fields, a view or a copy of one (``ids[:, 1:]``, ``ids.long()``), or a tensor that moves with the samples
+when the batch is rolled by one (``ids + 1``; one extra no-grad forward, only when needed). Any other
+embedding output is shared like a parameter and ignored: one of shape ``(1, S, D)`` broadcast over the
+batch (Hugging Face's position embeddings), ``pos(arange(S))`` of shape ``(S, D)`` even when ``S`` or
+``D`` equals the batch size, a token-type buffer. The real
 batch (and so the real batch size) is used; sample ``i = n // 2``.
 
 Noise model: none — the gradient of an independent sample is exactly zero in exact arithmetic; the
@@ -23,7 +27,8 @@ threshold ``1e-7 x max |g|`` only absorbs float round-off (e.g. from fused atten
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import lightning.pytorch as pl
@@ -101,6 +106,145 @@ def _call(module: nn.Module, inputs: Any) -> Any:
     return module(inputs)
 
 
+def _forward(model: nn.Module, inputs: Any, batch: Any) -> torch.Tensor | None:
+    """The output the check differentiates: the forward output seen by ``training_step`` (automatic
+    optimization) or the module called on ``inputs``."""
+    if isinstance(model, pl.LightningModule) and getattr(model, "automatic_optimization", True):
+        return trace_training_step(model, batch).output
+    return first_tensor(_call(model, inputs))
+
+
+def _embedding_index(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
+    idx = args[0] if args else kwargs.get("input")
+    return idx if isinstance(idx, torch.Tensor) else None
+
+
+@dataclass
+class _EmbeddingCall:
+    name: str  # the module path
+    out: torch.Tensor  # the output, made a leaf
+    dim: int  # its batch dimension
+    index: torch.Tensor | None  # the index tensor the embedding was called with
+
+
+def _traced_embeddings(model: nn.Module, n: int, run: Callable[[], torch.Tensor | None]
+                       ) -> tuple[torch.Tensor | None, list[_EmbeddingCall]]:
+    """Run ``run()`` with gradients on, every ``nn.Embedding``/``nn.EmbeddingBag`` output that has a dimension of
+    size ``n`` replaced by a fresh leaf (recorded with its index input, in call order)."""
+    calls: list[_EmbeddingCall] = []
+    handles: list[RemovableHandle] = []
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Embedding, nn.EmbeddingBag)):
+
+            def hook(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any,
+                     _name: str = name) -> Any:
+                if not isinstance(out, torch.Tensor):
+                    return None
+                bdim = _batch_dim(out.shape, n)
+                if bdim is None:
+                    return None
+                new = out.detach().requires_grad_(True)
+                calls.append(_EmbeddingCall(_name, new, bdim, _embedding_index(args, kwargs)))
+                return new
+
+            handles.append(m.register_forward_hook(hook, with_kwargs=True))
+    try:
+        with torch.enable_grad():
+            out = run()
+    finally:
+        for h in handles:
+            h.remove()
+    return out, calls
+
+
+def _is_batch_field(index: torch.Tensor, fields: list[torch.Tensor]) -> bool:
+    """``index`` is one of the batch's integer tensors: the same tensor, a view of its memory (``ids[:, 1:]``)
+    or equal to it (a copy, ``ids.long()``)."""
+    for t in fields:
+        if index is t:
+            return True
+        try:
+            if (index.numel() and t.numel() and index.device == t.device
+                    and index.untyped_storage().data_ptr() == t.untyped_storage().data_ptr()):
+                return True
+            if index.shape == t.shape and bool(torch.equal(index, t.to(index.dtype))):
+                return True
+        except (RuntimeError, NotImplementedError):  # tensors without storage (sparse, meta)
+            continue
+    return False
+
+
+def _embedding_indices(model: nn.Module, run: Callable[[], Any]) -> dict[tuple[str, int], torch.Tensor | None]:
+    """The index input of every embedding call of ``run()`` (no gradients), keyed by (module path, call number)."""
+    seen: dict[tuple[str, int], torch.Tensor | None] = {}
+    counts: dict[str, int] = {}
+    handles: list[RemovableHandle] = []
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Embedding, nn.EmbeddingBag)):
+
+            def hook(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], _out: Any,
+                     _name: str = name) -> None:
+                k = counts.get(_name, 0)
+                counts[_name] = k + 1
+                seen[(_name, k)] = _embedding_index(args, kwargs)
+
+            handles.append(m.register_forward_hook(hook, with_kwargs=True))
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def _shared_embeddings(model: nn.Module, n: int, calls: list[_EmbeddingCall], inputs: Any, batch: Any) -> set[int]:
+    """The positions in ``calls`` of embedding outputs that are *shared* by the batch, like a parameter.
+
+    Provenance of the index tensor: one of the batch's integer fields (or a view/copy of it) — per sample;
+    without a dimension of size ``n`` — shared (``pos(arange(S))``); otherwise the batch is rolled by one
+    sample and the forward run again: an index that does not move with the samples (``arange(S)`` with
+    ``S == n``, a buffer of token types) is shared. A rolled forward that fails leaves the call shared
+    (no evidence, no verdict).
+    """
+    fields = [t for _, t in named_tensors(batch) if not t.is_floating_point() and not t.is_complex()]
+    shared: set[int] = set()
+    unsure: list[int] = []
+    for k, c in enumerate(calls):
+        if c.index is None or _is_batch_field(c.index, fields):
+            continue
+        if n not in c.index.shape:
+            shared.add(k)
+        else:
+            unsure.append(k)
+    if not unsure:
+        return shared
+
+    def roll(t: torch.Tensor) -> torch.Tensor:
+        return t.detach().roll(1, 0) if t.dim() > 0 and t.shape[0] == n else t
+
+    rolled_inputs = apply_to_tensors(inputs, roll)
+    split = split_batch(batch)
+    rolled_batch = (join_batch(batch, rolled_inputs, apply_to_tensors(split[1], roll)) if split is not None
+                    else rolled_inputs)
+    try:
+        rolled = _embedding_indices(model, lambda: _forward(model, rolled_inputs, rolled_batch))
+    except Exception:  # a model that rejects the rolled batch: no evidence that these index the samples
+        return shared | set(unsure)
+    numbers: dict[str, int] = {}
+    for k, c in enumerate(calls):
+        number = numbers.get(c.name, 0)
+        numbers[c.name] = number + 1
+        if k not in unsure:
+            continue
+        other = rolled.get((c.name, number))
+        index = c.index
+        assert index is not None
+        if other is None or (other.shape == index.shape and bool(torch.equal(other, index))):
+            shared.add(k)
+    return shared
+
+
 def batch_mixing(module: nn.Module, batch: Any, sample: int | None = None) -> dict[str, Any]:
     """Gradient of sample ``sample``'s output on every sample's input (on a copy of ``module``).
 
@@ -147,32 +291,9 @@ def batch_mixing(module: nn.Module, batch: Any, sample: int | None = None) -> di
         inputs = new_batch = apply_to_tensors(batch, leaf)
         leaves = [(name, t, 0) for name, t in named_tensors(new_batch, "batch") if t.requires_grad]
 
-    handles: list[RemovableHandle] = []
-    embedded: list[tuple[str, torch.Tensor, int]] = []
-    for name, m in model.named_modules():
-        if isinstance(m, (nn.Embedding, nn.EmbeddingBag)):
-
-            def hook(_m: nn.Module, _inp: Any, out: Any, _name: str = name) -> Any:
-                if not isinstance(out, torch.Tensor):
-                    return None
-                bdim = _batch_dim(out.shape, n)
-                if bdim is None:
-                    return None
-                new = out.detach().requires_grad_(True)
-                embedded.append((f"{_name} (embedding output)", new, bdim))
-                return new
-
-            handles.append(m.register_forward_hook(hook))
-    try:
-        with torch.enable_grad():
-            if isinstance(model, pl.LightningModule) and getattr(model, "automatic_optimization", True):
-                trace = trace_training_step(model, new_batch)
-                out = trace.output
-            else:
-                out = first_tensor(_call(model, inputs))
-    finally:
-        for h in handles:
-            h.remove()
+    out, calls = _traced_embeddings(model, n, lambda: _forward(model, inputs, new_batch))
+    shared = _shared_embeddings(model, n, calls, inputs, new_batch)
+    embedded = [(f"{c.name} (embedding output)", c.out, c.dim) for k, c in enumerate(calls) if k not in shared]
     leaves += embedded
     if not leaves:
         raise CheckSkipped("the inputs hold no floating-point tensor and no nn.Embedding was called")

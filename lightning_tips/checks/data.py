@@ -95,6 +95,7 @@ __all__ = [
     "NormalizationVerdict",
     "class_targets",
     "find_duplicates",
+    "imbalance_pvalue",
     "imbalance_ratio",
     "normalization_verdict",
     "prior_bias_gap",
@@ -105,6 +106,8 @@ __all__ = [
 
 DUPLICATE_FRACTION = 0.01  # duplicate-data: duplicates within train above 1% of the sample
 IMBALANCE_RATIO = 3.0  # class-imbalance: max/min class frequency
+IMBALANCE_P = 1e-3  # ... and significantly so: one-sided binomial test of max vs min against 3:1, p < 1e-3
+IMBALANCE_MIN_LABELS = 30  # ... from at least 30 sampled labels
 PRIOR_BIAS_TOLERANCE = 0.5  # class-imbalance: output bias within 0.5 of the log prior = prior init done
 SCALE_RANGE = (0.01, 4.0)  # unnormalized-input: RMS magnitude of the varying features outside [0.01, 4]
 FEATURE_SCALE = 4.0  # unnormalized-input: a varying feature with RMS magnitude above 4 ...
@@ -200,6 +203,34 @@ def imbalance_ratio(counts: torch.Tensor) -> float:
     if present.numel() < 2:
         return math.nan
     return float(present.max() / present.min())
+
+
+def imbalance_pvalue(counts: torch.Tensor, ratio: float = IMBALANCE_RATIO) -> float:
+    """How likely the sampled ``counts`` are to skew as much as they do if no class were more than
+    ``ratio`` times as frequent as another (``nan`` with fewer than two classes).
+
+    Conditional on the labels of the largest and smallest class, the largest class's count is
+    binomial; under the null hypothesis "max/min frequency <= ``ratio``" its share of the two is at
+    most ``ratio / (1 + ratio)``. The one-sided tail ``P(X >= n_max)`` is multiplied by the number of
+    ordered class pairs, ``k (k - 1)`` (Bonferroni: the pair was picked after looking at the counts).
+
+    Example:
+        >>> round(imbalance_pvalue(torch.tensor([7, 6, 5, 2])), 2)  # 20 labels of 4 balanced classes
+        1.0
+        >>> imbalance_pvalue(torch.tensor([282, 18])) < 1e-12  # 94% / 6% of 300 labels
+        True
+    """
+    present = counts[counts > 0].double()
+    k = present.numel()
+    if k < 2:
+        return math.nan
+    hi, lo = int(present.max()), int(present.min())
+    m, q = hi + lo, ratio / (1.0 + ratio)
+    x = torch.arange(hi, m + 1, dtype=torch.float64)
+    log_pmf = (math.lgamma(m + 1) - torch.lgamma(x + 1) - torch.lgamma(m - x + 1)
+               + x * math.log(q) + (m - x) * math.log1p(-q))
+    tail = float(torch.logsumexp(log_pmf, 0).exp())
+    return min(1.0, tail * k * (k - 1))
 
 
 def prior_bias_gap(bias: torch.Tensor | None, counts: torch.Tensor) -> float:
@@ -625,7 +656,11 @@ def _duplicate_verdicts(g: Mapping[str, int], train: _Scan, val: _Scan) -> list[
 
 
 def _imbalance_verdicts(counts: torch.Tensor, balanced: bool, out: tuple[str, nn.Module] | None) -> list[Verdict]:
-    """``class-imbalance`` (warning): skewed labels, no prior-bias output layer ``out``, no balancing sampler."""
+    """``class-imbalance``: skewed labels, no prior-bias output layer ``out``, no balancing sampler.
+
+    A warning needs a skew beyond sampling noise: max/min > 3 over >= 30 sampled labels with
+    :func:`imbalance_pvalue` < 1e-3; a ratio above 3 that a balanced-enough set could give by
+    chance is an ``info``."""
     ratio = imbalance_ratio(counts)
     if not ratio > IMBALANCE_RATIO or balanced:
         return []
@@ -635,17 +670,27 @@ def _imbalance_verdicts(counts: torch.Tensor, balanced: bool, out: tuple[str, nn
     if gap <= PRIOR_BIAS_TOLERANCE:
         return []
     total = int(counts.sum())
+    p = imbalance_pvalue(counts)
     lo, hi = int(torch.where(counts > 0, counts, counts.max() + 1).argmin()), int(counts.argmax())
+    skew = (f"class {hi} has {int(counts[hi]) / total:.1%} and class {lo} {int(counts[lo]) / total:.1%} of "
+            f"{total} sampled labels (max/min {_fmt(ratio)} > {IMBALANCE_RATIO:g}")
+    figures = {"ratio": ratio, "p_value": p, "labels": float(total), "bias_gap": gap if math.isfinite(gap) else -1.0}
+    if total < IMBALANCE_MIN_LABELS or not p < IMBALANCE_P:
+        why = [f"{total} < {IMBALANCE_MIN_LABELS} labels"] if total < IMBALANCE_MIN_LABELS else []
+        if not p < IMBALANCE_P:
+            why.append(f"p = {_fmt(p)} >= {IMBALANCE_P:g} against a {IMBALANCE_RATIO:g}:1 split")
+        return [Verdict(
+            "class-imbalance", "info",
+            f"the sampled labels look skewed: {skew}), but so few labels could skew this much by chance "
+            f"({'; '.join(why)}); no verdict", figures=figures,
+            advice="none from this sample; count the labels of the whole training set if in doubt")]
     where = f"`{out[0]}.bias`" if out is not None else "no output layer found"
     off = f"off by {_fmt(gap)}" if math.isfinite(gap) else "not comparable"
     return [Verdict(
         "class-imbalance", "warning",
-        f"training labels are skewed: class {hi} has {int(counts[hi]) / total:.1%} and class {lo} "
-        f"{int(counts[lo]) / total:.1%} of {total} sampled labels (max/min {_fmt(ratio)} > "
-        f"{IMBALANCE_RATIO:g}); the output bias ({where}) is not the log prior ({off}) and the "
-        f"loader does not balance classes",
-        module=out[0] if out is not None else None,
-        figures={"ratio": ratio, "bias_gap": gap if math.isfinite(gap) else -1.0})]
+        f"training labels are skewed: {skew}, p = {_fmt(p)} against a {IMBALANCE_RATIO:g}:1 split); the output "
+        f"bias ({where}) is not the log prior ({off}) and the loader does not balance classes",
+        module=out[0] if out is not None else None, figures=figures)]
 
 
 def _order_verdicts(g: Mapping[str, int]) -> list[Verdict]:

@@ -13,12 +13,17 @@ submodule find where the input stops mattering:
 
 - no submodule's output depends on the input → ``input-independent`` warning: the forward ignores
   its input (an exact, noise-free measurement: one batch proves it);
+- submodules depend on the input but the dependence ends outside every module (the forward computes
+  a body and returns something else, e.g. learned constants) → the same warning, unless filling every
+  all-zero parameter with seeded noise (a zero-initialised head applied functionally,
+  ``F.linear(h, self.w)``) makes the output follow the input (then silent, as below);
 - a layer whose input depends on the input and whose weight is all zero (a zero-initialised head,
   e.g. torchvision's ``VisionTransformer``) explains it → pass, silent (it starts learning at
   step 1);
 - a layer whose input depends on the input but whose output is all zero (every ReLU unit dead) →
   ``info``: the root cause is ``dead-activation`` (not a separate warning);
-- otherwise (the dependence is lost in between) → ``info`` naming the last layer that depended.
+- a layer whose input depends on the input but whose output is the same non-zero value for all of
+  them (saturated units, a hard step) → ``info`` naming it.
 
 Non-finite outputs make the comparison meaningless: skipped (``info``, see ``nonfinite-*``).
 
@@ -122,7 +127,9 @@ def input_independence(module: pl.LightningModule, batch: Any) -> dict[str, Any]
     """Does the model's output change when its inputs change? (the pre-flight part, see the module docstring)
 
     Returns ``{"ignores_input": 0/1, "explained": "" | "zero-weight" | "dead" | "lost", "layer": path,
-    "dependent_layers": count, "loss": the first loss function training_step called ("" if none)}``.
+    "dependent_layers": count, "loss": the first loss function training_step called ("" if none)}``, and
+    ``"zero_filled"`` (all-zero parameters filled with noise for the last comparison) when it ignores the
+    input although some layer depends on it.
 
     Raises:
         CheckSkipped: unlabeled batch layout, inputs that cannot be perturbed, a non-finite output.
@@ -181,17 +188,38 @@ def input_independence(module: pl.LightningModule, batch: Any) -> dict[str, Any]
                 collapse.append((name, "zero-weight"))
             elif out.is_floating_point() and not bool(out.any()):
                 collapse.append((name, "dead"))
+            else:
+                collapse.append((name, "lost"))  # a layer whose output is constant (saturated, a hard step)
     fig["dependent_layers"] = float(len(dependent))
-    if not dependent and not collapse:
-        fig["ignores_input"] = 1.0
-        return fig
-    for kind in ("zero-weight", "dead"):
+    for kind in ("zero-weight", "dead", "lost"):
         hit = next((n for n, k in collapse if k == kind), None)
         if hit is not None:
             fig.update(explained=kind, layer=hit)
             return fig
-    fig.update(explained="lost", layer=dependent[-1] if dependent else collapse[0][0])
+    # no layer explains it: the dependence ends outside every module (the result computed from the input
+    # is not used). Zero-initialised parameters used functionally (``F.linear(h, self.w)``) could still
+    # explain it: fill them with seeded noise and compare again.
+    filled = _unzero_parameters(probe)
+    if filled:
+        out_real = _traced(probe, batch, record=False)[0].output
+        out_other = _traced(probe, variants[-1], record=False)[0].output
+        if not _same(out_real, out_other):
+            fig.update(explained="zero-weight", layer=filled[0])
+            return fig
+    fig.update(ignores_input=1.0, layer=dependent[-1] if dependent else "", zero_filled=float(len(filled)))
     return fig
+
+
+def _unzero_parameters(model: nn.Module) -> list[str]:
+    """Fill every all-zero floating parameter of ``model`` (a copy) with small seeded noise; their names."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    filled = []
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.numel() and p.is_floating_point() and not bool(p.any()):
+                p.copy_((0.02 * torch.randn(p.shape, generator=g)).to(p.device, p.dtype))
+                filled.append(name)
+    return filled
 
 
 def input_independence_verdict(fig: dict[str, Any]) -> Verdict:
@@ -205,6 +233,13 @@ def input_independence_verdict(fig: dict[str, Any]) -> Verdict:
         True
     """
     figures = {"ignores_input": float(fig["ignores_input"]), "dependent_layers": float(fig["dependent_layers"])}
+    if fig["ignores_input"] and fig.get("layer"):
+        filled = int(fig.get("zero_filled", 0))
+        also = f", also with its {filled} all-zero parameter(s) filled with noise" if filled else ""
+        return Verdict(CODE, "warning", f"the model's output is identical with zeroed and with random inputs{also}, "
+                       f"although `{fig['layer']}` depends on them and no layer explains it (no zero weight, no dead "
+                       "or constant units): the forward computes from its input but ignores the result (a wrong "
+                       "variable returned, an unused branch)", figures, module=str(fig["layer"]))
     if fig["ignores_input"]:
         return Verdict(CODE, "warning", "the model's output is identical with zeroed and with random inputs, and no "
                        "layer's output depends on the input: the forward ignores its input", figures)
@@ -218,9 +253,9 @@ def input_independence_verdict(fig: dict[str, Any]) -> Verdict:
                        "cause)", figures, module=str(fig["layer"]),
                        advice="see dead-activation (the root cause): He init, smaller learning rate, check biases")
     if fig["explained"] == "lost":
-        return Verdict(CODE, "info", f"the output is identical with zeroed and random inputs although {layer} depends "
-                       "on them: the forward drops that dependence after it (a multiplication by 0, an unused "
-                       "result?)", figures, module=str(fig["layer"]))
+        return Verdict(CODE, "info", f"the output is identical with zeroed and random inputs because {layer} gives "
+                       "the same output for all of them although its input depends on them (saturated units? a "
+                       "hard step? see saturated-activation)", figures, module=str(fig["layer"]))
     return Verdict(CODE, None, "the output changes with the input", figures)
 
 

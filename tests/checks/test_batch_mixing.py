@@ -122,6 +122,28 @@ def test_broadcast_position_embedding_is_not_mixing(make_trainer) -> None:
     assert codes(planted) == ["batch-mixing:error"]
 
 
+@pytest.mark.parametrize("batch_size", [64, 16], ids=["S-equals-batch", "D-equals-batch"])
+def test_position_embedding_indexed_by_arange_is_shared(make_trainer, batch_size) -> None:
+    """Gallery transformer-tokens: ``pos(arange(S))`` is an (S, D) tensor broadcast over the batch, no leading 1.
+    Its index does not come from the batch, so it is shared like a parameter — also when one of its dimensions
+    has the batch's size (S = 64 = batch size; D = 16 = batch size, the gallery's shape, read as sample dim). The token embedding (of the batch's ids, or of a
+    new tensor computed from them) still counts as a per-sample input, so a planted mix is caught."""
+    tokens = next(iter(digit_tokens_loader(batch_size=batch_size)))
+    for offset in (False, True):
+        res = batch_mixing(Classifier(PositionalTokens(flat=True, offset=offset)), tokens)
+        assert res["leak"] == 0.0 and res["total"] > 0, res
+        assert res["fields"] == ["net.tokens (embedding output)"], res
+        mixed = batch_mixing(Classifier(PositionalTokens(flat=True, offset=offset, mix=True)), tokens)
+        assert mixed["leak"] > 0 and "tokens" in mixed["field"], mixed
+    check = BatchMixingCheck()
+    fit(make_trainer, Classifier(PositionalTokens(flat=True)), digit_tokens_loader(batch_size=batch_size), check)
+    assert codes(check) == []
+    planted = BatchMixingCheck()
+    fit(make_trainer, Classifier(PositionalTokens(flat=True, mix=True)), digit_tokens_loader(batch_size=batch_size),
+        planted)
+    assert codes(planted) == ["batch-mixing:error"]
+
+
 def test_batch_of_one_does_not_crash_or_warn(make_trainer) -> None:
     check = BatchMixingCheck()
     fit(make_trainer, Classifier(small_cnn()), digits_loader(batch_size=1), check)

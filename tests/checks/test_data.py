@@ -24,6 +24,7 @@ from lightning_tips.checks.data import (
     FeatureStats,
     class_targets,
     find_duplicates,
+    imbalance_pvalue,
     imbalance_ratio,
     normalization_verdict,
     prior_bias_gap,
@@ -117,6 +118,15 @@ def test_imbalance_and_prior_gap() -> None:
     assert prior_bias_gap(torch.zeros(1), counts) == pytest.approx(math.log(950 / 50))  # single logit: log-odds
     assert prior_bias_gap(torch.tensor([math.log(50 / 950)]), counts) < 1e-6
     assert prior_bias_gap(torch.zeros(3), torch.tensor([1, 2, 3, 4])) == math.inf  # fewer outputs than classes
+
+
+def test_imbalance_pvalue_is_the_noise_model() -> None:
+    """The skew must be beyond sampling noise: a 3.5 ratio of 20 labels of 4 balanced classes is chance."""
+    assert imbalance_pvalue(torch.tensor([7, 6, 5, 2])) == 1.0
+    assert imbalance_pvalue(torch.tensor([80, 20])) > 0.1  # 4:1 of 100 labels: not beyond a 3:1 split
+    assert imbalance_pvalue(torch.tensor([800, 200])) < 1e-3  # the same ratio from 1000 labels is
+    assert imbalance_pvalue(torch.tensor([357, 19])) < 1e-20
+    assert math.isnan(imbalance_pvalue(torch.tensor([10, 0])))
 
 
 def test_feature_stats_match_torch() -> None:
@@ -227,6 +237,19 @@ def test_class_imbalance(make_trainer: Callable[..., pl.Trainer]) -> None:
     (f,) = by_code(checks, "class-imbalance")
     assert f.figures["ratio"] == pytest.approx(357 / 19, rel=1e-6) and f.module == "net.5"
     assert "net.5.bias" in f.message and "94.9%" in f.message
+    assert f.severity.value == "warning" and f.figures["p_value"] < 1e-20
+
+
+def test_class_imbalance_from_few_labels_is_only_info(make_trainer: Callable[..., pl.Trainer]) -> None:
+    """Gallery batch-size-1: 20 sampled labels of 4 balanced classes came out 7/6/5/2 (max/min 3.5): chance,
+    not a skew (a warning before). The planted twin (357/19 of 376 labels) still warns (test_class_imbalance)."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.tensor([0] * 7 + [1] * 6 + [3] * 5 + [2] * 2)
+    x = torch.randn(20, 30, generator=g) + y.float().unsqueeze(1)
+    checks = fit(make_trainer, Classifier(mlp(30, 4)), DataLoader(TensorDataset(x, y), batch_size=1, shuffle=True))
+    (f,) = by_code(checks, "class-imbalance")
+    assert f.severity.value == "info" and "no verdict" in f.message and "20 < 30 labels" in f.message
+    assert f.figures["ratio"] == 3.5 and f.figures["p_value"] == 1.0 and f.figures["labels"] == 20
 
 
 def test_class_imbalance_silent_with_prior_bias(make_trainer: Callable[..., pl.Trainer]) -> None:

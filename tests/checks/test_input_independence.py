@@ -21,6 +21,8 @@ from tests.helpers.data import digits_tensors
 from tests.helpers.models import Classifier, small_cnn
 from tests.helpers.preflight_models import (
     DictClassifier,
+    DiscardsBody,
+    FunctionalZeroHead,
     IgnoresInput,
     RowsGRU,
     RowsLSTM,
@@ -184,6 +186,24 @@ def test_forward_ignoring_input_flagged(make_trainer, net) -> None:
     fit(make_trainer, Classifier(net()), digits_loader(), check)
     assert codes(check) == ["input-independent:warning"]
     assert "ignores its input" in check.findings[0].message
+
+
+def test_discarded_body_is_flagged_and_functional_zero_head_is_not(make_trainer) -> None:
+    """Gallery ignores-input: the forward computes a body from x but returns learned constants. Layers depend
+    on the input, so the old check called it "the forward drops that dependence" (an info); with no layer
+    explaining the constant output, and still constant once the all-zero parameters are filled with noise,
+    it is proven: a warning. The healthy twin, a zero head applied with F.linear, is explained by that refill."""
+    fig = input_independence(Classifier(DiscardsBody()), _batch())
+    assert fig["ignores_input"] == 1.0 and fig["layer"].startswith("net.body") and fig["zero_filled"] == 1.0
+    fig = input_independence(Classifier(FunctionalZeroHead()), _batch())
+    assert fig["ignores_input"] == 0.0 and fig["explained"] == "zero-weight" and fig["layer"] == "net.w"
+    check = InputIndependenceCheck()
+    fit(make_trainer, Classifier(DiscardsBody()), digits_loader(), check)
+    assert codes(check) == ["input-independent:warning"]
+    assert "ignores the result" in check.findings[0].message and check.findings[0].module == "net.body"
+    healthy = InputIndependenceCheck()
+    fit(make_trainer, Classifier(FunctionalZeroHead()), digits_loader(), healthy)
+    assert codes(healthy) == []
 
 
 def test_dead_representation_is_info(make_trainer) -> None:

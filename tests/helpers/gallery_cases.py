@@ -720,8 +720,10 @@ FAULTY: list[Case] = [
          expected_code="batch-mixing", note="TransformerEncoder batch_first=False fed (N, T, C)"),
     Case("ignores-input", lambda: Task(IgnoresInput()), lambda: digits(flat=True), expected_code="input-independent",
          note="forward returns learned constants"),
-    Case("shuffled-labels", lambda: Task(mlp()), lambda: shuffled_labels(), expected_code="input-independent",
-         note="labels permuted apart from the images"),
+    Case("shuffled-labels", lambda: Task(mlp()), lambda: shuffled_labels(), _t(max_epochs=20),
+         expected_code="input-independent",
+         note="labels permuted apart from the images, 20 epochs (in 3 the training loss is still 0.95 x the "
+              "constant baseline: not fitted yet, no evidence either way)"),
     Case("frozen-model", lambda: Task(frozen(cnn(bn=False))), lambda: digits(), expected_code="not-learning",
          note="every parameter frozen except the last bias"),
     Case("detached-body", lambda: Task(DetachedBody()), lambda: digits(), expected_code="not-learning",
@@ -761,16 +763,10 @@ _NOT_LEARNING_FIRST = ("root cause not first: the pre-flight overfit-one-batch '
                        "before the run-time verdicts; the precedence table only demotes consequences reported "
                        "after their root (#11 symptom 4)")
 KNOWN_GAPS: dict[str, str] = {
-    "transformer-tokens": "batch-mixing error on positions `self.pos(torch.arange(S))`, an (S, D) tensor broadcast "
-                          "over the batch without a leading batch dim of 1 (#11 symptom 6)",
-    "batch-size-1": "class-imbalance warning from 20 sampled labels (max/min 3.5) of 4 balanced blobs (#11 symptom 5)",
     "sgd-lr-1e6": _NOT_LEARNING_FIRST,
     "nan-backward": _NOT_LEARNING_FIRST,
     "sgd-lr-5": _NOT_LEARNING_FIRST,
     "deep-sigmoid": "pre-flight not-learning reported before the vanishing-gradient root cause",
-    "ignores-input": "missed: a model that returns learned constants gets input-independent as an info only "
-                     "('the forward drops that dependence'); not-learning twice instead",
-    "shuffled-labels": "missed: labels permuted apart from the inputs get no input-independent verdict in a 3-epoch run",
 }
 # outcomes that depended on machine load before the pre-flight was planned in steps (wt-E); none seen since
 FLAKY_GAPS: dict[str, str] = {}

@@ -207,20 +207,24 @@ class TokenBag(nn.Module):
 class PositionalTokens(nn.Module):
     """Healthy twin: token + learned position embeddings, the position part of shape (1, S, D) broadcast over
     the batch (as BERT/GPT-2's ``position_embeddings`` / ``wpe``), a transformer layer, mean pooling.
-    ``mix=True`` plants a bug: centring the pooled features across the batch by hand."""
+    ``mix=True`` plants a bug: centring the pooled features across the batch by hand. ``flat=True``: the
+    positions as an ``(S, D)`` tensor (``positions(arange(S))``, no leading 1) broadcast over the batch; with
+    ``S`` equal to the batch size its first dimension has the batch's size but indexes positions, not samples.
+    ``offset=True``: the token ids are shifted (``x + 1``, a new tensor) before the token embedding."""
 
-    def __init__(self, seq_len: int = 64, mix: bool = False) -> None:
+    def __init__(self, seq_len: int = 64, mix: bool = False, flat: bool = False, offset: bool = False) -> None:
         super().__init__()
         self.tokens = nn.Embedding(17, 16)
         self.positions = nn.Embedding(seq_len, 16)
         layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, dropout=0.0, batch_first=True)
         self.encoder = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
         self.fc = nn.Linear(16, 10)
-        self.mix = mix
+        self.mix, self.flat, self.offset = mix, flat, offset
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pos = self.positions(torch.arange(x.shape[1], device=x.device).unsqueeze(0))  # (1, S, D)
-        h = self.encoder(self.tokens(x) + pos).mean(1)
+        ids = torch.arange(x.shape[1], device=x.device)
+        pos = self.positions(ids if self.flat else ids.unsqueeze(0))  # (S, D) or (1, S, D)
+        h = self.encoder(self.tokens((x + 1) % 17 if self.offset else x) + pos).mean(1)
         if self.mix:
             h = h - h.mean(0, keepdim=True)
         return self.fc(h)
@@ -236,6 +240,34 @@ class IgnoresInput(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bias.expand(x.shape[0], -1)
+
+
+class DiscardsBody(nn.Module):
+    """Planted bug (gallery ignores-input): the forward computes a body from its input but returns learned
+    constants, zero-initialised (a wrong variable returned)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = small_cnn()
+        self.logits = nn.Parameter(torch.zeros(10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _ = self.body(x)
+        return self.logits.expand(x.shape[0], -1)
+
+
+class FunctionalZeroHead(nn.Module):
+    """Healthy twin of :class:`DiscardsBody`: a zero-initialised head applied functionally
+    (``F.linear(h, self.w, self.b)``, no ``nn.Linear`` module), so the output is constant at init."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Flatten())
+        self.w = nn.Parameter(torch.zeros(10, 8 * 6 * 6))
+        self.b = nn.Parameter(torch.zeros(10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.body(x), self.w, self.b)
 
 
 class ZeroedInput(nn.Module):
