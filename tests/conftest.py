@@ -3,6 +3,7 @@ no network, a small-Trainer factory and a clean global seed per test."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tempfile
 import warnings
@@ -16,6 +17,16 @@ for _var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR
     os.environ[_var] = _WANDB_TMP
 os.environ["WANDB_SILENT"] = "true"
 os.environ.pop("PL_GLOBAL_SEED", None)
+
+# --- zoo extra only: with torchvision installed (the registry's CUDA wheel beside the CPU torch),
+# `import lightning` fails unless torchvision's op schemas exist first (torchmetrics imports
+# torchvision). Guarded: without torchvision nothing more is imported; a torchvision whose compiled
+# ops load is left alone. Must stay above the first lightning/torch import. See
+# tests/helpers/gallery_tvops.py (the one place the workaround lives).
+if importlib.util.find_spec("torchvision") is not None:
+    from tests.helpers.gallery_tvops import ensure_torchvision_importable
+
+    ensure_torchvision_importable()
 
 import lightning.pytorch as pl  # noqa: E402
 import pytest  # noqa: E402
