@@ -630,9 +630,13 @@ ROOT_CAUSES: tuple[RootCause, ...] = (
               "a NaN/Inf loss gives NaN gradients and weights; statistics computed from them are meaningless"),
     RootCause("nonfinite-gradient", ("nonfinite-loss", *_AFTER_NONFINITE),
               "a NaN/Inf gradient makes the weights, then the loss and every statistic non-finite"),
-    RootCause("dead-activation", ("input-independent",),
-              "when every unit of a layer is dead, nothing of the input reaches the output",
+    RootCause("dead-activation", ("input-independent", "vanishing-gradient", "not-learning"),
+              "when every unit of a layer is dead, nothing of the input reaches the output and no gradient "
+              "reaches the layers before it: the early layers get none and the loss cannot fall",
               figure="dead_fraction", at_least=1.0),
+    RootCause("unnormalized-input", ("init-loss", "dead-activation", "saturated-activation", "exploding-gradient"),
+              "inputs far from unit scale make the first layer's pre-activations huge: large initial logits, "
+              "units pushed into their dead or saturated range, large gradients"),
     RootCause("output-bias", ("init-loss", "loss-reduction"),
               "the pack set the output bias itself: the initial loss reflects that fix"),
     RootCause("weight-init", ("init-loss", "loss-reduction"),
