@@ -281,10 +281,13 @@ _ENTRIES = [
         off, full-batch steps), so the wide thresholds guard against slow-but-healthy models, not
         noise: a loss that halves passes, one that falls by less than 10% (or rises) is flagged.""",
         "overfit one batch (16 samples, 50 steps, at the peak lr the user's schedule reaches in its first "
-        "2000 planned steps): final/initial loss > 0.9, a detached loss, no parameter changed, or a "
-        "diverged loss (0.5 < ratio <= 0.9 is info 'learns, slowly'; info when the output does not depend on "
-        "the input at all — input-independent or dead units are the root cause; skipped when the loss is "
-        "non-finite before any step); training: no epoch loss below 0.98 x the first within 3 epochs nor a "
+        "2000 planned steps): final/initial loss > 0.9, a detached loss, or no parameter changed "
+        "(0.5 < ratio <= 0.9 is info 'learns, slowly'; info naming the root cause when the output does not "
+        "depend on the input at all — input-independent or dead units —, when the copy's loss went non-finite "
+        "(the lr, or non-finite gradients at the first backward), when it trained at an lr above its "
+        "optimizer's usual range, or when its first-to-last layer gradient-norm ratio is < 1e-4 at the first "
+        "and the last backward (vanishing gradients); skipped when the loss is non-finite before any step); "
+        "training: no epoch loss below 0.98 x the first within 3 epochs nor a "
         "fall of more than 0.5% and 3x the check-to-check noise (a fall beyond that but under 2%: info, "
         "'learns, slowly'); never after a NaN/Inf loss (reported as nonfinite-loss)",
         "R2.8 R2.9 P9 T10 T2",

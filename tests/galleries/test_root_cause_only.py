@@ -32,3 +32,33 @@ def test_root_cause_is_the_only_warning(name: str) -> None:
     assert [f.code for f in result.warnings] == [case.expected_code], result.describe()
     evidence = {(f.code, f.cause) for f in result.findings if f.severity.value == "info"}
     assert ONLY_WARNING[name] <= evidence, evidence
+
+
+# case -> what the pre-flight `not-learning` info must name (the copy's loss went non-finite or did not move
+# for a reason the runtime reports itself: it is evidence, not a warning before the root cause)
+PREFLIGHT_NAMES: dict[str, str] = {
+    "sgd-lr-1e6": "the likely root cause is the learning rate: lr 1e+06 is 1e+06x the top",
+    "nan-backward": "the first backward already made non-finite gradients",
+    "sgd-lr-5": "the likely root cause is the learning rate, lr 5 is 5x the top",
+    "deep-sigmoid": "the gradients vanish",
+}
+
+
+@pytest.mark.parametrize("name", sorted(PREFLIGHT_NAMES))
+def test_preflight_not_learning_is_evidence_of_the_runtime_root_cause(name: str) -> None:
+    case = _CASES[name]
+    result = run_case(case)
+    assert result.crash is None, result.crash
+    assert result.root_cause_first, result.describe()
+    assert "not-learning" not in {f.code for f in result.warnings}, result.describe()
+    pre = [f for f in result.findings if f.code == "not-learning" and f.message.startswith("overfit one batch")]
+    assert len(pre) == 1 and pre[0].severity.value == "info", pre
+    assert PREFLIGHT_NAMES[name] in pre[0].message, pre[0].message
+
+
+@pytest.mark.parametrize("name", ["frozen-model", "detached-body", "lr-zero"])
+def test_preflight_not_learning_stays_a_warning_when_it_is_the_root_cause(name: str) -> None:
+    result = run_case(_CASES[name])
+    assert result.crash is None, result.crash
+    first = result.warnings[0]
+    assert first.code == "not-learning" and first.message.startswith("overfit one batch"), result.describe()
