@@ -39,6 +39,8 @@ __all__ = [
     "TipWarning",
     "demote",
     "explain",
+    "repeat",
+    "repeat_of",
     "root_cause",
 ]
 
@@ -484,7 +486,8 @@ class Finding:
         skipped: the check behind ``code`` could not apply (an ``info`` that says why): it carries no
             verdict and no remedy advice, and the summary and logger tables mark it ``skipped``.
         cause: the code of the root cause this finding was attributed to (see :func:`root_cause`):
-            it is then an ``info`` kept as evidence of that root, not a warning of its own.
+            it is then an ``info`` kept as evidence of that root, not a warning of its own. A repeat
+            of a code already warned this fit (:func:`repeat_of`) carries its own code here.
     """
 
     code: str
@@ -689,3 +692,41 @@ def demote(finding: Finding, root: Finding) -> Finding:
     """
     return replace(finding, severity=Severity.INFO, message=f"consequence of [{root.code}]: {finding.message}",
                    advice="", skipped=False, cause=root.code)
+
+
+def repeat_of(finding: Finding, earlier: Iterable[Finding]) -> Finding | None:
+    """The first of the ``earlier`` findings (this fit's, in order) that already *warned* about
+    ``finding``'s code — severity ``warning``/``error``, not demoted, not skipped — at a severity no
+    lower than ``finding``'s; ``None`` when ``finding`` is no warning or is the first of its code.
+    One problem, one warning: a later warning of the same code (another callback's view of it, the
+    same symptom at a later step) is evidence, kept as an ``info`` (:func:`repeat`).
+
+    Example:
+        >>> first = Finding("exploding-gradient", "warning", "norm 7.9e8 at step 0")
+        >>> again = Finding("exploding-gradient", "warning", "norm 9.3e6 at step 1")
+        >>> repeat_of(again, [first]) is first, repeat_of(first, []) is None
+        (True, True)
+        >>> repeat_of(Finding("exploding-gradient", "error", "norm 1e12"), [first]) is None  # escalation
+        True
+    """
+    if finding.severity.rank < Severity.WARNING.rank:
+        return None
+    for prev in earlier:
+        if (prev.code == finding.code and prev.cause is None and not prev.skipped
+                and prev.severity.rank >= finding.severity.rank):
+            return prev
+    return None
+
+
+def repeat(finding: Finding, first: Finding) -> Finding:
+    """``finding`` as evidence of the warning ``first`` of the same code already gave: an ``info``
+    whose message starts ``again:`` (with the first warning's step when known), no advice of its own.
+
+    Example:
+        >>> first = Finding("not-learning", "warning", "overfit one batch: ratio 0.99")
+        >>> repeat(Finding("not-learning", "warning", "the training loss did not go down"), first).format()
+        '[not-learning] info: again (already warned): the training loss did not go down'
+    """
+    when = f"warned at step {first.step}" if first.step is not None else "already warned"
+    return replace(finding, severity=Severity.INFO, message=f"again ({when}): {finding.message}", advice="",
+                   skipped=False, cause=first.code)

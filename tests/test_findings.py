@@ -86,7 +86,11 @@ def test_deduplication_reports_once_unless_figures_change_materially_or_severity
         assert report(Finding(severity="error", figures={"norm": 1000.0}, **base), log=log)  # escalation
         assert not report(Finding(severity="info", figures={"norm": 1000.0}, **base), log=log)
         assert report(Finding(severity="warning", figures={"norm": 100.0}, **{**base, "module": "fc"}), log=log)
-    assert len(rec) == 4 and len(log.findings) == 4
+    # one problem, one warning: the material change and the other layer are kept as infos, not warned again
+    assert [str(w.message).split(":")[0] for w in rec] == ["[exploding-gradient] warning", "[exploding-gradient] error"]
+    assert [(f.severity.value, f.cause) for f in log.findings] == [
+        ("warning", None), ("info", "exploding-gradient"), ("error", None), ("info", "exploding-gradient")]
+    assert log.findings[1].message == "again (already warned): norm grew"
 
 
 def test_findings_log_state_round_trip() -> None:
