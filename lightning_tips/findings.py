@@ -643,6 +643,8 @@ ROOT_CAUSES: tuple[RootCause, ...] = (
     RootCause("unnormalized-input", ("init-loss", "dead-activation", "saturated-activation", "exploding-gradient"),
               "inputs far from unit scale make the first layer's pre-activations huge: large initial logits, "
               "units pushed into their dead or saturated range, large gradients"),
+    RootCause("exploding-gradient", ("dead-activation", "saturated-activation"),
+              "huge updates throw the pre-activations far out: units die (ReLU) or saturate (tanh/sigmoid) after them"),
     RootCause("output-bias", ("init-loss", "loss-reduction"),
               "the pack set the output bias itself: the initial loss reflects that fix"),
     RootCause("weight-init", ("init-loss", "loss-reduction"),

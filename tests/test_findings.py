@@ -152,6 +152,7 @@ def test_root_cause_table_is_one_consistent_place() -> None:
     assert set(table["unnormalized-input"].explains) == {"init-loss", "dead-activation", "saturated-activation",
                                                         "exploding-gradient"}
     assert {"init-loss", "loss-reduction"} <= set(table["output-bias"].explains)
+    assert set(table["exploding-gradient"].explains) == {"dead-activation", "saturated-activation"}
     assert "Explained by (when reported earlier in the fit): nonfinite-input" in explain("not-learning")
     assert "Root cause of" in explain("nonfinite-loss") and "Root cause of" not in explain("no-seed")
 

@@ -34,6 +34,15 @@ def test_root_cause_is_the_only_warning(name: str) -> None:
     assert ONLY_WARNING[name] <= evidence, evidence
 
 
+def test_units_killed_by_exploding_updates_are_evidence_of_the_explosion() -> None:
+    """SGD lr 5: the gradients explode at step 5, then 73% of a ReLU layer is dead — a consequence."""
+    result = run_case(_CASES["sgd-lr-5"])
+    assert result.crash is None, result.crash
+    assert result.warnings[0].code == "exploding-gradient", result.describe()
+    assert "dead-activation" not in {f.code for f in result.warnings}, result.describe()
+    assert any(f.code == "dead-activation" and f.cause == "exploding-gradient" for f in result.findings)
+
+
 # case -> what the pre-flight `not-learning` info must name (the copy's loss went non-finite or did not move
 # for a reason the runtime reports itself: it is evidence, not a warning before the root cause)
 PREFLIGHT_NAMES: dict[str, str] = {
