@@ -113,4 +113,4 @@ def main(argv: list[str] | None = None) -> lt.Recipe:
 
 
 if __name__ == "__main__":
-    main()
+    recipe = main()

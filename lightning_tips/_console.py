@@ -59,13 +59,15 @@ def render_table(
         return plain_table(title, [str(c) for c in columns], cells, width)
     from rich import box
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=title, box=box.ROUNDED if color else box.ASCII, show_lines=False)
+    # cells are text, not markup: "consequence of [nonfinite-loss]: …" must keep its "[nonfinite-loss]"
+    table = Table(title=escape(title), box=box.ROUNDED if color else box.ASCII, show_lines=False)
     for c in columns:
-        table.add_column(str(c), overflow="fold")
+        table.add_column(escape(str(c)), overflow="fold")
     for r in cells:
-        table.add_row(*r)
+        table.add_row(*(escape(c) for c in r))
     buf = io.StringIO()
     console = Console(file=buf, force_terminal=color, no_color=not color, width=width)
     console.print(table)

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from lightning_tips._loggers import log_finding
-from lightning_tips.findings import Finding, FindingsLog, TipWarning, demote, root_cause
+from lightning_tips.findings import Finding, FindingsLog, TipWarning, demote, repeat, repeat_of, root_cause
 
 if TYPE_CHECKING:  # pragma: no cover
     import lightning.pytorch as pl
@@ -80,7 +80,10 @@ def report(
     When one of this fit's earlier findings (in ``log`` or any lightning_tips callback of ``trainer``)
     is its root cause by :data:`~lightning_tips.findings.ROOT_CAUSES`, the finding is demoted to an
     ``info`` "consequence of [root]: …" (:func:`~lightning_tips.findings.demote`): kept in the log and
-    the summary as evidence of the root, not warned. Then de-duplicates against ``log`` (and keeps the
+    the summary as evidence of the root, not warned. Likewise a warning of a code this fit already
+    warned about at the same or a higher severity (another callback's view of the same problem, the
+    same symptom at a later step) is kept as an ``info`` "again (…): …" (:func:`~lightning_tips.
+    findings.repeat_of`), not warned a second time. Then de-duplicates against ``log`` (and keeps the
     finding there), and on rank zero emits a :class:`TipWarning` ``[code] severity: message — advice``
     (located at the user's line that started the fit) and logs the finding to every logger attached
     to ``trainer``. Returns whether the finding was new (and so recorded). ``stacklevel`` is accepted
@@ -100,6 +103,10 @@ def report(
     root = root_cause(finding, _earlier(trainer, log))
     if root is not None:
         finding = demote(finding, root)
+    else:
+        root = repeat_of(finding, _earlier(trainer, log))
+        if root is not None:  # one problem, one warning: a later warning of the same code is evidence
+            finding = repeat(finding, root)
     if log is not None and not log.admit(finding):
         return False
     if trainer is None or trainer.is_global_zero:

@@ -39,6 +39,8 @@ __all__ = [
     "TipWarning",
     "demote",
     "explain",
+    "repeat",
+    "repeat_of",
     "root_cause",
 ]
 
@@ -288,10 +290,13 @@ _ENTRIES = [
         off, full-batch steps), so the wide thresholds guard against slow-but-healthy models, not
         noise: a loss that halves passes, one that falls by less than 10% (or rises) is flagged.""",
         "overfit one batch (16 samples, 50 steps, at the peak lr the user's schedule reaches in its first "
-        "2000 planned steps): final/initial loss > 0.9, a detached loss, no parameter changed, or a "
-        "diverged loss (0.5 < ratio <= 0.9 is info 'learns, slowly'; info when the output does not depend on "
-        "the input at all — input-independent or dead units are the root cause; skipped when the loss is "
-        "non-finite before any step); training: no epoch loss below 0.98 x the first within 3 epochs nor a "
+        "2000 planned steps): final/initial loss > 0.9, a detached loss, or no parameter changed "
+        "(0.5 < ratio <= 0.9 is info 'learns, slowly'; info naming the root cause when the output does not "
+        "depend on the input at all — input-independent or dead units —, when the copy's loss went non-finite "
+        "(the lr, or non-finite gradients at the first backward), when it trained at an lr above its "
+        "optimizer's usual range, or when its first-to-last layer gradient-norm ratio is < 1e-4 at the first "
+        "and the last backward (vanishing gradients); skipped when the loss is non-finite before any step); "
+        "training: no epoch loss below 0.98 x the first within 3 epochs nor a "
         "fall of more than 0.5% and 3x the check-to-check noise (a fall beyond that but under 2%: info, "
         "'learns, slowly'); never after a NaN/Inf loss (reported as nonfinite-loss)",
         "R2.8 R2.9 P9 T10 T2",
@@ -494,7 +499,8 @@ class Finding:
         skipped: the check behind ``code`` could not apply (an ``info`` that says why): it carries no
             verdict and no remedy advice, and the summary and logger tables mark it ``skipped``.
         cause: the code of the root cause this finding was attributed to (see :func:`root_cause`):
-            it is then an ``info`` kept as evidence of that root, not a warning of its own.
+            it is then an ``info`` kept as evidence of that root, not a warning of its own. A repeat
+            of a code already warned this fit (:func:`repeat_of`) carries its own code here.
     """
 
     code: str
@@ -643,9 +649,18 @@ ROOT_CAUSES: tuple[RootCause, ...] = (
               "a NaN/Inf loss gives NaN gradients and weights; statistics computed from them are meaningless"),
     RootCause("nonfinite-gradient", ("nonfinite-loss", *_AFTER_NONFINITE),
               "a NaN/Inf gradient makes the weights, then the loss and every statistic non-finite"),
-    RootCause("dead-activation", ("input-independent",),
-              "when every unit of a layer is dead, nothing of the input reaches the output",
+    RootCause("dead-activation", ("input-independent", "vanishing-gradient", "not-learning"),
+              "when every unit of a layer is dead, nothing of the input reaches the output and no gradient "
+              "reaches the layers before it: the early layers get none and the loss cannot fall",
               figure="dead_fraction", at_least=1.0),
+    RootCause("input-independent", ("not-learning",),
+              "an output that does not depend on the input can do no better than a constant: the loss stops "
+              "at the constant prediction's"),
+    RootCause("unnormalized-input", ("init-loss", "dead-activation", "saturated-activation", "exploding-gradient"),
+              "inputs far from unit scale make the first layer's pre-activations huge: large initial logits, "
+              "units pushed into their dead or saturated range, large gradients"),
+    RootCause("exploding-gradient", ("dead-activation", "saturated-activation"),
+              "huge updates throw the pre-activations far out: units die (ReLU) or saturate (tanh/sigmoid) after them"),
     RootCause("output-bias", ("init-loss", "loss-reduction"),
               "the pack set the output bias itself: the initial loss reflects that fix"),
     RootCause("weight-init", ("init-loss", "loss-reduction"),
@@ -695,3 +710,41 @@ def demote(finding: Finding, root: Finding) -> Finding:
     """
     return replace(finding, severity=Severity.INFO, message=f"consequence of [{root.code}]: {finding.message}",
                    advice="", skipped=False, cause=root.code)
+
+
+def repeat_of(finding: Finding, earlier: Iterable[Finding]) -> Finding | None:
+    """The first of the ``earlier`` findings (this fit's, in order) that already *warned* about
+    ``finding``'s code — severity ``warning``/``error``, not demoted, not skipped — at a severity no
+    lower than ``finding``'s; ``None`` when ``finding`` is no warning or is the first of its code.
+    One problem, one warning: a later warning of the same code (another callback's view of it, the
+    same symptom at a later step) is evidence, kept as an ``info`` (:func:`repeat`).
+
+    Example:
+        >>> first = Finding("exploding-gradient", "warning", "norm 7.9e8 at step 0")
+        >>> again = Finding("exploding-gradient", "warning", "norm 9.3e6 at step 1")
+        >>> repeat_of(again, [first]) is first, repeat_of(first, []) is None
+        (True, True)
+        >>> repeat_of(Finding("exploding-gradient", "error", "norm 1e12"), [first]) is None  # escalation
+        True
+    """
+    if finding.severity.rank < Severity.WARNING.rank:
+        return None
+    for prev in earlier:
+        if (prev.code == finding.code and prev.cause is None and not prev.skipped
+                and prev.severity.rank >= finding.severity.rank):
+            return prev
+    return None
+
+
+def repeat(finding: Finding, first: Finding) -> Finding:
+    """``finding`` as evidence of the warning ``first`` of the same code already gave: an ``info``
+    whose message starts ``again:`` (with the first warning's step when known), no advice of its own.
+
+    Example:
+        >>> first = Finding("not-learning", "warning", "overfit one batch: ratio 0.99")
+        >>> repeat(Finding("not-learning", "warning", "the training loss did not go down"), first).format()
+        '[not-learning] info: again (already warned): the training loss did not go down'
+    """
+    when = f"warned at step {first.step}" if first.step is not None else "already warned"
+    return replace(finding, severity=Severity.INFO, message=f"again ({when}): {finding.message}", advice="",
+                   skipped=False, cause=first.code)

@@ -119,6 +119,17 @@ def test_tables_fit_an_80_column_terminal_with_and_without_rich(monkeypatch: pyt
     assert len(render_table("summary", cols, rows, color=False).splitlines()) < len(plain.splitlines())
 
 
+def test_rich_tables_print_brackets_as_text() -> None:
+    """A demoted finding reads "consequence of [nonfinite-loss]: …": rich took "[nonfinite-loss]" for markup and
+    printed "consequence of : …"."""
+    from lightning_tips._console import render_table
+
+    pytest.importorskip("rich")
+    rows = [["dead-activation", "info", "consequence of [unnormalized-input]: 56% of [bold]net.1[/bold] dead"]]
+    out = render_table("summary [fit]", ["code", "severity", "message"], rows, color=False, width=200)
+    assert "consequence of [unnormalized-input]: 56% of [bold]net.1[/bold] dead" in out and "summary [fit]" in out
+
+
 def test_without_rich_the_fit_prints_plain_tables(
         make_trainer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     import lightning_tips as lt

@@ -496,7 +496,10 @@ def test_resume_cases_check_the_persistent_findings(tmp_path: Path) -> None:
     """The model really plants the persistent findings the resume test relies on."""
     recipe = lt.Recipe(every_n_steps=2, view_every_n_steps=2)
     _, _, tips = _fit([recipe], tmp_path)
-    assert {_code(t) for t in tips} >= PLANTED_CODES, tips
+    # the vanishing gradients come from the fully dead layer (findings.ROOT_CAUSES): kept as evidence, not warned
+    explained = {f.code for f in recipe.findings if f.cause == "dead-activation"}
+    assert {_code(t) for t in tips} | explained >= PLANTED_CODES, tips
+    assert "vanishing-gradient" in explained
 
 
 # --- pure observers ---------------------------------------------------------------------------------------

@@ -101,7 +101,11 @@ def test_buggy_model_findings_name_every_planted_bug(run_example: Run, tmp_path:
     assert planted == {"unnormalized-input", "unshuffled-data", "no-seed", "output-activation", "loss-reduction",
                        "batch-mixing", "dead-activation"}
     warned = {str(w.message)[1:].split("]", 1)[0] for w in caught if issubclass(w.category, lt.TipWarning)}
-    assert planted <= warned, planted - warned
+    # one root cause, one warning: a planted bug whose symptom another planted bug explains by
+    # lt.ROOT_CAUSES (the dead ReLUs of the first conv, fed raw 0..255 pixels) is kept as evidence
+    # ("consequence of [unnormalized-input]" info in the summary), not warned a second time
+    explained = {f.code for f in namespace["recipe"].findings if f.cause in planted and f.cause != f.code}
+    assert planted <= warned | explained, planted - warned - explained
     out = capsys.readouterr().out
     assert f"planted bugs caught: {len(planted)}/{len(planted)}" in out and "missed:" not in out
     assert "lightning_tips pre-flight" in out

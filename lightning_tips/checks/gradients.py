@@ -50,6 +50,7 @@ __all__ = [
 
 _SHARDED = (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)
 VANISHING_PERSIST = 3  # sampled steps in a row before vanishing-gradient is concluded
+MIN_RATIO = 1e-4  # first-layer / last-layer gradient norm below it: vanishing (GradientStats' default `min_ratio`)
 
 
 def grad_norms(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -156,7 +157,7 @@ def exploding_verdict(
 
 
 def vanishing_verdict(
-    names: Sequence[str], norms: Sequence[float], min_ratio: float = 1e-4, floor: float = 1e-10
+    names: Sequence[str], norms: Sequence[float], min_ratio: float = MIN_RATIO, floor: float = 1e-10
 ) -> dict[str, float] | None:
     """Figures when the first layer's gradient norm is below ``min_ratio`` x the last layer's, or any
     layer's norm is below ``floor``; else ``None`` (P11, P15). Non-finite norms are not judged."""
@@ -224,7 +225,7 @@ class GradientStats(TipCallback):
         every_n_steps: int = 50,
         growth: float = 100.0,
         max_norm: float = 1e4,
-        min_ratio: float = 1e-4,
+        min_ratio: float = MIN_RATIO,
         floor: float = 1e-10,
         log_histograms: bool = False,
         histogram_every_n_steps: int = 0,

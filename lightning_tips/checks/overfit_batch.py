@@ -10,9 +10,20 @@ The measurement is deterministic (one fixed batch, dropout off, full-batch steps
 is the model's own; the thresholds are wide: ``final / initial <= 0.5`` passes; a ratio in
 ``(0.5, 0.9]`` is ``info`` ("learns, slowly": material only if the real run is slow too, which
 ``not-learning``'s runtime part judges); ``> 0.9`` (the loss does not move or rises), a loss that
-does not require grad (a detached output), no parameter that changed (lr 0, everything frozen) or a
-loss that diverged is a ``not-learning`` warning. A non-finite loss *before* any step is a
-consequence of non-finite inputs or weights (their own findings): skipped.
+does not require grad (a detached output) or no parameter that changed (lr 0, everything frozen) is a
+``not-learning`` warning. A non-finite loss *before* any step is a consequence of non-finite inputs
+or weights (their own findings): skipped.
+
+When the loss does not fall for a reason the runtime names itself, the copy's verdict is evidence of
+that root cause (an ``info`` naming it), not a ``not-learning`` warning of its own (one root cause,
+one warning; the runtime guard warns first):
+
+- the loss went non-finite: the lr is too high, or the backward made non-finite gradients (measured
+  at the first backward) — ``nonfinite-loss`` / ``nonfinite-gradient`` / ``exploding-gradient``;
+- the copy trained at an lr above its optimizer family's usual range (``LRDecayGuard``'s ranges,
+  R3.2) — ``exploding-gradient`` names the lr;
+- the first-to-last layer gradient-norm ratio is below ``vanishing-gradient``'s threshold (1e-4)
+  at the first *and* the last backward of the copy — ``vanishing-gradient``.
 
 The module also holds the helpers shared with the input-independence check:
 :func:`fresh_optimizer` (the user's optimizer rebuilt on a copy) and :func:`fit_batch` (a bounded
@@ -35,7 +46,8 @@ from torch import nn
 from lightning_tips._utils import apply_to_tensors, batch_size, model_copy, step_loss
 from lightning_tips._validate import check_int
 from lightning_tips.checks._preflight import CardLine, CheckSkipped, PreflightCheck, Verdict, settle
-from lightning_tips.checks.lr_decay import Schedule, simulate_lrs, unsimulatable_reason
+from lightning_tips.checks.gradients import MIN_RATIO, grad_norms, layer_grad_norms, vanishing_verdict
+from lightning_tips.checks.lr_decay import Schedule, optimizer_defaults_verdict, simulate_lrs, unsimulatable_reason
 from lightning_tips.checks.output_activation import eval_dropout, training_step_skip_reason
 
 __all__ = ["OverfitBatchCheck", "fit_batch", "fresh_optimizer", "optimizer_factory", "overfit_batch"]
@@ -159,7 +171,11 @@ def fit_batch(
 
     Returns ``{"start", "end", "steps", "changed", "requires_grad"}``: the loss before the first step
     and after the last (``end`` evaluated without grad), the steps taken, whether any parameter
-    changed, and whether the loss required grad at all (if not, nothing was stepped). One host sync.
+    changed, and whether the loss required grad at all (if not, nothing was stepped); plus the
+    first-to-last layer gradient-norm ratio (weights only, as ``vanishing-gradient`` measures it) at
+    the first and the last backward, ``grad_ratio_first`` / ``grad_ratio_last`` (NaN when it cannot be
+    judged: one layer, a zero last-layer norm), and ``grads_finite_first`` (whether the first
+    backward's gradients were all finite). Three host syncs.
 
     Raises:
         CheckSkipped: ``training_step`` returned no loss tensor.
@@ -184,18 +200,37 @@ def fit_batch(
         first = closure()
         if not first.requires_grad:
             return {"start": float(first), "end": float(first), "steps": 0.0, "changed": 0.0, "requires_grad": 0.0}
+        grads_first = _grad_ratio(model)
         optimizer.step()
         taken = 1
         while taken < steps and (deadline is None or time.perf_counter() < deadline):
             optimizer.step(closure)  # type: ignore[arg-type]
             taken += 1
+        grads_last = _grad_ratio(model)  # the last closure's gradients (before its step)
     with torch.no_grad():
         end = step_loss(model, batch)
     assert isinstance(end, torch.Tensor)
     after = [p.detach() for g in optimizer.param_groups for p in g["params"]]
     changed = torch.stack([(a != b).any() for a, b in zip(after, before)]).any() if after else torch.tensor(False)
     start_v, end_v, changed_v = torch.stack([losses[0], end.detach().float(), changed.float()]).tolist()
-    return {"start": start_v, "end": end_v, "steps": float(taken), "changed": changed_v, "requires_grad": 1.0}
+    return {"start": start_v, "end": end_v, "steps": float(taken), "changed": changed_v, "requires_grad": 1.0,
+            "grad_ratio_first": grads_first[0], "grad_ratio_last": grads_last[0],
+            "grads_finite_first": grads_first[1]}
+
+
+def _grad_ratio(model: nn.Module) -> tuple[float, float]:
+    """``(first-to-last layer gradient-norm ratio, all finite)`` of the gradients ``model`` holds: the
+    ratio as :func:`~lightning_tips.checks.gradients.vanishing_verdict` computes it, NaN when it
+    cannot be judged (fewer than two layers with a gradient, a zero last-layer norm, non-finite norms)."""
+    names, norms_t = layer_grad_norms(model)
+    grads = [p.grad for p in model.parameters() if p.grad is not None]  # every parameter, biases and gains too
+    total = grad_norms(grads).square().sum() if grads else torch.zeros(())
+    *norms, total_v = torch.cat([norms_t.float().flatten().cpu(), total.float().reshape(1).cpu()]).tolist()
+    finite = float(math.isfinite(total_v) and all(math.isfinite(n) for n in norms))
+    if len(norms) < 2 or not finite or norms[-1] <= 0:
+        return math.nan, finite
+    v = vanishing_verdict(names, norms, min_ratio=MIN_RATIO)
+    return (v["ratio"] if v is not None else norms[0] / norms[-1]), finite
 
 
 def overfit_batch(
@@ -214,8 +249,11 @@ def overfit_batch(
     copy = eval_dropout(model_copy(module))
     assert isinstance(copy, pl.LightningModule)
     opt = make_optimizer(copy)
+    bad = optimizer_defaults_verdict(opt)  # the lr the copy trains at vs its family's usual range (R3.2)
     fig = fit_batch(copy, small, opt, steps, deadline)
     fig["lr"] = _lr(opt)
+    # the top of the family's usual range when the copy's lr is above it, else NaN
+    fig["lr_range_high"] = float(bad["high"]) if bad is not None and bad["lr"] > bad["high"] else math.nan
     fig["scheduled"] = float(getattr(make_optimizer, "peaks", None) is not None)
     fig["samples"] = float(k)
     fig["ratio"] = fig["end"] / fig["start"] if fig["start"] > 0 else float("nan")
@@ -225,8 +263,11 @@ def overfit_batch(
 def overfit_verdict(fig: dict[str, float], steps: int, ratio: float = OVERFIT_RATIO,
                     slow_ratio: float = SLOW_RATIO) -> Verdict:
     """``not-learning`` from :func:`overfit_batch`'s figures: a warning when the loss does not require grad,
-    no parameter changed, the loss diverged, or ``end / start > slow_ratio`` (it does not move or rises);
-    ``info`` ("learns, slowly") when ``ratio < end / start <= slow_ratio``.
+    no parameter changed, or ``end / start > slow_ratio`` (it does not move or rises); ``info`` ("learns,
+    slowly") when ``ratio < end / start <= slow_ratio``. When the figures name a root cause the runtime
+    reports itself — a loss gone non-finite, an lr above the optimizer family's usual range
+    (``lr_range_high``), gradients vanishing at the first and the last backward (``grad_ratio_first`` /
+    ``grad_ratio_last`` < 1e-4) — the verdict is an ``info`` naming it, not a warning (:func:`_known_cause`).
 
     Example:
         >>> fig = {"start": 2.3, "end": 2.2, "steps": 50, "changed": 1, "requires_grad": 1, "lr": 1e-3,
@@ -252,8 +293,8 @@ def overfit_verdict(fig: dict[str, float], steps: int, ratio: float = OVERFIT_RA
     if start <= 1e-8:
         raise CheckSkipped(f"the loss is already {start:.3g} before training")
     if not math.isfinite(end):
-        return Verdict(code, "warning", f"overfit one batch: {text}: the loss diverged to {end} at this lr", figures,
-                       advice="lower the learning rate (P10), clip gradients (T8)")
+        return Verdict(code, "info", f"overfit one batch: {text}: the loss went {end}, "
+                       f"{_nonfinite_cause(fig)}", figures, advice="fix the root cause first")
     r = fig["ratio"]
     if r <= ratio:
         return Verdict(code, None, f"{text}: ratio {r:.2f}", figures)
@@ -265,8 +306,47 @@ def overfit_verdict(fig: dict[str, float], steps: int, ratio: float = OVERFIT_RA
                        f"model usually halves the loss of {int(fig['samples'])} samples in {steps} steps)", figures,
                        advice="if the real run also learns slowly: raise the lr (P10) or check the init (T9)")
     moved = "rises" if r > 1 else "barely moves"
-    return Verdict(code, "warning", f"overfit one batch: {text}: ratio {r:.2f} > {slow_ratio}: the loss {moved}, "
-                   "the model cannot fit even this small batch", figures)
+    message = f"overfit one batch: {text}: ratio {r:.2f} > {slow_ratio}: the loss {moved}"
+    cause = _known_cause(fig)
+    if cause:
+        return Verdict(code, "info", f"{message}; {cause}", figures, advice="fix the root cause first")
+    return Verdict(code, "warning", f"{message}, the model cannot fit even this small batch", figures)
+
+
+def _lr_note(fig: dict[str, float]) -> str:
+    """``"lr X is Nx the top of the usual range (H)"`` when the copy's lr is above its optimizer
+    family's usual range (R3.2), else ``""``."""
+    high = fig.get("lr_range_high", math.nan)
+    if not math.isfinite(high) or high <= 0:
+        return ""
+    return f"lr {fig['lr']:.3g} is {fig['lr'] / high:.3g}x the top of this optimizer's usual range ({high:g})"
+
+
+def _nonfinite_cause(fig: dict[str, float]) -> str:
+    """The likely root cause of a copy whose loss went non-finite: evidence for the runtime's
+    ``nonfinite-*`` / ``exploding-gradient`` findings, not a ``not-learning`` verdict of its own."""
+    if not fig.get("grads_finite_first", 1.0):
+        return ("yet the first backward already made non-finite gradients from a finite loss: the likely root "
+                "cause is the backward (a custom backward, sqrt/norm at 0, an overflow; see nonfinite-gradient)")
+    lr = _lr_note(fig)
+    if lr:
+        return f"the likely root cause is the learning rate: {lr} (see exploding-gradient / nonfinite-loss)"
+    return (f"the likely root cause is the learning rate ({fig['lr']:.3g}, too high for this model) or an op "
+            "that overflows (see nonfinite-loss / exploding-gradient)")
+
+
+def _known_cause(fig: dict[str, float]) -> str:
+    """The root cause the runtime reports itself when the copy's loss does not move, or ``""``: an lr
+    above the usual range (``exploding-gradient`` names it), gradients vanishing at the first and the
+    last backward (``vanishing-gradient``)."""
+    lr = _lr_note(fig)
+    if lr:
+        return f"a consequence: the likely root cause is the learning rate, {lr} (see exploding-gradient)"
+    first, last = fig.get("grad_ratio_first", math.nan), fig.get("grad_ratio_last", math.nan)
+    if first < MIN_RATIO and last < MIN_RATIO:
+        return (f"a consequence: the gradients vanish — the first layer gets {first:.2g}x the last layer's gradient "
+                f"norm at the first backward, {last:.2g}x at the last (threshold {MIN_RATIO:g}; see vanishing-gradient)")
+    return ""
 
 
 def _root_cause(verdict: Verdict, pl_module: pl.LightningModule, batch: Any) -> Verdict:
@@ -294,7 +374,9 @@ class OverfitBatchCheck(PreflightCheck):
     On a copy with a fresh optimizer of the user's type and learning rate (dropout off), the user's
     ``training_step`` is fitted to ``max_batch`` samples for ``steps`` steps; flagged when
     ``final / initial loss > 0.9`` (info "learns, slowly" above 0.5), or when the loss does not require grad /
-    no parameter changed / diverged; the lr is the peak its scheduler reaches.
+    no parameter changed; the lr is the peak its scheduler reaches. A loss gone non-finite, an lr above
+    the optimizer's usual range or vanishing gradients are an ``info`` naming that root cause (the
+    runtime guards warn about it).
     Skipped (``info``) with manual optimization or several optimizers.
 
     Args:

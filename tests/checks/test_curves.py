@@ -428,7 +428,9 @@ def test_a_material_rise_with_falling_accuracy_is_a_warning_in_both(make_trainer
     val = [0.70, 0.50, 0.40, 0.43, 0.46, 0.50]  # +25% over 3 checks, beyond the noise
     acc = [0.70, 0.80, 0.85, 0.84, 0.83, 0.82]
     curves, stopper = _scripted_fit(make_trainer, FALLING[:6], val, acc)
-    assert [f.severity.value for f in curves] == ["warning"] and [f.severity.value for f in stopper] == ["warning"]
+    # one problem, one warning: whichever callback reports it second keeps it as an "again" info
+    assert sorted(f.severity.value for f in curves + stopper) == ["info", "warning"]
+    assert [f.cause for f in curves + stopper if f.severity.value == "info"] == ["overfitting"]
     for f in (curves[0], stopper[0]):  # one decision function: the same figures
         assert f.figures["best_val"] == 0.4 and f.figures["val_now"] == 0.5 and f.figures["rise"] == 0.25
         assert f.figures["acc_at_best"] == 0.85 and f.figures["acc_now"] == 0.82

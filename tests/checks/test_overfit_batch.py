@@ -135,6 +135,41 @@ def test_learns_slowly_is_info_and_nan_start_skips() -> None:
         overfit_verdict({**fig, "start": float("nan"), "end": float("nan"), "ratio": float("nan")}, 50)
 
 
+def test_a_root_cause_the_runtime_reports_makes_not_learning_an_info() -> None:
+    """#11: the copy's verdict named "not-learning" before the runtime named the real root cause."""
+    fig = {"start": 2.3, "end": 2.2, "steps": 50.0, "changed": 1.0, "requires_grad": 1.0, "lr": 1e-3,
+           "samples": 16.0, "ratio": 2.2 / 2.3, "grad_ratio_first": 0.3, "grad_ratio_last": 0.2,
+           "grads_finite_first": 1.0, "lr_range_high": float("nan")}
+    assert overfit_verdict(fig, 50).severity == "warning"  # no known cause: the warning stays
+    high = overfit_verdict({**fig, "lr": 5.0, "lr_range_high": 1.0}, 50)
+    assert high.severity == "info" and "lr 5 is 5x the top" in high.message
+    vanish = overfit_verdict({**fig, "grad_ratio_first": 1e-8, "grad_ratio_last": 2e-8}, 50)
+    assert vanish.severity == "info" and "the gradients vanish" in vanish.message
+    # only at the first backward (a zero-initialised head): not vanishing, the warning stays
+    assert overfit_verdict({**fig, "grad_ratio_first": 0.0}, 50).severity == "warning"
+    nan = {**fig, "end": float("nan"), "ratio": float("nan")}
+    assert overfit_verdict(nan, 50).severity == "info"
+    assert "learning rate (0.001, too high" in overfit_verdict(nan, 50).message
+    assert "non-finite gradients" in overfit_verdict({**nan, "grads_finite_first": 0.0}, 50).message
+
+
+def test_diverging_lr_is_an_info_naming_the_lr(make_trainer) -> None:
+    check = OverfitBatchCheck()
+    fit(make_trainer, Classifier(small_cnn(), optimizer="sgd", lr=1e4), digits_loader(), check)
+    assert codes(check) == ["not-learning:info"]
+    assert "the likely root cause is the learning rate: lr 1e+04 is 1e+04x the top" in check.findings[0].message
+
+
+def test_vanishing_gradients_are_measured_on_the_copy() -> None:
+    torch.manual_seed(0)
+    layers = [m for i in range(10) for m in (torch.nn.Linear(64 if i == 0 else 32, 32), torch.nn.Sigmoid())]
+    deep = torch.nn.Sequential(torch.nn.Flatten(), *layers, torch.nn.Linear(32, 10))  # 10 sigmoids, default init
+    fig = overfit_batch(Classifier(deep), _batch(), _adam)
+    assert fig["grad_ratio_first"] < 1e-4 and fig["grad_ratio_last"] < 1e-4 and fig["grads_finite_first"] == 1.0
+    healthy = overfit_batch(Classifier(small_cnn()), _batch(), _adam)
+    assert healthy["grad_ratio_first"] > 1e-4 and healthy["grad_ratio_last"] > 1e-4
+
+
 def test_nan_input_is_skipped_not_a_warning(make_trainer) -> None:
     """#11 item 4: "loss 2.3 -> nan" after a NaN input is a consequence, not a separate warning."""
     x, y = next(iter(digits_loader(shuffle=False)))

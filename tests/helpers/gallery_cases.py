@@ -688,7 +688,8 @@ FAULTY: list[Case] = [
     Case("nan-in-val-data", lambda: Task(cnn()), lambda: nan_digits(where="val"), expected_code="nonfinite-input",
          note="two NaN pixels in one validation image"),
     Case("sgd-lr-1e6", lambda: Task(mlp(norm=None), optimizer=sgd(1e6, 0.0)), lambda: digits(flat=True),
-         expected_code="nonfinite-loss", also=("nonfinite-gradient",), note="SGD lr=1e6"),
+         # the planted bug is the lr: exploding-gradient names it ("the root cause is likely the learning rate")
+         expected_code="nonfinite-loss", also=("nonfinite-gradient", "exploding-gradient"), note="SGD lr=1e6"),
     Case("log-zero-in-loss", lambda: Task(mlp(), loss=one_hot_kl), lambda: digits(flat=True),
          expected_code="nonfinite-loss", note="hand-written KL with one-hot targets: 0 * log 0"),
     Case("nan-backward", lambda: Task(GatedMLP()), lambda: digits(flat=True), expected_code="nonfinite-gradient",
@@ -758,15 +759,9 @@ FAULTY: list[Case] = [
 
 
 # --- known gaps: cases that fail on the verdicts of main at 7d21447 (wt-A..E merged),
-# 2026-12-02 07:40 UTC. xfail(strict=False): an XPASS shows a fix; drop the entry once it is fixed ------
-_NOT_LEARNING_FIRST = ("root cause not first: the pre-flight overfit-one-batch 'not-learning' (loss -> nan) is reported "
-                       "before the run-time verdicts; the precedence table only demotes consequences reported "
-                       "after their root (#11 symptom 4)")
+# 2026-12-02 07:40 UTC (sgd-lr-1e6, nan-backward, sgd-lr-5, deep-sigmoid: fixed on wt-H).
+# xfail(strict=False): an XPASS shows a fix; drop the entry once it is fixed ------
 KNOWN_GAPS: dict[str, str] = {
-    "sgd-lr-1e6": _NOT_LEARNING_FIRST,
-    "nan-backward": _NOT_LEARNING_FIRST,
-    "sgd-lr-5": _NOT_LEARNING_FIRST,
-    "deep-sigmoid": "pre-flight not-learning reported before the vanishing-gradient root cause",
 }
 # outcomes that depended on machine load before the pre-flight was planned in steps (wt-E); none seen since
 FLAKY_GAPS: dict[str, str] = {}

@@ -240,7 +240,7 @@ ZOO_FAULTY: list[Case] = [
 
 # --- known gaps on main at 7d21447 (xfail, strict=False) -------------------------------------------
 ZOO_KNOWN_GAPS: dict[str, str] = {
-    "hf-bert-lr-1e6": "the pre-flight overfit-one-batch 'not-learning' (loss -> nan) is reported before nonfinite-loss",
+    # hf-bert-lr-1e6 fixed on wt-H: the pre-flight names the lr as an info, nonfinite-loss is the first warning
 }
 ZOO_HEALTHY = with_known_gaps(ZOO_HEALTHY, ZOO_KNOWN_GAPS)
 ZOO_FAULTY = with_known_gaps(ZOO_FAULTY, ZOO_KNOWN_GAPS)
