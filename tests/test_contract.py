@@ -700,6 +700,18 @@ class FrozenContractNet(ContractNet):
         self.lstm.requires_grad_(False)
 
 
+def _fit_once(model: pl.LightningModule, callbacks: list[Callback], root: Path, train_batches: int) -> None:
+    """One quiet epoch of ``train_batches`` training batches and one validation batch of the given model."""
+    train, val = _loaders()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = pl.Trainer(default_root_dir=root, accelerator="cpu", devices=1, max_epochs=1,
+                             limit_train_batches=train_batches, limit_val_batches=1, logger=False,
+                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                             callbacks=callbacks)
+        trainer.fit(model, train, val)
+
+
 def test_every_fix_leaves_frozen_parameters_bit_for_bit(tmp_path: Path) -> None:
     pl.seed_everything(0, verbose=False)
     model = FrozenContractNet()
@@ -707,13 +719,7 @@ def test_every_fix_leaves_frozen_parameters_bit_for_bit(tmp_path: Path) -> None:
     assert any(k.startswith("lstm.") for k in frozen) and any(k.startswith("conv.") for k in frozen)
     recipe = lt.Recipe(**ALL_FIXES)
     probe = Probe(recipe)
-    train, val = _loaders()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer = pl.Trainer(default_root_dir=tmp_path, accelerator="cpu", devices=1, max_epochs=1,
-                             limit_train_batches=2, limit_val_batches=1, logger=False, enable_checkpointing=False,
-                             enable_progress_bar=False, enable_model_summary=False, callbacks=[recipe, probe])
-        trainer.fit(model, train, val)
+    _fit_once(model, [recipe, probe], tmp_path, train_batches=2)
     assert probe.weights is not None
     for name, before in frozen.items():
         assert torch.equal(probe.weights[name], before), f"a fix changed the frozen `{name}`"
@@ -728,13 +734,7 @@ def test_weight_init_leaves_a_pretrained_looking_model_alone(tmp_path: Path) -> 
     trained = _weights(model)
     recipe = lt.Recipe(weight_init="auto", every_n_steps=2, view_every_n_steps=2, preflight=False)
     probe = Probe(recipe)
-    train, val = _loaders()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer = pl.Trainer(default_root_dir=tmp_path, accelerator="cpu", devices=1, max_epochs=1,
-                             limit_train_batches=1, limit_val_batches=1, logger=False, enable_checkpointing=False,
-                             enable_progress_bar=False, enable_model_summary=False, callbacks=[recipe, probe])
-        trainer.fit(model, train, val)
+    _fit_once(model, [recipe, probe], tmp_path, train_batches=1)
     assert probe.weights is not None
     for name, before in trained.items():
         assert torch.equal(probe.weights[name], before), f"weight_init changed the trained `{name}`"

@@ -7,18 +7,14 @@ from __future__ import annotations
 import pytest
 
 from tests.helpers.gallery_cases import HEALTHY
-from tests.helpers.gallery_core import Case, check_recorded, run_case
+from tests.helpers.gallery_core import Case, run_healthy
 
 pytestmark = pytest.mark.slow  # ~2 min together: out of the fast subset, in CI
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.name, marks=c.marks) for c in HEALTHY])
 def test_healthy_setup_gets_no_warning(case: Case) -> None:
-    result = run_case(case)
-    check_recorded(result)  # the README's table is computed from the recorded outcomes
-    assert result.crash is None, result.crash
-    assert result.global_step > 0
-    assert result.warnings == [], f"{case.name} ({case.note}):\n{result.describe()}"
+    run_healthy(case)
 
 
 def test_gallery_is_big_enough_and_named_uniquely() -> None:

@@ -8,7 +8,7 @@ import importlib.util
 
 import pytest
 
-from tests.helpers.gallery_core import Case, check_recorded, run_case
+from tests.helpers.gallery_core import Case, run_faulty, run_healthy
 
 _MISSING = [m for m in ("torchvision", "timm", "transformers") if importlib.util.find_spec(m) is None]
 pytestmark = [
@@ -25,20 +25,12 @@ else:
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.name, marks=c.marks) for c in ZOO_HEALTHY])
 def test_real_architecture_gets_no_warning(case: Case) -> None:
-    result = run_case(case)
-    check_recorded(result)  # the README's table is computed from the recorded outcomes
-    assert result.crash is None, result.crash
-    assert result.global_step > 0
-    assert result.warnings == [], f"{case.name} ({case.note}):\n{result.describe()}"
+    run_healthy(case)
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.name, marks=c.marks) for c in ZOO_FAULTY])
 def test_planted_bug_in_real_architecture_is_named_first(case: Case) -> None:
-    result = run_case(case)
-    check_recorded(result)  # the README's table is computed from the recorded outcomes
-    assert result.crash is None, result.crash
-    assert result.caught, f"{case.name} ({case.note}): {case.expected_code} missed; got:\n{result.describe()}"
-    assert result.root_cause_first, f"{case.name}: {case.expected_code} is not the first warning:\n{result.describe()}"
+    run_faulty(case)
 
 
 def test_zoo_gallery_covers_the_three_libraries() -> None:

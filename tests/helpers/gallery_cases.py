@@ -20,6 +20,8 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from tests.helpers.data import breast_cancer_arrays, digits_arrays
 from tests.helpers.gallery_core import Case, Loaders, Task, with_known_gaps
+from tests.helpers.preflight_models import ReshapeMixer  # the planted view across the batch
+from tests.helpers.runtime_models import _AbsWithHandWrittenBackward  # |g| with a NaN-at-0 backward
 
 # --- data ------------------------------------------------------------------------------------------
 DIGITS_MEAN, DIGITS_STD = 4.88, 6.02
@@ -416,19 +418,6 @@ class SoftmaxThenCE(nn.Module):
         return self.act(self.net(x))
 
 
-class ReshapeMixer(nn.Module):
-    """``h.reshape(-1, N).t()`` instead of ``h.reshape(N, -1)``: right shapes, rows mix samples."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 8, 3, padding=1)
-        self.fc = nn.Linear(8 * 64, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.relu(self.conv(x))
-        return self.fc(h.reshape(-1, x.shape[0]).t())
-
-
 class IgnoresInput(nn.Module):
     """Forward computes a body but returns learned constants (e.g. a wrong variable returned)."""
 
@@ -558,20 +547,6 @@ def tiny_train(n_train: int = 32) -> Loaders:
     return digits(n_train=n_train, n_val=256, batch_size=32, flat=True)
 
 
-class _NaNBackward(torch.autograd.Function):
-    """|g| with the hand-written backward ``g / |g|``: 0/0 = NaN at g = 0."""
-
-    @staticmethod
-    def forward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(g)
-        return g.abs()
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        (g,) = ctx.saved_tensors
-        return grad * g / g.abs()
-
-
 class GatedMLP(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -580,7 +555,7 @@ class GatedMLP(nn.Module):
         self.head = nn.Linear(32, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x) * (1 + _NaNBackward.apply(self.gain)))
+        return self.head(self.body(x) * (1 + _AbsWithHandWrittenBackward.apply(self.gain)))
 
 
 def lr_decay_per_batch(step_size: int = 2, gamma: float = 0.1) -> Any:

@@ -258,6 +258,26 @@ def recorded_results(outcomes: dict[str, dict[str, Any]]) -> list[CaseResult]:
     ]
 
 
+def run_healthy(case: Case) -> None:
+    """The healthy galleries' test: the run matches its record and gives no warning and no error."""
+    result = run_case(case)
+    check_recorded(result)  # the README's table is computed from the recorded outcomes
+    assert result.crash is None, result.crash
+    assert result.global_step > 0
+    assert result.warnings == [], f"{case.name} ({case.note}):\n{result.describe()}"
+
+
+def run_faulty(case: Case) -> None:
+    """The faulty galleries' test: the run matches its record and names the planted root cause first."""
+    result = run_case(case)
+    check_recorded(result)
+    assert result.crash is None, result.crash
+    assert result.caught, f"{case.name} ({case.note}): {case.expected_code} missed; got:\n{result.describe()}"
+    assert result.root_cause_first, (
+        f"{case.name} ({case.note}): {case.expected_code} is not the first warning:\n{result.describe()}"
+    )
+
+
 # --- scores ----------------------------------------------------------------------------------------
 @dataclass
 class CodeScore:
