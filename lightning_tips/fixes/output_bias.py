@@ -16,6 +16,7 @@ Three ways to use it, all with the same result:
 
 from __future__ import annotations
 
+from contextlib import closing
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import torch
@@ -23,6 +24,7 @@ from torch import Tensor, nn
 from torch.nn.parameter import UninitializedParameter
 
 from lightning_tips import _ddp
+from lightning_tips._batch import peek_batches, stream_reason
 from lightning_tips._callback import TipCallback
 from lightning_tips._utils import find_output_layer, preserved_loader_rng, split_batch
 from lightning_tips._validate import check_bool, check_choice, check_float_list, check_int, check_module_path
@@ -301,10 +303,14 @@ class OutputBiasInit(TipCallback):
         """``(task, sums, sumsq, n, batches)`` over the first ``max_batches`` batches, or why not."""
         if loader is None or not hasattr(loader, "__iter__") or isinstance(loader, (dict, list, tuple)):
             return f"the train dataloader is {type(loader).__name__}, not a single DataLoader"
+        reason = stream_reason(loader)
+        if reason is not None:  # reading a stream ahead would take samples from training
+            return f"{reason}; pass prior=[...]"
         task: str = self.task
         sums, sumsq, n, batches = torch.zeros(width), torch.zeros(width), 0, 0
-        with preserved_loader_rng(loader):
-            for batch in loader:
+        # an independent copy of the dataset and sampler: the user's generators and stream stay untouched
+        with preserved_loader_rng(loader), closing(peek_batches(loader)) as peeked:
+            for batch, _ in peeked:
                 if batches >= self.max_batches:
                     break
                 split = split_batch(batch)
@@ -419,7 +425,7 @@ class OutputBiasInit(TipCallback):
     def _skip(self, trainer: pl.Trainer, why: str, module: str | None = None) -> None:
         self.report(trainer, "output-bias", "info", f"skipped the output-bias init: {why}",
                     advice="set the bias yourself with init_output_bias_(layer, targets) or pass prior=[...]/layer=... (R2.5)",
-                    module=module)
+                    module=module, skipped=True)
 
     # --- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -431,3 +431,47 @@ def test_ddp_counts_reduced_and_balanced_sampler_sharded(tmp_path: Path):
         assert result["seen"] == list(ref)[: 3 * 40]
     seen = ranks[0]["seen"] + ranks[1]["seen"]
     assert float(y[seen].float().mean()) == pytest.approx(0.5, abs=0.1)
+
+
+class _NoisyLabels(torch.utils.data.Dataset):
+    """Map-style, owning a generator (noise per item): the scan must not advance it."""
+
+    def __init__(self) -> None:
+        self.y = torch.arange(40) % 4
+        self.g = torch.Generator().manual_seed(3)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.randn(8, generator=self.g), self.y[i]
+
+
+class _LabelStream(torch.utils.data.IterableDataset):
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        for i in range(40):
+            yield torch.randn(8), torch.tensor(i % 4)
+
+
+def test_scan_reads_a_copy_and_never_a_stream() -> None:
+    """The prior scan neither advances a dataset's own generator nor consumes a stream (#10 item 3)."""
+    data = _NoisyLabels()
+    before = data.g.get_state()
+    got = OutputBiasInit()._scan(DataLoader(data, batch_size=8, shuffle=True), 4)
+    assert not isinstance(got, str) and got[3] == 40  # every label counted ...
+    assert torch.equal(data.g.get_state(), before)  # ... through a copy of the dataset
+    why = OutputBiasInit()._scan(DataLoader(_LabelStream(), batch_size=8), 4)
+    assert isinstance(why, str) and "prior=[...]" in why
+
+
+def test_a_skipped_init_is_marked_skipped_and_explains_nothing(make_trainer) -> None:
+    """A skip is no applied fix: it must not count as the root cause of a later init-loss finding."""
+    fix = OutputBiasInit()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fix._skip(make_trainer(), "a test reason")
+    [f] = fix.findings
+    assert f.skipped and f.severity.value == "info"
+    from lightning_tips.findings import Finding, root_cause
+
+    assert root_cause(Finding("init-loss", "warning", "initial loss 9.2"), [f]) is None
