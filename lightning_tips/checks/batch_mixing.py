@@ -357,7 +357,7 @@ class BatchMixingCheck(PreflightCheck):
     outputs (for token ids) are checked; the real batch size is used.
 
     Args:
-        budget_s: the pre-flight time budget when this check runs alone.
+        budget_s: the safety net, in seconds, when this check runs alone (the work is planned in steps and samples).
 
     Example:
         >>> net = nn.Sequential(nn.Conv1d(2, 4, 3), nn.BatchNorm1d(4), nn.Flatten(), nn.Linear(4 * 6, 3))

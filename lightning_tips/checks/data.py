@@ -86,7 +86,7 @@ from lightning_tips._utils import (
     split_batch,
 )
 from lightning_tips._validate import check_bool, check_float, check_int, check_str
-from lightning_tips.checks._preflight import CardLine, PreflightCheck, Verdict, print_card
+from lightning_tips.checks._preflight import DEFAULT_BUDGET_S, CardLine, PreflightCheck, Verdict, print_card
 from lightning_tips.views.first_batch import log_first_batch
 
 __all__ = [
@@ -785,7 +785,7 @@ class DataChecks(PreflightCheck):
         first_batch: log the first batch as it enters the net (captioned image panels or a table, key
             ``tips/first_batch``) and print its fields, shapes, dtypes and ranges once — drawn from the
             batch the training loop hands over at step 0, outside the pre-flight budget.
-        budget_s: the pre-flight time budget when this check runs alone.
+        budget_s: the safety net, in seconds, when this check runs alone (the work is planned in steps and samples).
         input_key: the batch dict's key holding the model's input (e.g. ``"pixels"``) when it is not
             one of the recognised keys (see :data:`lightning_tips._batch.LAYOUTS`); for a tuple batch, its
             position (``"0"``).
@@ -810,7 +810,7 @@ class DataChecks(PreflightCheck):
         max_batches: int = 20,
         max_scan_s: float = 30.0,
         first_batch: bool = True,
-        budget_s: float = 3.0,
+        budget_s: float = DEFAULT_BUDGET_S,
         input_key: str | None = None,
         target_key: str | None = None,
     ) -> None:

@@ -291,7 +291,7 @@ class InitialLossCheck(PreflightCheck):
     full/half ratio of ~2 (within 25%), or a loss called with ``reduction="sum"``, is a summed loss.
 
     Args:
-        budget_s: the pre-flight time budget when this check runs alone.
+        budget_s: the safety net, in seconds, when this check runs alone (the work is planned in steps and samples).
 
     Example:
         >>> z, y = torch.randn(64, 10) * 0.01, torch.arange(64) % 10

@@ -53,7 +53,7 @@ from torch import nn
 
 from lightning_tips._utils import apply_to_tensors, first_tensor, join_batch, model_copy, named_tensors, split_batch
 from lightning_tips._validate import check_int
-from lightning_tips.checks._preflight import CardLine, CheckSkipped, PreflightCheck, Verdict, settle
+from lightning_tips.checks._preflight import DEFAULT_BUDGET_S, CardLine, CheckSkipped, PreflightCheck, Verdict, settle
 from lightning_tips.checks.output_activation import StepTrace, eval_dropout, trace_training_step
 
 __all__ = [
@@ -320,7 +320,7 @@ class InputIndependenceCheck(PreflightCheck):
 
     Args:
         steps: training steps before the validation loss is compared with the constant baseline.
-        budget_s: the pre-flight time budget when this check runs alone.
+        budget_s: the safety net, in seconds, when this check runs alone (the work is planned in steps and samples).
 
     Example:
         >>> InputIndependenceCheck(steps=100).code
@@ -330,7 +330,7 @@ class InputIndependenceCheck(PreflightCheck):
     title: ClassVar[str] = "input-independent baseline"
     code: ClassVar[str] = "input-independent"
 
-    def __init__(self, steps: int = 100, budget_s: float = 3.0) -> None:
+    def __init__(self, steps: int = 100, budget_s: float = DEFAULT_BUDGET_S) -> None:
         super().__init__(budget_s=budget_s)
         check_int("steps", steps, low=1)
         self.steps = steps

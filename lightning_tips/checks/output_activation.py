@@ -187,7 +187,7 @@ class OutputActivationCheck(PreflightCheck):
     ``info`` (harmless, redundant).
 
     Args:
-        budget_s: the pre-flight time budget when this check runs alone.
+        budget_s: the safety net, in seconds, when this check runs alone (the work is planned in steps and samples).
 
     Example:
         >>> import torch.nn.functional as F

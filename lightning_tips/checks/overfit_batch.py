@@ -45,7 +45,7 @@ from torch import nn
 
 from lightning_tips._utils import apply_to_tensors, batch_size, model_copy, step_loss
 from lightning_tips._validate import check_int
-from lightning_tips.checks._preflight import CardLine, CheckSkipped, PreflightCheck, Verdict, settle
+from lightning_tips.checks._preflight import DEFAULT_BUDGET_S, CardLine, CheckSkipped, PreflightCheck, Verdict, settle
 from lightning_tips.checks.gradients import MIN_RATIO, grad_norms, layer_grad_norms, vanishing_verdict
 from lightning_tips.checks.lr_decay import Schedule, optimizer_defaults_verdict, simulate_lrs, unsimulatable_reason
 from lightning_tips.checks.output_activation import eval_dropout, training_step_skip_reason
@@ -382,7 +382,7 @@ class OverfitBatchCheck(PreflightCheck):
     Args:
         steps: optimizer steps on the batch.
         max_batch: samples of the first batch to fit.
-        budget_s: the pre-flight time budget when this check runs alone.
+        budget_s: the safety net, in seconds, when this check runs alone (the work is planned in steps and samples).
 
     Example:
         >>> OverfitBatchCheck(steps=50, max_batch=16).code
@@ -392,7 +392,7 @@ class OverfitBatchCheck(PreflightCheck):
     title: ClassVar[str] = "overfit one batch"
     code: ClassVar[str] = "not-learning"
 
-    def __init__(self, steps: int = 50, max_batch: int = 16, budget_s: float = 3.0) -> None:
+    def __init__(self, steps: int = 50, max_batch: int = 16, budget_s: float = DEFAULT_BUDGET_S) -> None:
         super().__init__(budget_s=budget_s)
         check_int("steps", steps, low=1)
         check_int("max_batch", max_batch, low=1)
