@@ -84,6 +84,13 @@ def overfitting_verdict(
     Figures: ``best_val``, ``val_now``, ``train_at_best``, ``train_now``, ``checks_since_best``,
     ``rise`` (relative to the best), ``noise`` (check-to-check std), and ``acc_at_best``/``acc_now`` when
     validation accuracy is known.
+
+    Example:
+        >>> train = [1.0, 0.8, 0.6, 0.5, 0.4, 0.3]
+        >>> overfitting_verdict(train, [1.0, 0.9, 0.95, 1.05, 1.15, 1.3]).severity  # +44%, far beyond the noise
+        'warning'
+        >>> overfitting_verdict(train, [0.4831, 0.47, 0.475, 0.48, 0.4848, 0.484]) is None  # +3%: noise, not material
+        True
     """
     n = min(len(train_losses), len(val_losses))
     if patience < 1 or n < patience + 1:
@@ -143,6 +150,12 @@ def flat_loss_verdict(
     root cause is the non-finite guard's).
 
     Figures: ``first``, ``best_later``, ``ratio`` (best later / first), ``points``, ``noise``.
+
+    Example:
+        >>> flat_loss_verdict([2.30, 2.30, 2.299, 2.301]).severity
+        'warning'
+        >>> flat_loss_verdict([2.3, 1.5, 1.0]) is None
+        True
     """
     values = list(losses)
     if len(values) < min_points or not all(math.isfinite(v) for v in values):

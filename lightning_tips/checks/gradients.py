@@ -139,7 +139,14 @@ def exploding_verdict(
 ) -> dict[str, float] | None:
     """Figures when the latest total gradient norm passes ``max_norm``, or is more than ``growth`` x
     the median of the first ``baseline_samples`` sampled norms (judged once more samples exist);
-    else ``None`` (T8, P15)."""
+    else ``None`` (T8, P15).
+
+    Example:
+        >>> exploding_verdict([0.4, 0.6, 0.5, 0.45, 80.0])["growth"]
+        160.0
+        >>> exploding_verdict([0.4, 0.6, 0.5, 0.45, 0.5]) is None
+        True
+    """
     finite = [t for t in totals if math.isfinite(t)]
     if not finite or not math.isfinite(totals[-1]):
         return None
@@ -160,7 +167,14 @@ def vanishing_verdict(
     names: Sequence[str], norms: Sequence[float], min_ratio: float = MIN_RATIO, floor: float = 1e-10
 ) -> dict[str, float] | None:
     """Figures when the first layer's gradient norm is below ``min_ratio`` x the last layer's, or any
-    layer's norm is below ``floor``; else ``None`` (P11, P15). Non-finite norms are not judged."""
+    layer's norm is below ``floor``; else ``None`` (P11, P15). Non-finite norms are not judged.
+
+    Example:
+        >>> vanishing_verdict(["net.0", "net.2", "net.4"], [1e-9, 1e-3, 0.3])["first_norm"]
+        1e-09
+        >>> vanishing_verdict(["net.0", "net.2", "net.4"], [0.1, 0.2, 0.3]) is None
+        True
+    """
     if not norms or not all(math.isfinite(n) for n in norms):
         return None
     first, last = norms[0], norms[-1]

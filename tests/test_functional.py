@@ -1,0 +1,23 @@
+"""``lightning_tips.functional``: the pure functions behind the callbacks, in one namespace (#13)."""
+
+from __future__ import annotations
+
+import inspect
+
+from lightning_tips import functional as LF
+
+
+def test_every_function_is_exported_documented_and_typed() -> None:
+    assert len(LF.__all__) >= 40 and sorted(LF.__all__) == LF.__all__
+    for name in LF.__all__:
+        fn = getattr(LF, name)
+        assert inspect.isfunction(fn), name
+        assert fn.__doc__ and len(fn.__doc__.split()) > 8, f"{name} needs a docstring"
+        assert "return" in fn.__annotations__, f"{name} needs a return type"
+
+
+def test_the_verdicts_are_the_callbacks_own_functions() -> None:
+    from lightning_tips.checks import _curves, gradients
+
+    assert LF.overfitting_verdict is _curves.overfitting_verdict
+    assert LF.exploding_verdict is gradients.exploding_verdict
