@@ -465,6 +465,7 @@ def explain(code: str) -> str:
     text = _info(code).render()
     explains = sorted({c for row in ROOT_CAUSES if row.root == code for c in row.explains})
     by = [row.root + (f" (when {row.figure} >= {row.at_least:g})" if row.figure else "")
+          + (" (a warning or error)" if row.verdict_only else "")
           for row in ROOT_CAUSES if code in row.explains]
     if explains:
         text += f"\nRoot cause of (reported later, they become 'consequence of' infos): {', '.join(explains)}"
@@ -628,13 +629,16 @@ class FindingsLog:
 @dataclass(frozen=True)
 class RootCause:
     """One row of the precedence table: a finding of ``root`` explains later findings of the codes
-    in ``explains`` — when ``figure`` is given, only while the root's figure is ``>= at_least``."""
+    in ``explains`` — when ``figure`` is given, only while the root's figure is ``>= at_least``; when
+    ``verdict_only``, only a root of severity ``warning`` or ``error`` (an ``info`` of that code, e.g. a
+    remark, explains nothing)."""
 
     root: str
     explains: tuple[str, ...]
     why: str
     figure: str | None = None
     at_least: float = 0.0
+    verdict_only: bool = False
 
 
 _AFTER_NONFINITE = (
@@ -655,7 +659,7 @@ ROOT_CAUSES: tuple[RootCause, ...] = (
               figure="dead_fraction", at_least=1.0),
     RootCause("input-independent", ("not-learning",),
               "an output that does not depend on the input can do no better than a constant: the loss stops "
-              "at the constant prediction's"),
+              "at the constant prediction's", verdict_only=True),
     RootCause("unnormalized-input", ("init-loss", "dead-activation", "saturated-activation", "exploding-gradient"),
               "inputs far from unit scale make the first layer's pre-activations huge: large initial logits, "
               "units pushed into their dead or saturated range, large gradients"),
@@ -694,6 +698,8 @@ def root_cause(finding: Finding, earlier: Iterable[Finding]) -> Finding | None:
             if row.root != root.code or finding.code not in row.explains:
                 continue
             if row.figure is not None and not root.figures.get(row.figure, -math.inf) >= row.at_least:
+                continue
+            if row.verdict_only and root.severity is Severity.INFO:
                 continue
             return root
     return None

@@ -263,3 +263,14 @@ def test_summary_and_logger_rows_mark_skipped_findings() -> None:
     col = SUMMARY_COLUMNS.index("skipped")
     assert [r[col] for r in summary_rows([f, g])] == ["", "skipped"]  # warnings first
     assert _finding_row(f)[FINDING_COLUMNS.index("skipped")] == "skipped" and not _finding_row(g)[2]
+
+
+def test_an_input_independent_remark_explains_nothing_its_warning_explains_not_learning() -> None:
+    """The `input-independent` row is verdict-only: a pre-flight info (a saturated or dead representation
+    pointing elsewhere) must not swallow a later `not-learning`; a warning (the output ignores the input) does."""
+    from lightning_tips.findings import root_cause
+
+    flat = Finding("not-learning", "warning", "the training loss did not go down")
+    assert root_cause(flat, [Finding("input-independent", "info", "output constant at init (saturated)")]) is None
+    ignores = Finding("input-independent", "warning", "output unchanged by zeroed and random inputs")
+    assert root_cause(flat, [ignores]) is ignores
