@@ -33,6 +33,7 @@ Example:
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import zlib
@@ -65,6 +66,13 @@ _DEFAULT_TIMEOUT_S = 1800.0  # torch's own default for gloo; a peer that never c
 
 _group: Any = None  # the pack's gloo group
 _group_of: Any = None  # the default group it was created for (a new fit, a new process group: a new one)
+
+
+@atexit.register
+def _release() -> None:
+    """Drop the pack's references to its process group while the interpreter is still whole."""
+    global _group, _group_of
+    _group = _group_of = None
 
 
 class RanksOutOfStep(RuntimeError):
