@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
@@ -34,9 +34,48 @@ class TipCallback(Callback):
     lightning_tips callback's findings (a table sized to the terminal; also logged as a table, one
     row per finding, to every logger).
 
-    Subclasses call :meth:`report`; when overriding ``setup``, ``teardown``, ``on_exception``,
-    ``state_dict`` or ``load_state_dict`` they call ``super()``.
+    The base owns the lifecycle — ``setup``, ``teardown``, ``on_exception``, ``state_dict`` and
+    ``load_state_dict`` — and a subclass may not override those (a ``TypeError`` when the class is
+    defined), so none can forget ``super()`` and lose the summary or the checkpointed findings.
+    Subclasses call :meth:`report` and override the small named steps instead:
+
+    * :meth:`_begin_fit` — reset per-fit state (at ``setup`` of a fit, after the findings are cleared);
+    * :meth:`_end_fit` — release hooks and buffers when the fit ends (``teardown`` of the fit, or
+      ``on_exception``), before the summary is printed;
+    * :meth:`_extra_state` / :meth:`_load_extra_state` — what the callback adds to its checkpoint state.
+
+    Example:
+        >>> class CountSteps(TipCallback):
+        ...     def _begin_fit(self, trainer, pl_module):
+        ...         self.steps = 0
+        ...     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        ...         self.steps += 1
+        ...     def _extra_state(self):
+        ...         return {"steps": self.steps}
+        >>> class Forgetful(TipCallback):
+        ...     def teardown(self, trainer, pl_module, stage):
+        ...         pass
+        Traceback (most recent call last):
+        ...
+        TypeError: Forgetful overrides TipCallback.teardown, which the base class owns: override the step `_end_fit` instead.
     """
+
+    _LIFECYCLE_STEPS: ClassVar[dict[str, str]] = {
+        "setup": "_begin_fit", "teardown": "_end_fit", "on_exception": "_end_fit",
+        "state_dict": "_extra_state", "load_state_dict": "_load_extra_state",
+    }
+    _owns_lifecycle: ClassVar[bool] = False  # set in a class body that re-implements the lifecycle (composites)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("_owns_lifecycle", False):
+            return
+        for hook, step in TipCallback._LIFECYCLE_STEPS.items():
+            if hook in cls.__dict__:
+                raise TypeError(
+                    f"{cls.__name__} overrides TipCallback.{hook}, which the base class owns: "
+                    f"override the step `{step}` instead."
+                )
 
     def __init__(self) -> None:
         self._findings_log = FindingsLog()
@@ -76,19 +115,40 @@ class TipCallback(Callback):
         self._findings_log = log
         self._owns_findings_log = False
 
-    # --- lifecycle -------------------------------------------------------------------------------
+    # --- the steps subclasses override ------------------------------------------------------------
+    def _begin_fit(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Reset per-fit state (``setup`` of a fit; a resumed fit reloads the state afterwards)."""
+
+    def _end_fit(self, trainer: pl.Trainer, pl_module: pl.LightningModule, error: BaseException | None) -> None:
+        """Release what the fit held (hooks, buffers): at ``teardown`` of the fit (``error`` is
+        ``None``) and at ``on_exception``; may run twice (an exception, then teardown)."""
+
+    def _extra_state(self) -> dict[str, Any]:
+        """This callback's part of its checkpoint state (beside the findings)."""
+        return {}
+
+    def _load_extra_state(self, state_dict: dict[str, Any]) -> None:
+        """Restore :meth:`_extra_state` from a checkpoint (keys may be missing in older checkpoints)."""
+
+    # --- lifecycle (owned by the base) -------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)  # a second base (Lightning's EarlyStopping) has its own
         _ddp.setup(trainer)  # the pack's own process group: every rank, at the same point
         if stage == "fit":
             self._findings_log.clear()
             self._summarised = False
+            self._begin_fit(trainer, pl_module)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().teardown(trainer, pl_module, stage)
         # after every callback's on_train_end/on_fit_end: findings reported there are included
         if stage == "fit":
+            self._end_fit(trainer, pl_module, None)
             self._summarise(trainer)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        super().on_exception(trainer, pl_module, exception)
+        self._end_fit(trainer, pl_module, exception)
         self._summarise(trainer)
 
     def _summarise(self, trainer: pl.Trainer) -> None:
@@ -107,13 +167,19 @@ class TipCallback(Callback):
             print(f"{title} — nothing to report.", flush=True)
         log_table(trainer, "tips/summary", SUMMARY_COLUMNS, rows)  # to the loggers: one row per finding
 
-    # --- state -----------------------------------------------------------------------------------
+    # --- state (owned by the base) -----------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return self._findings_log.state_dict() if self._owns_findings_log else {}
+        state = super().state_dict()
+        if self._owns_findings_log:
+            state.update(self._findings_log.state_dict())
+        state.update(self._extra_state())
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
         if self._owns_findings_log:
             self._findings_log.load_state_dict(state_dict)
+        self._load_extra_state(state_dict)
 
 
 _HOOKS = tuple(
@@ -131,6 +197,8 @@ class TipComposite(TipCallback):
     ``Recipe`` and ``Preflight`` are composites, so the whole pack is one entry of
     ``Trainer(callbacks=...)`` and one LightningCLI flag.
     """
+
+    _owns_lifecycle: ClassVar[bool] = True  # forwards the lifecycle to its children, then runs the base's
 
     def __init__(self, children: list[Callback] | None = None) -> None:
         super().__init__()

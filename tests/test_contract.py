@@ -757,3 +757,43 @@ def test_recipe_early_stopping_never_crashes_on_a_missing_monitor(tmp_path: Path
         trainer.fit(ContractNet(), train, val)
     assert trainer.state.finished and trainer.current_epoch == 2
     assert any(f.skipped and f.module == monitor for f in recipe.findings)
+
+
+# --- the lifecycle: owned by TipCallback, so every callback prints the summary -----------------------
+SUMMARY = re.compile(r"lightning_tips: (\d+) finding\(s\)")
+
+
+@pytest.mark.parametrize("cls", CALLBACKS, ids=_ids(CALLBACKS))
+def test_every_public_callback_used_alone_prints_the_summary(
+    cls: type[Callback], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cb = cls(**kwargs_for(cls))
+    trainer, _, _ = _fit([cb], tmp_path, max_epochs=1)
+    out = capsys.readouterr().out
+    summaries = SUMMARY.findall(out)
+    assert len(summaries) == 1, f"{cls.__name__}: {len(summaries)} end-of-fit summaries in:\n{out[-2000:]}"
+    assert int(summaries[0]) == len(cb.findings)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("first", ["ActivationStats", "GradientStats"])
+def test_the_first_tip_callback_prints_one_summary_of_all(
+    first: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # ActivationStats once overrode teardown without super(): listed first, no summary at all
+    acts, grads = lt.ActivationStats(every_n_steps=2), lt.GradientStats(every_n_steps=2)
+    _, _, warned = _fit([acts, grads] if first == "ActivationStats" else [grads, acts], tmp_path)
+    out = capsys.readouterr().out
+    assert SUMMARY.findall(out) == [str(len(acts.findings) + len(grads.findings))]
+    assert "dead-activation" in {_code(w) for w in warned}  # the planted dead branch
+    assert grads.findings, "GradientStats found nothing on the planted dead branch"
+    for f in [*acts.findings, *grads.findings]:  # both callbacks' findings are in the one summary
+        assert f.code in out
+
+
+@pytest.mark.parametrize("hook", ["setup", "teardown", "on_exception", "state_dict", "load_state_dict"])
+def test_a_subclass_cannot_take_over_the_lifecycle(hook: str) -> None:
+    with pytest.raises(TypeError, match=rf"overrides TipCallback\.{hook}, which the base class owns"):
+        type("Forgetful", (lt.TipCallback,), {hook: lambda self, *a: None})
+    # the named steps are the way in, and composites (which forward the lifecycle) stay possible
+    steps = type("Steps", (lt.TipCallback,), {"_begin_fit": lambda self, t, m: None, "_extra_state": lambda self: {"n": 1}})
+    assert steps().state_dict()["n"] == 1

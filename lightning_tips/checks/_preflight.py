@@ -407,21 +407,18 @@ class _OncePerFit(TipCallback):
     def _run_card(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[CardLine]:
         raise NotImplementedError
 
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
-        if stage == "fit":
-            self._done = False
+    def _begin_fit(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._done = False
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._composed or self._done or trainer.ckpt_path is not None:
             return
         print_card(trainer, self._run_card(trainer, pl_module))
 
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "done": self._done}
+    def _extra_state(self) -> dict[str, Any]:
+        return {"done": self._done}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
+    def _load_extra_state(self, state_dict: dict[str, Any]) -> None:
         self._done = bool(state_dict.get("done", False))
 
 

@@ -611,10 +611,7 @@ class ActivationStats(TipCallback):
         return state
 
     # --- lifecycle -------------------------------------------------------------------------------
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
-        if stage != "fit":
-            return
+    def _begin_fit(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._detach()
         self._disabled = False
         self._silent_steps = 0
@@ -666,13 +663,10 @@ class ActivationStats(TipCallback):
         self._detach()
         self._log_images(trainer)
 
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+    def _end_fit(self, trainer: pl.Trainer, pl_module: pl.LightningModule, error: BaseException | None) -> None:
         self._detach()
-        self._recorder = None
-        super().on_exception(trainer, pl_module, exception)
-
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._detach()
+        if error is not None:
+            self._recorder = None
 
     # --- work ------------------------------------------------------------------------------------
     def _detach(self) -> None:
@@ -744,13 +738,12 @@ class ActivationStats(TipCallback):
                                caption=f"{key} ({h['module_type']}): {caption}")
 
     # --- state -----------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
+    def _extra_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {}
         state["history"] = copy.deepcopy(self._history)  # a snapshot: training appends to the live lists
         state["sampled_step"] = self._sampled_step
         return state
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
+    def _load_extra_state(self, state_dict: dict[str, Any]) -> None:
         self._history = copy.deepcopy(dict(state_dict.get("history", {})))
         self._sampled_step = int(state_dict.get("sampled_step", -1))

@@ -260,14 +260,12 @@ class LearningCurves(TipCallback):
         return BinaryAccuracy(validate_args=False).to(pl_module.device)
 
     # --- hooks -----------------------------------------------------------------------------------
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
-        if stage == "fit":
-            self._drawn_points, self._drawn_step = -1, 0
-            self.history = {k: [] for k in HISTORY_KEYS}
-            self._reported = set()
-            self._reset_train()
-            self._reset_val()
+    def _begin_fit(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._drawn_points, self._drawn_step = -1, 0
+        self.history = {k: [] for k in HISTORY_KEYS}
+        self._reported = set()
+        self._reset_train()
+        self._reset_val()
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._reset_train()
@@ -469,14 +467,13 @@ class LearningCurves(TipCallback):
             )
 
     # --- state -----------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
+    def _extra_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {}
         state["history"] = {k: list(v) for k, v in self.history.items()}
         state["reported"] = sorted(self._reported)
         return state
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
+    def _load_extra_state(self, state_dict: dict[str, Any]) -> None:
         history = state_dict.get("history", {})
         self.history = {k: [float(v) for v in history.get(k, [])] for k in HISTORY_KEYS}
         legacy = {"overfitting": "overfitting-warning", "not-learning": "not-learning-warning"}  # older checkpoints

@@ -826,10 +826,9 @@ class DataChecks(PreflightCheck):
         self._scanned = False  # the scan ran this fit (in pre-flight, or on the batch handed over at step 0)
         self._draw_pending = False  # the first-batch picture is drawn on the batch handed over at step 0
 
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
-        if stage == "fit":
-            self._scanned = self._draw_pending = False
+    def _begin_fit(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super()._begin_fit(trainer, pl_module)
+        self._scanned = self._draw_pending = False
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:

@@ -273,10 +273,7 @@ class GradientStats(TipCallback):
         return self._generate_state_key(every_n_steps=self.every_n_steps)
 
     # --- lifecycle -------------------------------------------------------------------------------
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
-        if stage != "fit":
-            return
+    def _begin_fit(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._groups = None
         self._idle = False
         self._steps, self._totals, self._baseline, self._count = [], [], [], 0  # a resumed fit reloads them
@@ -385,8 +382,8 @@ class GradientStats(TipCallback):
             )
 
     # --- state -----------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
+    def _extra_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {}
         state.update(
             {
                 "steps": list(self._steps),
@@ -398,8 +395,7 @@ class GradientStats(TipCallback):
         )
         return state
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
+    def _load_extra_state(self, state_dict: dict[str, Any]) -> None:
         self._steps = [int(s) for s in state_dict.get("steps", [])]
         self._totals = [float(t) for t in state_dict.get("totals", [])]
         self._baseline = [float(t) for t in state_dict.get("baseline", self._totals[:3])]

@@ -346,17 +346,16 @@ class InputIndependenceCheck(PreflightCheck):
         self._train_count = 0
         self._judged = False
 
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
-        if stage == "fit":
-            self._reset_runtime()
+    def _begin_fit(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super()._begin_fit(trainer, pl_module)
+        self._reset_runtime()
 
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "loss_name": self._loss_name, "best_val": self._best_val,
+    def _extra_state(self) -> dict[str, Any]:
+        return {**super()._extra_state(), "loss_name": self._loss_name, "best_val": self._best_val,
                 "val_checks": self._val_checks, "judged": self._judged}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
+    def _load_extra_state(self, state_dict: dict[str, Any]) -> None:
+        super()._load_extra_state(state_dict)
         self._loss_name = state_dict.get("loss_name")
         self._best_val = float(state_dict.get("best_val", math.inf))
         self._val_checks = int(state_dict.get("val_checks", 0))

@@ -308,10 +308,8 @@ class LRDecayGuard(TipCallback):
     def state_key(self) -> str:
         return self._generate_state_key(floor=self.floor)
 
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
-        if stage == "fit":
-            self._reset()
+    def _begin_fit(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._reset()
 
     # --- fit start: optimizer defaults and the replay ---------------------------------------------
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -482,8 +480,8 @@ class LRDecayGuard(TipCallback):
                 )
 
     # --- state -----------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
+    def _extra_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {}
         state.update(
             peaks=[[i, g, v] for (i, g), v in self._peaks.items()],
             initial=[[i, g, v] for (i, g), v in self._initial.items()],
@@ -492,8 +490,7 @@ class LRDecayGuard(TipCallback):
         )
         return state
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
+    def _load_extra_state(self, state_dict: dict[str, Any]) -> None:
         self._peaks = {(int(i), int(g)): float(v) for i, g, v in state_dict.get("peaks", [])}
         self._initial = {(int(i), int(g)): float(v) for i, g, v in state_dict.get("initial", [])}
         self._flagged = {(int(i), int(g)) for i, g in state_dict.get("flagged", [])}

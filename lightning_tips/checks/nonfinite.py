@@ -227,10 +227,7 @@ class NonFiniteGuard(TipCallback):
         )
 
     # --- lifecycle -------------------------------------------------------------------------------
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
-        if stage != "fit":
-            return
+    def _begin_fit(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.counts = dict.fromkeys(_KINDS, 0)
         self.reported_steps, self.skipped_steps = [], []  # a resumed fit reloads them
         self._reset_step_state()
@@ -402,8 +399,8 @@ class NonFiniteGuard(TipCallback):
             raise TipError(code, message, finding)
 
     # --- state -----------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
+    def _extra_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {}
         state.update(
             {
                 "counts": dict(self.counts),
@@ -413,8 +410,7 @@ class NonFiniteGuard(TipCallback):
         )
         return state
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
+    def _load_extra_state(self, state_dict: dict[str, Any]) -> None:
         counts = state_dict.get("counts", {})
         self.counts = {k: int(counts.get(k, 0)) for k in _KINDS}
         self.reported_steps = [int(s) for s in state_dict.get("reported_steps", [])]

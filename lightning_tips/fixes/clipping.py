@@ -203,10 +203,7 @@ class GradientClipping(TipCallback):
         return self._generate_state_key(mode=self.mode, adaptive=self.adaptive)
 
     # --- lifecycle -------------------------------------------------------------------------------
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
-        if stage != "fit":
-            return
+    def _begin_fit(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.gradient_clip_val is not None:
             raise ValueError(
                 f"GradientClipping clips on Lightning's clipping path and cannot run together with "
@@ -324,11 +321,11 @@ class GradientClipping(TipCallback):
             self._buffer = to(self._buffer, torch.full((self.history,), math.nan))
 
     # --- state -----------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
+    def _extra_state(self) -> dict[str, Any]:
         def cpu(t: Tensor | None) -> Tensor | None:
             return None if t is None else t.detach().cpu().clone()
 
-        state = super().state_dict()
+        state: dict[str, Any] = {}
         state.update(
             steps=self._steps,
             pos=self._pos,
@@ -341,8 +338,7 @@ class GradientClipping(TipCallback):
         )
         return state
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
+    def _load_extra_state(self, state_dict: dict[str, Any]) -> None:
         self._reset()
         self._steps = int(state_dict.get("steps", 0))
         self._pos = int(state_dict.get("pos", 0))

@@ -88,7 +88,7 @@ def best_weights_copy(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
-class EarlyStopping(_LightningEarlyStopping, TipCallback):
+class EarlyStopping(TipCallback, _LightningEarlyStopping):
     """Lightning's ``EarlyStopping`` with the recipe's defaults, best-weight restore and the ``overfitting`` finding.
 
     All of Lightning's arguments keep their meaning; the defaults follow the recipe (R4.9): monitor
@@ -170,8 +170,9 @@ class EarlyStopping(_LightningEarlyStopping, TipCallback):
         check_float("divergence_threshold", divergence_threshold, optional=True)
         check_bool("check_on_train_epoch_end", check_on_train_epoch_end, optional=True)
         check_str("train_loss_key", train_loss_key)
-        # Lightning's __init__ calls super().__init__(), which (by the MRO) is TipCallback.__init__
-        super().__init__(
+        TipCallback.__init__(self)  # the bases in turn: Lightning's __init__ ends at Callback's (the MRO)
+        _LightningEarlyStopping.__init__(
+            self,
             monitor=monitor,
             min_delta=min_delta,
             patience=patience,
@@ -200,21 +201,19 @@ class EarlyStopping(_LightningEarlyStopping, TipCallback):
         self._missing_train_reported = False
 
     # --- lifecycle -------------------------------------------------------------------------------
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        _LightningEarlyStopping.setup(self, trainer, pl_module, stage)
-        TipCallback.setup(self, trainer, pl_module, stage)
-        if stage == "fit":
-            self._reset_history()
-            self._no_validation = _no_validation_loop(trainer, pl_module)
-            if self._no_validation is not None and self.monitor.startswith("val"):
-                if self.strict and not self._skip_missing_monitor:
-                    # Lightning would say so after a whole epoch; it is known now
-                    raise RuntimeError(
-                        f"Early stopping conditioned on metric `{self.monitor}` which is not available: this fit has "
-                        f"no validation loop ({self._no_validation}). Add a validation loop, monitor a metric "
-                        f"logged in training_step, or pass EarlyStopping(strict=False)."
-                    )
-                self._report_missing(trainer, f"this fit has no validation loop ({self._no_validation})")
+    def _begin_fit(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # (Lightning's EarlyStopping.setup ran first: TipCallback.setup calls the next base's)
+        self._reset_history()
+        self._no_validation = _no_validation_loop(trainer, pl_module)
+        if self._no_validation is not None and self.monitor.startswith("val"):
+            if self.strict and not self._skip_missing_monitor:
+                # Lightning would say so after a whole epoch; it is known now
+                raise RuntimeError(
+                    f"Early stopping conditioned on metric `{self.monitor}` which is not available: this fit has "
+                    f"no validation loop ({self._no_validation}). Add a validation loop, monitor a metric "
+                    f"logged in training_step, or pass EarlyStopping(strict=False)."
+                )
+            self._report_missing(trainer, f"this fit has no validation loop ({self._no_validation})")
 
     def _report_missing(self, trainer: pl.Trainer, why: str) -> None:
         self.report(
@@ -316,10 +315,9 @@ class EarlyStopping(_LightningEarlyStopping, TipCallback):
         )
 
     # --- state -----------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        state = _LightningEarlyStopping.state_dict(self)
-        state.update(TipCallback.state_dict(self))
-        state.update(
+    def _extra_state(self) -> dict[str, Any]:
+        # beside Lightning's EarlyStopping state (wait_count, best_score, …) and the findings
+        state: dict[str, Any] = dict(
             val_history=list(self._val_history),
             train_history=list(self._train_history),
             acc_history=list(self._acc_history),
@@ -330,9 +328,7 @@ class EarlyStopping(_LightningEarlyStopping, TipCallback):
             state["best_weights"] = self.best_weights
         return state
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        _LightningEarlyStopping.load_state_dict(self, state_dict)
-        TipCallback.load_state_dict(self, state_dict)
+    def _load_extra_state(self, state_dict: dict[str, Any]) -> None:
         self._val_history = [float(v) for v in state_dict.get("val_history", [])]
         self._train_history = [float(v) for v in state_dict.get("train_history", [])]
         acc = [float(v) for v in state_dict.get("acc_history", [])]

@@ -157,9 +157,8 @@ class ForgetGateBias(TipCallback):
                     module=with_bias[0][0], figures={"modules": len(with_bias), "gates": self.gates_set,
                                                      "value": self.value})
 
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "gates_set": self.gates_set}
+    def _extra_state(self) -> dict[str, Any]:
+        return {"gates_set": self.gates_set}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
+    def _load_extra_state(self, state_dict: dict[str, Any]) -> None:
         self.gates_set = int(state_dict.get("gates_set", 0))

@@ -355,9 +355,8 @@ class WeightInit(TipCallback):
                     figures={**{k: float(counts[k]) for k in ("he", "xavier", "orthogonal", "lecun")},
                              "kept": float(len(keep))})
 
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "applied": dict(self.applied)}
+    def _extra_state(self) -> dict[str, Any]:
+        return {"applied": dict(self.applied)}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
+    def _load_extra_state(self, state_dict: dict[str, Any]) -> None:
         self.applied = dict(state_dict.get("applied", {}))

@@ -428,9 +428,8 @@ class OutputBiasInit(TipCallback):
                     module=module, skipped=True)
 
     # --- state ---------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "applied_bias": self.applied_bias}
+    def _extra_state(self) -> dict[str, Any]:
+        return {"applied_bias": self.applied_bias}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
+    def _load_extra_state(self, state_dict: dict[str, Any]) -> None:
         self.applied_bias = state_dict.get("applied_bias")

@@ -221,10 +221,8 @@ class SnapshotEnsemble(TipCallback):
     def state_key(self) -> str:
         return self._generate_state_key(k=self.k, every_n_epochs=self.every_n_epochs)
 
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
-        if stage == "fit":
-            self._snapshots, self._skipped, self.last_result = [], False, None
+    def _begin_fit(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._snapshots, self._skipped, self.last_result = [], False, None
 
     # --- snapshots -------------------------------------------------------------------------------
     def _take(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -323,16 +321,15 @@ class SnapshotEnsemble(TipCallback):
                     advice="none needed; the ensemble evaluation needs (inputs, targets) batches and tensor outputs")
 
     # --- state -----------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
+    def _extra_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {}
         state["snapshots"] = [dict(e) for e in self._snapshots]
         state["skipped"] = self._skipped
         r = self.last_result
         state["last_result"] = None if r is None else [r.kind, r.ensemble, r.single, r.samples]
         return state
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
+    def _load_extra_state(self, state_dict: dict[str, Any]) -> None:
         self._snapshots = [dict(e) for e in state_dict.get("snapshots", [])][-self.k :]
         self._skipped = bool(state_dict.get("skipped", False))
         r = state_dict.get("last_result")

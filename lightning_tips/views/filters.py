@@ -157,10 +157,8 @@ class FirstLayerFilters(TipCallback):
         self._last_step = -1
         self._done = False  # skipped for good
 
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
-        if stage == "fit":
-            self._input_shape, self._last_step, self._done = None, -1, False
+    def _begin_fit(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._input_shape, self._last_step, self._done = None, -1, False
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._draw(trainer, pl_module)

@@ -412,10 +412,8 @@ class FixedBatchPredictions(TipCallback):
         return None if self._indices is None else list(self._indices)
 
     # --- hooks -----------------------------------------------------------------------------------
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
-        if stage == "fit":
-            self._reset()
+    def _begin_fit(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._reset()
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._skipped:
@@ -519,13 +517,12 @@ class FixedBatchPredictions(TipCallback):
                 log_image(trainer, IMAGE_KEY, render_prediction_grid(images, summary, title), step=step)
 
     # --- state -----------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
+    def _extra_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {}
         state.update(batch=self._batch, indices=self._indices, last_step=self._last_step, skipped=self._skipped)
         return state
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
+    def _load_extra_state(self, state_dict: dict[str, Any]) -> None:
         self._batch = state_dict.get("batch")
         indices = state_dict.get("indices")
         self._indices = None if indices is None else [int(i) for i in indices]
