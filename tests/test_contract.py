@@ -768,7 +768,7 @@ def test_every_public_callback_used_alone_prints_the_summary(
     cls: type[Callback], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     cb = cls(**kwargs_for(cls))
-    trainer, _, _ = _fit([cb], tmp_path, max_epochs=1)
+    _fit([cb], tmp_path, max_epochs=1)
     out = capsys.readouterr().out
     summaries = SUMMARY.findall(out)
     assert len(summaries) == 1, f"{cls.__name__}: {len(summaries)} end-of-fit summaries in:\n{out[-2000:]}"
