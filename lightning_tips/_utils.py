@@ -27,6 +27,7 @@ __all__ = [
     "batch_size",
     "find_output_layer",
     "first_tensor",
+    "histogram_period",
     "is_sampled",
     "join_batch",
     "loader_samplers",
@@ -46,9 +47,14 @@ EARLY_STEPS = frozenset((0, 1, 2, 5, 10, 20, 50))
 
 
 def is_sampled(step: int, every_n_steps: int, dense_start: bool = False) -> bool:
-    """Whether ``step`` is a sampled step: every ``every_n_steps``-th step (``<= 0`` never samples),
-    and with ``dense_start`` also the early steps 0, 1, 2, 5, 10, 20, 50 — seven extra samples per
-    fit, so the amortised cost is unchanged. Decided from ``global_step`` only: the same on every rank.
+    """Whether ``step`` is a sampled step: every ``every_n_steps``-th step, and with ``dense_start``
+    also the early steps 0, 1, 2, 5, 10, 20, 50 — seven extra samples per fit, so the amortised cost
+    is unchanged. Decided from ``global_step`` only: the same on every rank.
+
+    This is the pack's one schedule, behind every ``*_every_n_steps`` knob: a period ``n >= 1`` acts on
+    the steps where ``global_step % n == 0``; a period ``0`` means **no periodic work** (nothing is
+    sampled, not even the dense start) — what a callback does at fixed points (at the start, at the end
+    of training) still happens. A knob that also takes ``None`` follows its callback's main period.
 
     Example:
         >>> [s for s in range(120) if is_sampled(s, 100, dense_start=True)]
@@ -57,6 +63,16 @@ def is_sampled(step: int, every_n_steps: int, dense_start: bool = False) -> bool
     if every_n_steps <= 0:
         return False
     return step % every_n_steps == 0 or (dense_start and step in EARLY_STEPS)
+
+
+def histogram_period(every_n_steps: int | None) -> int:
+    """The period of a ``histogram_every_n_steps`` knob: ``None`` follows the sampling (every sampled step).
+
+    Example:
+        >>> histogram_period(None), histogram_period(0), histogram_period(500)
+        (1, 0, 500)
+    """
+    return 1 if every_n_steps is None else every_n_steps
 
 
 def apply_to_tensors(obj: Any, fn: Callable[[torch.Tensor], Any]) -> Any:

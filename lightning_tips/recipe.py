@@ -61,13 +61,16 @@ class Recipe(TipComposite):
         every_n_steps: sampling period of the statistics (gradients, activations, lr re-check).
         view_every_n_steps: period of the pictures (first-layer filters, fixed-batch predictions,
             histograms, the learning-curve chart — also drawn at the end of training).
+            Every period follows one rule (:func:`~lightning_tips._utils.is_sampled`): ``0`` means no
+            periodic work — what is done at the start and the end of training still happens.
         preflight: run the pre-flight report card before the first step.
         preflight_budget_s: the report card's safety net, in seconds (its work is planned in steps and
             samples from the model's size; when this limit is hit, one ``info`` says so).
         nonfinite_action: what the guard does on NaN/Inf: ``"stop"`` all ranks, ``"skip"`` the
             update, ``"warn"``, or ``"raise"`` a :class:`~lightning_tips.TipError`.
         nonfinite_every_n_steps: how often the guard syncs its on-device flags (default: ``every_n_steps``;
-            1 to stop before the bad update and locate the module).
+            1 to stop before the bad update and locate the module; 0: the guard is off). ``every_n_steps=0``
+            turns off every periodic part, the guard included unless this is given.
         gradients: per-layer gradient norms (``GradientStats``).
         activations: activation statistics (``ActivationStats``).
         lr_decay: the learning-rate schedule guard (``LRDecayGuard``).
@@ -129,11 +132,11 @@ class Recipe(TipComposite):
     ) -> None:
         # every argument is checked here, under the name the user passed (the parts' own checks would
         # name their parameters: budget_s for preflight_budget_s, max_norm for gradient_clip, ...)
-        check_int("every_n_steps", every_n_steps, low=1)
-        check_int("view_every_n_steps", view_every_n_steps, low=1)
+        check_int("every_n_steps", every_n_steps, low=0)
+        check_int("view_every_n_steps", view_every_n_steps, low=0)
         check_float("preflight_budget_s", preflight_budget_s, low=0.0, low_open=True)
         check_choice("nonfinite_action", nonfinite_action, ("stop", "skip", "warn", "raise"))
-        check_int("nonfinite_every_n_steps", nonfinite_every_n_steps, low=1, optional=True)
+        check_int("nonfinite_every_n_steps", nonfinite_every_n_steps, low=0, optional=True)
         if nonfinite_action == "skip" and nonfinite_every_n_steps not in (None, 1):
             raise ValueError(
                 "Expected nonfinite_every_n_steps to be 1 or None with nonfinite_action='skip' (an update can only "
@@ -164,7 +167,8 @@ class Recipe(TipComposite):
                 f"gradient_clip={gradient_clip!r} with adaptive_clipping=True."
             )
         # the guard syncs its flags on the sampled steps; "skip" must decide on every step
-        guard_every = nonfinite_every_n_steps or (1 if nonfinite_action == "skip" else every_n_steps)
+        guard_every = nonfinite_every_n_steps if nonfinite_every_n_steps is not None else (
+            1 if nonfinite_action == "skip" else every_n_steps)
         # only the keys given are forwarded: the parts' defaults stay theirs
         batch_keys: dict[str, Any] = {
             k: v for k, v in (("input_key", input_key), ("target_key", target_key)) if v is not None

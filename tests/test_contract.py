@@ -6,7 +6,9 @@
   saved state, does not re-apply fixes, does not repeat findings, and its counters go on;
 - checks and views (everything but the fixes) are pure observers: same seed, ``deterministic=True``,
   a shuffled loader with its own generator, BatchNorm and Dropout — every parameter and buffer ends
-  bit-for-bit equal with or without the callback.
+  bit-for-bit equal with or without the callback;
+- used alone, it prints the end-of-fit summary (the base class owns the lifecycle);
+- every ``*_every_n_steps`` knob takes ``0`` (no periodic work) and rejects negatives.
 
 New callbacks are covered automatically: the list is discovered from ``lightning_tips.__all__``.
 """
@@ -676,7 +678,7 @@ def test_bad_argument_is_rejected_at_construction_naming_it(cls: type[Callback],
     ("kwargs", "named"),
     [({"preflight_budget_s": -1}, "preflight_budget_s"), ({"gradient_clip": 0.0}, "gradient_clip"),
      ({"snapshot_ensemble": "3"}, "snapshot_ensemble"), ({"snapshot_ensemble": 1}, "snapshot_ensemble"),
-     ({"nonfinite_every_n_steps": 0}, "nonfinite_every_n_steps"), ({"lr_floor": 2.0}, "lr_floor"),
+     ({"nonfinite_every_n_steps": -1}, "nonfinite_every_n_steps"), ({"lr_floor": 2.0}, "lr_floor"),
      ({"nonfinite_action": "skip", "nonfinite_every_n_steps": 5}, "nonfinite_every_n_steps"),
      ({"forget_gate_bias": float("nan")}, "forget_gate_bias"), ({"monitor": None}, "monitor")],
 )
@@ -797,3 +799,24 @@ def test_a_subclass_cannot_take_over_the_lifecycle(hook: str) -> None:
     # the named steps are the way in, and composites (which forward the lifecycle) stay possible
     steps = type("Steps", (lt.TipCallback,), {"_begin_fit": lambda self, t, m: None, "_extra_state": lambda self: {"n": 1}})
     assert steps().state_dict()["n"] == 1
+
+
+# --- one schedule: a period of 0 means no periodic work, for every knob ---------------------------------
+PERIOD_KNOBS = [
+    pytest.param(cls, name, id=f"{cls.__name__}.{name}")
+    for cls in CALLBACKS
+    for name in inspect.signature(cls.__init__).parameters
+    if name.endswith("every_n_steps")
+]
+
+
+def test_the_period_knobs_are_found() -> None:
+    names = {p.id for p in PERIOD_KNOBS}
+    assert len(names) >= 12 and {"Recipe.view_every_n_steps", "ActivationStats.histogram_every_n_steps"} <= names
+
+
+@pytest.mark.parametrize(("cls", "name"), PERIOD_KNOBS)
+def test_every_period_knob_takes_zero_and_rejects_negatives(cls: type[Callback], name: str) -> None:
+    assert getattr(cls(**{name: 0}), name, 0) == 0  # 0: no periodic work (never an error, never "every step")
+    with pytest.raises(ValueError, match=name):
+        cls(**{name: -1})

@@ -291,8 +291,8 @@ def test_bad_typed_arg_is_rejected_before_training(name: str, init_args: dict[st
 
 def test_out_of_range_value_fails_with_the_constructors_message() -> None:
     """Well-typed but invalid: the callback's own ``ValueError`` ("Expected ... but got ...")."""
-    with pytest.raises(ValueError, match=r"Expected every_n_steps to be an int >= 1 but got 0"):
-        _build(_parser(), "Recipe", {"every_n_steps": 0})
+    with pytest.raises(ValueError, match=r"Expected every_n_steps to be an int >= 0 but got -1"):
+        _build(_parser(), "Recipe", {"every_n_steps": -1})
 
 
 def test_lightning_cli_builds_callbacks_in_process(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -39,7 +39,7 @@ def test_fixes_are_explicit_and_ordered() -> None:
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
-    ({"every_n_steps": 0}, "Expected every_n_steps to be an int >= 1 but got 0"),
+    ({"every_n_steps": -1}, "Expected every_n_steps to be an int >= 0 but got -1"),
     ({"view_every_n_steps": -1}, "Expected view_every_n_steps"),
     ({"snapshot_ensemble": 1}, "snapshot_ensemble to be 0"),
     ({"gradient_clip": 1.0, "adaptive_clipping": True}, "either gradient_clip"),

@@ -58,7 +58,7 @@ from lightning_tips import _ddp, _loggers
 from lightning_tips._callback import TipCallback
 from lightning_tips._hooks import forward_hooks, functional_calls
 from lightning_tips._report import report
-from lightning_tips._utils import find_output_layer, is_sampled
+from lightning_tips._utils import find_output_layer, histogram_period, is_sampled
 from lightning_tips._validate import check_bool, check_float, check_int
 from lightning_tips.findings import Finding, Severity
 
@@ -543,8 +543,8 @@ class ActivationStats(TipCallback):
         dead_fraction: warn when more than this fraction of a layer's units never fire.
         saturated_fraction: warn when more than this fraction of a layer's outputs are saturated.
         log_histograms: log per-layer histograms on sampled steps.
-        histogram_every_n_steps: log them only on sampled steps that are multiples of this (0: on
-            every sampled step); ``Recipe`` uses its ``view_every_n_steps``.
+        histogram_every_n_steps: log them only on sampled steps that are multiples of this
+            (``None``: on every sampled step; ``0``: never); ``Recipe`` uses its ``view_every_n_steps``.
         history: sampled steps kept per layer for the over-time image (and checkpointed).
         bins: histogram bins over the fixed per-type range ([-1, 3] ReLU family, [-1, 6] ReLU6,
             [0, 1] sigmoid, [-1, 1] tanh).
@@ -566,18 +566,18 @@ class ActivationStats(TipCallback):
         dead_fraction: float = 0.5,
         saturated_fraction: float = 0.5,
         log_histograms: bool = True,
-        histogram_every_n_steps: int = 0,
+        histogram_every_n_steps: int | None = None,
         history: int = 200,
         bins: int = 40,
     ) -> None:
         super().__init__()
-        check_int("every_n_steps", every_n_steps, low=1)
+        check_int("every_n_steps", every_n_steps, low=0)
         check_int("history", history, low=1)
         check_int("bins", bins, low=2)
         check_float("dead_fraction", dead_fraction, low=0.0, high=1.0, high_open=True)
         check_float("saturated_fraction", saturated_fraction, low=0.0, high=1.0, high_open=True)
         check_bool("log_histograms", log_histograms)
-        check_int("histogram_every_n_steps", histogram_every_n_steps, low=0)
+        check_int("histogram_every_n_steps", histogram_every_n_steps, low=0, optional=True)
         self.every_n_steps = every_n_steps
         self.dead_fraction = float(dead_fraction)
         self.saturated_fraction = float(saturated_fraction)
@@ -635,7 +635,7 @@ class ActivationStats(TipCallback):
         if self._disabled or not sampled or step == self._sampled_step:
             return  # (the same global step repeats under gradient accumulation: sample its first batch)
         self._sampled_step = step
-        histograms = self.log_histograms and trainer.is_global_zero and is_sampled(step, self.histogram_every_n_steps or 1)
+        histograms = self.log_histograms and trainer.is_global_zero and is_sampled(step, histogram_period(self.histogram_every_n_steps))
         rec = self._recorder = _Recorder(self._specs, self._outputs, self.bins, histograms)
         self._stack.enter_context(forward_hooks(pl_module, lambda name, _m: name in self._specs, rec.hook))
         self._stack.enter_context(forward_hooks(pl_module, lambda name, _m: name == self._output_layer, rec.output_hook))

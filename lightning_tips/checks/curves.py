@@ -186,7 +186,7 @@ class LearningCurves(TipCallback):
         train_acc_key: the logged training-accuracy key (way 2).
         val_acc_key: the logged validation-accuracy key (way 2).
         image_every_n_steps: draw the chart at the first point, then at most every this many steps,
-            and at the end of training; 0 draws it at every point. The scalars are logged at every point either way.
+            and at the end of training (``None``: at every point; ``0``: at the first point and the end only). The scalars are logged at every point either way.
 
     Example:
         >>> from lightning_tips.checks._curves import overfitting_verdict
@@ -207,10 +207,10 @@ class LearningCurves(TipCallback):
         val_loss_key: str = "val_loss",
         train_acc_key: str = "train_acc",
         val_acc_key: str = "val_acc",
-        image_every_n_steps: int = 0,
+        image_every_n_steps: int | None = None,
     ) -> None:
         super().__init__()
-        check_int("image_every_n_steps", image_every_n_steps, low=0)
+        check_int("image_every_n_steps", image_every_n_steps, low=0, optional=True)
         self.image_every_n_steps = image_every_n_steps
         self._drawn_points, self._drawn_step = -1, 0
         self._acc_from_log, self._point_epoch = False, -1
@@ -410,7 +410,8 @@ class LearningCurves(TipCallback):
         points = len(self.history["step"])
         if not trainer.is_global_zero or points == 0 or points == self._drawn_points:
             return
-        due = trainer.global_step - self._drawn_step >= self.image_every_n_steps
+        period = self.image_every_n_steps
+        due = period is None or (period > 0 and trainer.global_step - self._drawn_step >= period)
         if force or self._drawn_points < 0 or due:
             log_image(trainer, IMAGE_KEY, render_learning_curves(self.history))
             self._drawn_points, self._drawn_step = points, trainer.global_step

@@ -35,7 +35,7 @@ from torch import nn
 from lightning_tips import _ddp
 from lightning_tips._callback import TipCallback
 from lightning_tips._loggers import log_histogram, log_scalars
-from lightning_tips._utils import EARLY_STEPS, is_sampled
+from lightning_tips._utils import EARLY_STEPS, histogram_period, is_sampled
 from lightning_tips._validate import check_bool, check_float, check_int
 from lightning_tips.checks.lr_decay import optimizer_defaults_verdict
 
@@ -222,8 +222,8 @@ class GradientStats(TipCallback):
         min_ratio: ``vanishing-gradient`` when first-layer / last-layer gradient norm falls below this.
         floor: ``vanishing-gradient`` when a layer's gradient norm falls below this.
         log_histograms: also log per-layer gradient histograms (costly, see above).
-        histogram_every_n_steps: log them only on sampled steps that are multiples of this (0: on
-            every sampled step); ``Recipe`` uses its ``view_every_n_steps``.
+        histogram_every_n_steps: log them only on sampled steps that are multiples of this
+            (``None``: on every sampled step; ``0``: never); ``Recipe`` uses its ``view_every_n_steps``.
         history: how many sampled total norms to keep (and checkpoint).
 
     Example:
@@ -242,7 +242,7 @@ class GradientStats(TipCallback):
         min_ratio: float = MIN_RATIO,
         floor: float = 1e-10,
         log_histograms: bool = False,
-        histogram_every_n_steps: int = 0,
+        histogram_every_n_steps: int | None = None,
         history: int = 100,
     ) -> None:
         super().__init__()
@@ -251,7 +251,7 @@ class GradientStats(TipCallback):
             check_float(name, value, low=0.0, low_open=True)
         check_int("history", history, low=4)
         check_bool("log_histograms", log_histograms)
-        check_int("histogram_every_n_steps", histogram_every_n_steps, low=0)
+        check_int("histogram_every_n_steps", histogram_every_n_steps, low=0, optional=True)
         self.every_n_steps = every_n_steps
         self.growth = float(growth)
         self.max_norm = float(max_norm)
@@ -327,7 +327,7 @@ class GradientStats(TipCallback):
             {"tips/grad_norm/total": total, **{f"tips/grad_norm/{n or 'root'}": v for n, v in zip(names, norms)}},
             step=step,
         )
-        if self.log_histograms and self._groups is not None and is_sampled(step, self.histogram_every_n_steps or 1):
+        if self.log_histograms and self._groups is not None and is_sampled(step, histogram_period(self.histogram_every_n_steps)):
             for name, params in self._groups:
                 gs = [p.grad.detach().flatten() for p in params if p.grad is not None]
                 if gs:

@@ -159,7 +159,8 @@ class NonFiniteGuard(TipCallback):
             optimizers leave those parameters and their moments untouched — report a ``warning`` and
             go on), ``"warn"`` (report an ``error`` and change nothing), ``"raise"`` (report, then
             raise :class:`~lightning_tips.TipError` with the finding's code on every rank).
-        every_n_steps: sync the on-device flags every this many optimizer steps (see above).
+        every_n_steps: sync the on-device flags every this many optimizer steps (see above; ``0``: no periodic
+            work, which for a guard means off — nothing is checked).
             ``"skip"`` needs 1.
         check_inputs: also check the float fields of the batch (on full-check steps; a non-finite loss
             always has its batch examined, and a NaN input is reported as the cause).
@@ -189,9 +190,9 @@ class NonFiniteGuard(TipCallback):
         full_every_n_steps: int = 1,
     ) -> None:
         super().__init__()
-        check_int("full_every_n_steps", full_every_n_steps, low=1)
+        check_int("full_every_n_steps", full_every_n_steps, low=0)
         check_choice("action", action, ("stop", "skip", "warn", "raise"))
-        check_int("every_n_steps", every_n_steps, low=1)
+        check_int("every_n_steps", every_n_steps, low=0)
         check_bool("check_inputs", check_inputs)
         check_bool("locate", locate)
         if action == "skip" and every_n_steps != 1:
@@ -239,7 +240,7 @@ class NonFiniteGuard(TipCallback):
         self._row_step = trainer.global_step
         self._batch, self._batch_idx = batch, batch_idx
         self._optimizer_stepped = False
-        if self.check_inputs and is_sampled(trainer.global_step, self.full_every_n_steps):
+        if self.check_inputs and self.every_n_steps > 0 and is_sampled(trainer.global_step, self.full_every_n_steps):
             # the float32 sum is NaN/Inf iff an element is (or, for values beyond ~1e34, overflows:
             # confirmed element-wise before anything is reported); ~25x cheaper than isfinite().all()
             sums = [t.sum(dtype=torch.float32) for _, t in named_tensors(batch) if t.is_floating_point()]
@@ -247,6 +248,8 @@ class NonFiniteGuard(TipCallback):
                 self._row[0] = sums[0] if len(sums) == 1 else torch.stack(sums).sum()
 
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
+        if self.every_n_steps <= 0:  # the guard is off: nothing is queued
+            return
         loss = loss.detach()
         prev = self._row[1]
         # gradient accumulation: keep a non-finite micro-batch loss visible (nan/inf propagate through +)
@@ -258,7 +261,7 @@ class NonFiniteGuard(TipCallback):
         self._optimizer_stepped = True
         params = self._optimizer_params(optimizer)
         no_scaler = getattr(trainer.precision_plugin, "scaler", None) is None
-        if no_scaler and is_sampled(trainer.global_step, self.full_every_n_steps):
+        if no_scaler and self.every_n_steps > 0 and is_sampled(trainer.global_step, self.full_every_n_steps):
             grads = [p.grad for p in params if p.grad is not None]
             if grads:
                 self._row[2] = grad_norms(grads).sum()

@@ -129,7 +129,7 @@ class FirstLayerFilters(TipCallback):
     layer reading an image-like input.
 
     Args:
-        every_n_steps: draw after every n-th optimizer step (and once at the start of training).
+        every_n_steps: draw after every n-th optimizer step, and once at the start of training (``0``: at the start only).
         max_filters: draw at most this many filters (the first ones).
         colormap: a matplotlib colormap name for single-channel filters; keep it perceptually
             uniform (``viridis``, ``cividis``, or the diverging ``berlin``/``vanimo``).
@@ -144,7 +144,7 @@ class FirstLayerFilters(TipCallback):
 
     def __init__(self, every_n_steps: int = 500, max_filters: int = 64, colormap: str = "viridis") -> None:
         super().__init__()
-        check_int("every_n_steps", every_n_steps, low=1)
+        check_int("every_n_steps", every_n_steps, low=0)
         check_int("max_filters", max_filters, low=1)
         import matplotlib
 

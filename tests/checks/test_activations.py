@@ -153,7 +153,7 @@ def test_over_time_image_is_a_readable_chart_that_states_its_range() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "error"),
-    [({"every_n_steps": 0}, ValueError), ({"every_n_steps": 2.0}, TypeError), ({"dead_fraction": 1.5}, ValueError),
+    [({"every_n_steps": -1}, ValueError), ({"every_n_steps": 2.0}, TypeError), ({"dead_fraction": 1.5}, ValueError),
      ({"bins": 1}, ValueError), ({"history": 0}, ValueError), ({"log_histograms": "yes"}, TypeError)],
 )
 def test_bad_arguments(kwargs: dict[str, Any], error: type[Exception]) -> None:
@@ -414,6 +414,21 @@ def test_histograms_only_on_their_own_period(make_trainer: Factory) -> None:
     assert {int(line.split(",")[0]) for line in scalars if "net.2" in line} == {0, 1, 2, 4, 5, 6}
     with pytest.raises(ValueError, match="histogram_every_n_steps"):
         ActivationStats(histogram_every_n_steps=-1)
+
+
+@pytest.mark.parametrize(("period", "hist_steps"), [(None, {0, 1, 2, 4, 5}), (0, set())])
+def test_histogram_period_none_follows_the_sampling_and_zero_is_never(
+    make_trainer: Factory, period: int | None, hist_steps: set[int]
+) -> None:
+    from lightning_tips._loggers import files_dir
+
+    stats = ActivationStats(every_n_steps=2, histogram_every_n_steps=period)
+    trainer = make_trainer(callbacks=[stats], max_steps=6, limit_val_batches=0)
+    trainer.fit(Classifier(mlp(64, 10)), DigitsDataModule(image=False))
+    hist = files_dir(trainer) / "tips_activations_net.2_histogram.csv"
+    rows = hist.read_text().splitlines()[1:] if hist.exists() else []
+    assert {int(r.split(",")[0]) for r in rows} == hist_steps
+    assert (files_dir(trainer) / "scalars.csv").exists()  # the statistics themselves still ran
 
 
 # --- evidence (issues #10 item 4, #11 items 4-5) ---------------------------------------------------

@@ -211,9 +211,9 @@ def test_one_point_per_validation_check(make_trainer: MakeTrainer) -> None:
     assert all(math.isfinite(v) for k in ("train_loss", "val_loss") for v in cb.history[k])
 
 
-@pytest.mark.parametrize(("every", "drawn_at"), [(0, [8, 16, 24]), (12, [8, 24]), (10_000, [8, 24])])
+@pytest.mark.parametrize(("every", "drawn_at"), [(None, [8, 16, 24]), (0, [8, 24]), (12, [8, 24]), (10_000, [8, 24])])
 def test_chart_period_bounds_the_drawing_and_the_end_is_always_drawn(
-    make_trainer: MakeTrainer, every: int, drawn_at: list[int]
+    make_trainer: MakeTrainer, every: int | None, drawn_at: list[int]
 ) -> None:
     """image_every_n_steps bounds the ~0.1 s chart renders; the first point and the last (at train end) are always drawn."""
     pl.seed_everything(0)

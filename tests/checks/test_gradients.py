@@ -332,6 +332,20 @@ def test_gradient_histograms_only_on_their_own_period(make_trainer: Any) -> None
         GradientStats(histogram_every_n_steps=-1)
 
 
+@pytest.mark.parametrize(("period", "hist_steps"), [(None, {0, 1, 2, 4, 5}), (0, set())])
+def test_histogram_period_none_follows_the_sampling_and_zero_is_never(
+    make_trainer: Any, period: int | None, hist_steps: set[int]
+) -> None:
+    from lightning_tips._loggers import files_dir
+
+    stats = GradientStats(every_n_steps=2, log_histograms=True, histogram_every_n_steps=period)
+    trainer = make_trainer(callbacks=[stats], max_steps=6)
+    _fit(trainer, Classifier(mlp(64, 10)), _digits_loader())
+    hist = files_dir(trainer) / "tips_grad_hist_net.1_histogram.csv"
+    rows = hist.read_text().splitlines()[1:] if hist.exists() else []
+    assert {int(r.split(",")[0]) for r in rows} == hist_steps
+
+
 # --- dense early sampling (issue #12) --------------------------------------------------------------
 @pytest.mark.parametrize(("lr", "explodes"), [(5.0, True), (0.05, False)], ids=["sgd-lr-5", "sgd-lr-0.05"])
 def test_a_short_run_that_blows_up_early_is_caught(make_trainer: Any, lr: float, explodes: bool) -> None:

@@ -109,7 +109,7 @@ def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="Expected action"):
         NonFiniteGuard(action="ignore")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="Expected every_n_steps"):
-        NonFiniteGuard(every_n_steps=0)
+        NonFiniteGuard(every_n_steps=-1)
     with pytest.raises(ValueError, match="every_n_steps=1 with action='skip'"):
         NonFiniteGuard(action="skip", every_n_steps=5)
 
@@ -293,6 +293,16 @@ def test_one_host_sync_per_sampled_step_and_none_otherwise(make_trainer: Any, mo
     # sampled steps 0, 4, 8, and once at the end for steps 9-10
     assert spy.calls == [0, 4, 8, "end"]
     assert guard.findings == []
+
+
+def test_period_zero_is_off_no_sync_nothing_queued(make_trainer: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """every_n_steps=0 means no periodic work (the pack's one meaning of 0): a guard that is off."""
+    spy = SyncSpy(monkeypatch, [nonfinite_mod.__file__, nonfinite_mod.grad_norms.__code__.co_filename])
+    pl.seed_everything(0)
+    guard = NonFiniteGuard(every_n_steps=0)
+    trainer = make_trainer(callbacks=[spy, guard], max_steps=8)
+    _fit(trainer, NaNAtStep(mlp(), bad_step=3, optimizer="sgd"), _digits_loader(n=384))
+    assert spy.calls == [] and guard._pending == [] and guard.findings == []  # not even the end-of-fit sync
 
 
 def test_late_detection_names_the_first_bad_step(make_trainer: Any) -> None:

@@ -85,7 +85,7 @@ def test_rgb_and_multichannel_filters() -> None:
     assert "2 channels, one tile per channel" in caption2 and "the first 2 of 3 filters" in caption2
 
 
-@pytest.mark.parametrize(("kwargs", "error"), [({"every_n_steps": 0}, ValueError), ({"max_filters": 1.5}, TypeError),
+@pytest.mark.parametrize(("kwargs", "error"), [({"every_n_steps": -1}, ValueError), ({"max_filters": 1.5}, TypeError),
                                                ({"colormap": "no-such-map"}, ValueError)])
 def test_bad_arguments(kwargs: dict[str, Any], error: type[Exception]) -> None:
     with pytest.raises(error, match="Expected"):
@@ -104,6 +104,12 @@ def test_files_without_logger(make_trainer: Factory, tmp_path: Path) -> None:
         assert np.array_equal(np.asarray(im.convert("RGB")), expected)  # the last picture is the final weights
     assert pngs[-1].with_suffix(".txt").read_text().strip() == f"step 4: {caption}"
     assert cb.findings == []
+
+
+def test_period_zero_draws_at_the_start_only(make_trainer: Factory, tmp_path: Path) -> None:
+    _fit(make_trainer, small_cnn(), FirstLayerFilters(every_n_steps=0))
+    pngs = sorted((tmp_path / "tips").glob("tips_first_layer_filters_step*.png"))
+    assert [p.name[-11:-4] for p in pngs] == ["0000000"]
 
 
 def test_image_like_linear_and_flat_input(make_trainer: Factory, tmp_path: Path) -> None:
