@@ -227,7 +227,7 @@ class GradientClipping(TipCallback):
             )
         if reason is not None:
             self._active = False
-            self.report(trainer, "gradient-clipping", "info", f"GradientClipping skipped: {reason}.")
+            self.report(trainer, "gradient-clipping", "info", f"GradientClipping skipped: {reason}.", skipped=True)
 
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer

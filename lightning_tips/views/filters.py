@@ -188,8 +188,8 @@ class FirstLayerFilters(TipCallback):
             return  # wait for the first batch (its shape) or for lazy layers to materialise
         if isinstance(found, str):
             self._done = True
-            self.report(trainer, "view-skipped", "info", f"FirstLayerFilters: {found}",
-                        advice="the filter view needs a Conv2d, or a first Linear layer on (N, C, H, W) inputs (R4.11)")
+            self.report(trainer, "view-skipped", "info", f"FirstLayerFilters: {found} (the filter view needs a "
+                        "Conv2d, or a first Linear layer on (N, C, H, W) inputs; R4.11)", skipped=True)
             return
         self._last_step = step
         if trainer.is_global_zero:
