@@ -60,6 +60,29 @@ def test_guard_period_follows_the_sampling_unless_asked() -> None:
     assert guard(nonfinite_action="skip").every_n_steps == 1
 
 
+def test_period_zero_turns_off_every_periodic_part_and_keeps_the_start_and_end(make_trainer: Any) -> None:
+    """Recipe(every_n_steps=0, view_every_n_steps=0): no sampled statistics, no guard, no periodic
+    pictures; the pre-flight card, the start pictures and the first and last curve charts remain."""
+    from lightning_tips._loggers import files_dir
+
+    pl.seed_everything(0)
+    recipe = lt.Recipe(every_n_steps=0, view_every_n_steps=0)
+    trainer = make_trainer(callbacks=[recipe], max_epochs=2, limit_train_batches=6, limit_val_batches=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(NaNAtStep(small_cnn(), bad_step=3), DigitsDataModule())
+    assert trainer.global_step == 12  # the guard is off: a NaN at step 3 does not stop training
+    grads, guard = recipe.child(lt.GradientStats), recipe.child(lt.NonFiniteGuard)
+    assert isinstance(grads, lt.GradientStats) and grads._steps == []
+    assert isinstance(guard, lt.NonFiniteGuard) and guard.reported_steps == []
+    card = recipe.child(lt.Preflight)
+    assert isinstance(card, lt.Preflight) and len(card.card) == len(card.checks)
+    pictures = sorted(p.name for p in files_dir(trainer).glob("*.png"))
+    assert [p for p in pictures if p.startswith("tips_first_layer_filters")] == ["tips_first_layer_filters_step0000000.png"]
+    curves = [p for p in pictures if p.startswith("tips_learning_curves")]  # the first point and the end
+    assert curves == ["tips_learning_curves_step0000006.png", "tips_learning_curves_step0000012.png"]
+
+
 def test_a_nan_between_sampled_steps_is_reported_with_its_step_and_stops_training(make_trainer: Any) -> None:
     pl.seed_everything(0)
     recipe = lt.Recipe(every_n_steps=4, preflight=False)
