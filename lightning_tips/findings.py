@@ -660,6 +660,9 @@ ROOT_CAUSES: tuple[RootCause, ...] = (
     RootCause("input-independent", ("not-learning",),
               "an output that does not depend on the input can do no better than a constant: the loss stops "
               "at the constant prediction's", verdict_only=True),
+    RootCause("batch-mixing", ("not-learning",),
+              "a model that mixes samples across the batch dimension fits each sample against the others' data: "
+              "even one batch cannot be fitted", verdict_only=True),
     RootCause("unnormalized-input", ("init-loss", "dead-activation", "saturated-activation", "exploding-gradient"),
               "inputs far from unit scale make the first layer's pre-activations huge: large initial logits, "
               "units pushed into their dead or saturated range, large gradients"),
