@@ -7,9 +7,10 @@ Before the first real step (``on_train_start``), on copies of the model and insi
 check                     finding codes                               tips
 ========================  ==========================================  ===================
 missing bias              missing-bias                                P4
-data (``DataChecks``)     nonfinite-input, duplicate-data,            R1 R2.1 R2.10 T6
-                          class-imbalance, unnormalized-input,        T12 T16 P6
+data (``DataChecks``)     nonfinite-input, duplicate-data,            R1 R2.1 T6 T12
+                          class-imbalance, unnormalized-input,        T16 P6
                           unshuffled-data, no-seed
+first batch (view)        view-skipped                                R2.10
 initial loss              init-loss, loss-reduction                   R2.4 R2.5 T9 T13 P13
 output activation         output-activation                           P3 P13
 batch independence        batch-mixing                                R2.12 P12
