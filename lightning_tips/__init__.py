@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover - the real imports, for type checkers
     from lightning_tips.fixes.snapshot import SnapshotEnsemble
     from lightning_tips.recipe import Recipe
     from lightning_tips.views.filters import FirstLayerFilters
+    from lightning_tips.views.first_batch import FirstBatchView
     from lightning_tips.views.predictions import FixedBatchPredictions
 
 # Lazy: ``import lightning_tips`` (and the ``lightning-tips`` command) does not import Lightning or
@@ -81,6 +82,7 @@ _EXPORTS = {
     "SnapshotEnsemble": "lightning_tips.fixes.snapshot",
     "Recipe": "lightning_tips.recipe",
     "FirstLayerFilters": "lightning_tips.views.filters",
+    "FirstBatchView": "lightning_tips.views.first_batch",
     "FixedBatchPredictions": "lightning_tips.views.predictions",
 }
 
@@ -109,6 +111,7 @@ __all__ = [
     "DataChecks",
     "EarlyStopping",
     "Finding",
+    "FirstBatchView",
     "FirstLayerFilters",
     "FixedBatchPredictions",
     "ForgetGateBias",

@@ -108,9 +108,10 @@ def test_healthy_digits_run_reports_nothing_but_the_seed_note(make_trainer: Any)
     assert all(line.status == "pass" for line in card.card)
 
 
-@pytest.mark.parametrize("part", [lt.FixedBatchPredictions, lt.DataChecks])
+@pytest.mark.parametrize("part", [lt.FixedBatchPredictions, lt.DataChecks, lt.FirstBatchView])
 def test_batch_keys_are_forwarded(part: type) -> None:
-    """`input_key`/`target_key` reach the parts that read inputs and targets (DataChecks through Preflight)."""
+    """`input_key`/`target_key` reach the parts that read inputs and targets (DataChecks and FirstBatchView
+    through Preflight)."""
     recipe = lt.Recipe(input_key="pixels", target_key="cls")
     child = recipe.child(part)
     assert (child.input_key, child.target_key) == ("pixels", "cls")

@@ -345,6 +345,8 @@ def settle(
     check: PreflightCheck,
     trainer: pl.Trainer,
     measure: Callable[[], tuple[list[Verdict], str]],
+    *,
+    agreed: bool = False,
 ) -> CardLine:
     """Run ``measure`` (local work, no collectives) and turn its verdicts into findings and a card line.
 
@@ -353,9 +355,18 @@ def settle(
     of the check's codes, the ranks agree on one verdict — the warning/error of the lowest rank that
     has one, else its info — and every rank reports that same verdict with its figures (rank zero
     speaks; a verdict from another rank's data says which rank).
+
+    ``agreed=True``: the verdicts are already the same on every rank — ``measure`` computed them from
+    figures it reduced across ranks itself (its collectives then run on every rank, in the same order)
+    — so there is nothing to agree on and ``settle`` makes no collective. Every verdict is reported
+    as it is, several per code if there are several, in the order of the check's codes; the line reads
+    ``finding`` when a warning or error was reported anew (an ``info``, such as a part of the scan that
+    could not run, leaves it ``pass``), and ``skipped`` when ``measure`` raised.
     """
+    failed = True
     try:
         verdicts, detail = measure()
+        failed = False
     except CheckSkipped as err:
         if check._deadline is not None and time.perf_counter() > check._deadline:  # stopped by the safety net
             message = _limit_message(check._budget_arg, check._budget_s, check.title, check._not_run)
@@ -369,17 +380,19 @@ def settle(
                             f"({reason})", skipped=True)]
         detail = reason
     codes = check.codes or (check.code,)
+    if agreed:
+        return CardLine(check.title, _report_global(check, trainer, verdicts, codes, failed), detail)
     flagged = skipped = reported = False
     for code in codes:
         mine = [v for v in verdicts if v.code == code and v.severity is not None]
         worst = max(mine, key=lambda v: _RANK[v.severity or "info"], default=None)
         bad = worst if worst is not None and worst.severity != "info" else None
-        agreed = _agreed(trainer, bad)
-        if agreed is None:
-            agreed = _agreed(trainer, worst)  # no rank has a warning/error: any rank's info
-        if agreed is None:
+        common = _agreed(trainer, bad)
+        if common is None:
+            common = _agreed(trainer, worst)  # no rank has a warning/error: any rank's info
+        if common is None:
             continue
-        chosen, src = agreed
+        chosen, src = common
         if src != trainer.global_rank:
             detail += f"; rank {src}: `{code}`"
         assert chosen.severity is not None
@@ -393,6 +406,22 @@ def settle(
         "finding" if flagged else "skipped" if skipped and reported else "pass"
     )
     return CardLine(check.title, status, detail)
+
+
+def _report_global(check: PreflightCheck, trainer: pl.Trainer, verdicts: Sequence[Verdict],
+                   codes: Sequence[str], failed: bool) -> Literal["pass", "finding", "skipped"]:
+    """Report verdicts that are already the same on every rank (see :func:`settle`'s ``agreed``), in
+    the order of ``codes`` (a code not listed last); the card line's status."""
+    order = {code: i for i, code in enumerate(codes)}
+    flagged = False
+    for v in sorted(verdicts, key=lambda v: order.get(v.code, len(order))):
+        if v.severity is None:
+            continue
+        check._limit_hit = check._limit_hit or v.message.startswith(_LIMIT)
+        f = check.report(trainer, v.code, v.severity, v.message, advice=v.advice, module=v.module,
+                         figures=v.figures, skipped=v.skipped)
+        flagged = flagged or (f is not None and v.severity != "info")
+    return "skipped" if failed else "finding" if flagged else "pass"
 
 
 class _OncePerFit(TipCallback):

@@ -39,7 +39,6 @@ Verdicts (thresholds are the registry's, see :data:`~lightning_tips.findings.COD
       the one Lightning injects under DDP always shuffles the train loader, so no finding there);
       never with ``Trainer(overfit_batches=...)``, where Lightning itself turns shuffling off.
     * ``no-seed`` (info): ``PL_GLOBAL_SEED`` is unset (``lightning.seed_everything`` sets it).
-    * ``view-skipped`` (info): the first-batch view could not draw the batch (no tensor in it).
     * a skipped ``info`` (``skipped=True``, no advice): a loader raised while being scanned, or a
       batch could not be read; the checks used what was read.
 
@@ -49,6 +48,10 @@ a recognised target key); ``unnormalized-input`` when no input field is floating
 the train/val overlap when there is no validation loader. Under DDP each rank scans its own shard:
 the counts are summed over ranks, the verdicts are the same on every rank, but duplicates that sit
 on two different ranks are not seen.
+
+The first batch as it enters the net (R2.10) is a view,
+:class:`~lightning_tips.views.first_batch.FirstBatchView`; ``Preflight`` (and so ``Recipe``) adds it
+next to these checks.
 """
 
 from __future__ import annotations
@@ -86,8 +89,7 @@ from lightning_tips._utils import (
     split_batch,
 )
 from lightning_tips._validate import check_bool, check_float, check_int, check_str
-from lightning_tips.checks._preflight import DEFAULT_BUDGET_S, CardLine, PreflightCheck, Verdict, print_card
-from lightning_tips.views.first_batch import log_first_batch
+from lightning_tips.checks._preflight import DEFAULT_BUDGET_S, CardLine, PreflightCheck, Verdict, print_card, settle
 
 __all__ = [
     "DataChecks",
@@ -770,7 +772,7 @@ _META = (
 
 class DataChecks(PreflightCheck):
     """Pre-flight data checks on a bounded sample of the train and val loaders (tips R1, R2.1, T6,
-    T12, T16, P6), and the first batch as it enters the net (R2.10).
+    T12, T16, P6).
 
     Reports ``nonfinite-input`` (error), ``duplicate-data``, ``class-imbalance``,
     ``unnormalized-input``, ``unshuffled-data`` (warnings), ``no-seed`` (info); see the module
@@ -782,9 +784,12 @@ class DataChecks(PreflightCheck):
         max_scan_s: a safety net for slow loaders: the scan stops reading after this many seconds
             (train gets 60% of it first). The scan is bounded by ``max_batches``, so the figures do not
             depend on the machine's speed unless this limit is hit.
-        first_batch: log the first batch as it enters the net (captioned image panels or a table, key
-            ``tips/first_batch``) and print its fields, shapes, dtypes and ranges once — drawn from the
-            batch the training loop hands over at step 0, outside the pre-flight budget.
+        first_batch: whether the composite that holds this check (``Preflight``, ``Recipe``) also
+            shows the first batch as it enters the net (R2.10: image panels or a table under
+            ``tips/first_batch``, the fields printed once), with
+            :class:`~lightning_tips.views.first_batch.FirstBatchView`. A check does not draw: used
+            alone, ``DataChecks`` shows no picture whatever this says; add
+            ``FirstBatchView(input_key=..., target_key=...)`` to the callbacks for it.
         budget_s: the safety net, in seconds, when this check runs alone (the work is planned in steps and samples).
         input_key: the batch dict's key holding the model's input (e.g. ``"pixels"``) when it is not
             one of the recognised keys (see :data:`lightning_tips._batch.LAYOUTS`); for a tuple batch, its
@@ -804,6 +809,9 @@ class DataChecks(PreflightCheck):
 
     title: ClassVar[str] = "data"
     code: ClassVar[str] = "nonfinite-input"
+    codes: ClassVar[tuple[str, ...]] = (
+        "nonfinite-input", "duplicate-data", "class-imbalance", "unnormalized-input", "unshuffled-data", "no-seed",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -824,17 +832,15 @@ class DataChecks(PreflightCheck):
         self.max_scan_s = max_scan_s
         self.first_batch = first_batch
         self._scanned = False  # the scan ran this fit (in pre-flight, or on the batch handed over at step 0)
-        self._draw_pending = False  # the first-batch picture is drawn on the batch handed over at step 0
 
     def _begin_fit(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super()._begin_fit(trainer, pl_module)
-        self._scanned = self._draw_pending = False
+        self._scanned = False
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
         """At step 0: a streaming training loader cannot be read in pre-flight without consuming it, so
-        the scan runs once on the first batch the loop hands over (on every rank); and the first-batch
-        picture is drawn from that batch, as it enters the net."""
+        the scan runs once on the first batch the loop hands over (on every rank)."""
         if batch_idx != 0 or trainer.global_step != 0 or trainer.ckpt_path is not None:
             return
         loaders = trainer.train_dataloader
@@ -843,20 +849,21 @@ class DataChecks(PreflightCheck):
         if not self._scanned and any(stream_reason(ld) is not None for ld in parts if ld is not None):
             line = self.run_check(trainer, pl_module, batch)
             print_card(trainer, [line], title="lightning_tips pre-flight (data: the first training batch)")
-        if self._draw_pending:  # the first batch as it enters the net (R2.10)
-            self._draw_pending = False
-            reason = log_first_batch(trainer, batch, input_key=self.input_key, target_key=self.target_key)
-            if reason is not None:
-                self.report(trainer, "view-skipped", "info", f"first batch view: {reason}", module="first_batch",
-                            skipped=True)
 
     def run_check(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> CardLine:
-        """Three steps: a local scan (no collectives, never raises), the global figures (the same
-        collectives in the same order on every rank: counts and moments summed over ranks), and the
-        verdicts — pure functions of those global figures, hence the same on every rank without the
-        lowest-rank agreement :func:`~lightning_tips.checks._preflight.settle` does for one-batch checks."""
+        """The measurement (:meth:`_measure`), settled like every pre-flight check's by
+        :func:`~lightning_tips.checks._preflight.settle` — with ``agreed=True``: the verdicts are pure
+        functions of figures already summed over ranks, hence the same on every rank, so settle's
+        lowest-rank agreement (collectives per code) is not needed."""
         self._scanned = True
-        m = self._measure(trainer, pl_module, batch)
+        return settle(self, trainer, lambda: self._measure(trainer, pl_module, batch), agreed=True)
+
+    def _measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> tuple[list[Verdict], str]:
+        """``(verdicts, card detail)`` in three steps: a local scan (:meth:`_scan_local`: no collectives,
+        never raises), the global figures (the same collectives in the same order on every rank: counts
+        and moments summed over ranks), and the verdicts — pure functions of those global figures (the
+        module's own functions: :func:`imbalance_ratio`, :func:`normalization_verdict`, ...)."""
+        m = self._scan_local(trainer, pl_module, batch)
         train, val, train_loaders, val_loaders, streams = m.train, m.val, m.train_loaders, m.val_loaders, m.streams
         fields, dyn, packed = m.fields, m.dyn, m.packed
         shuffles = [sampler_shuffles(loader) for _, loader in train_loaders]
@@ -905,11 +912,6 @@ class DataChecks(PreflightCheck):
             found, summary_stats = _normalization_verdicts(fields, dyn, global_stats)
             verdicts += found
         verdicts += _order_verdicts(g)
-        reported = self._report_all(trainer, verdicts)
-
-        # 4. the first batch as it enters the net (R2.10): drawn on the batch the loop hands over at
-        # step 0, outside the pre-flight budget
-        self._draw_pending = self.first_batch
 
         sizes = sorted(set(train.batch_sizes))
         bs = f"×{sizes[-1]}" if sizes else ""
@@ -922,9 +924,9 @@ class DataChecks(PreflightCheck):
                      f"{g['dup']} duplicates, no val")
         if streams:
             parts.append(f"streams not read ahead: {', '.join(streams)} (the training batch handed over stands in)")
-        return CardLine(self.title, "finding" if reported else "pass", ", ".join(parts))
+        return verdicts, ", ".join(parts)
 
-    def _measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> _Local:
+    def _scan_local(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> _Local:
         """The local scan of the train and val loaders: no collectives, and nothing here may raise (a
         rank that skipped the collectives that follow would hang the others)."""
         start = time.perf_counter()
@@ -963,17 +965,6 @@ class DataChecks(PreflightCheck):
             train.errors.append(f"{type(err).__name__}: {err}")
             fields, dyn, packed = [], [], torch.zeros(0, dtype=torch.float64)
         return _Local(train, val, train_loaders, val_loaders, streams, fields, dyn, packed)
-
-    def _report_all(self, trainer: pl.Trainer, verdicts: Sequence[Verdict]) -> list[str]:
-        """Report every verdict; the codes that gave a new warning/error."""
-        reported = []
-        for v in verdicts:
-            assert v.severity is not None
-            f = self.report(trainer, v.code, v.severity, v.message, advice=v.advice, module=v.module,
-                            figures=v.figures, skipped=v.skipped)
-            if f is not None and v.severity != "info":
-                reported.append(v.code)
-        return reported
 
 
 def _to_cpu(batch: Any) -> Any:

@@ -7,9 +7,10 @@ Before the first real step (``on_train_start``), on copies of the model and insi
 check                     finding codes                               tips
 ========================  ==========================================  ===================
 missing bias              missing-bias                                P4
-data (``DataChecks``)     nonfinite-input, duplicate-data,            R1 R2.1 R2.10 T6
-                          class-imbalance, unnormalized-input,        T12 T16 P6
+data (``DataChecks``)     nonfinite-input, duplicate-data,            R1 R2.1 T6 T12
+                          class-imbalance, unnormalized-input,        T16 P6
                           unshuffled-data, no-seed
+first batch (view)        view-skipped                                R2.10
 initial loss              init-loss, loss-reduction                   R2.4 R2.5 T9 T13 P13
 output activation         output-activation                           P3 P13
 batch independence        batch-mixing                                R2.12 P12
@@ -21,6 +22,11 @@ The cheap static checks run first, the ones that train copies last. How much wor
 (steps, samples) is planned from the model's size (:class:`~lightning_tips.checks._preflight.WorkPlan`),
 never from the clock, so the card is the same on a fast and on a loaded machine; ``budget_s`` is a
 safety net only. It does not run again when the fit resumes from a checkpoint.
+
+With the data checks, ``Preflight`` also composes the first-batch view
+(:class:`~lightning_tips.views.first_batch.FirstBatchView`, R2.10): the first batch as it enters the
+net, drawn from the batch the training loop hands over at step 0, outside the budget. A composite may
+hold views; the checks themselves never import one.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from __future__ import annotations
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
 
 from lightning_tips._callback import TipComposite
 from lightning_tips._validate import check_bool, check_float, check_str
@@ -46,6 +53,7 @@ from lightning_tips.checks.input_independence import InputIndependenceCheck
 from lightning_tips.checks.missing_bias import MissingBiasCheck
 from lightning_tips.checks.output_activation import OutputActivationCheck
 from lightning_tips.checks.overfit_batch import OverfitBatchCheck
+from lightning_tips.views.first_batch import FirstBatchView
 
 __all__ = ["Preflight"]
 
@@ -77,7 +85,8 @@ class Preflight(_OncePerFit, TipComposite):
         batch_mixing: ``batch-mixing`` (:class:`BatchMixingCheck`).
         input_independence: ``input-independent`` (:class:`InputIndependenceCheck`).
         overfit_batch: ``not-learning`` on one batch (:class:`OverfitBatchCheck`).
-        data: the data checks (``DataChecks``).
+        data: the data checks (``DataChecks``) and the first batch as it enters the net
+            (:class:`~lightning_tips.views.first_batch.FirstBatchView`).
         missing_bias: ``missing-bias`` (:class:`~lightning_tips.checks.missing_bias.MissingBiasCheck`, P4).
         budget_s: the safety net, in seconds for all checks together (the planned work takes far less).
         input_key: the dict batch's input key for the data checks when it is not recognised (see
@@ -125,7 +134,14 @@ class Preflight(_OncePerFit, TipComposite):
                 checks.append(cls())
         for c in checks:
             c._composed = True
-        super().__init__(list(checks))
+        children: list[Callback] = list(checks)
+        data_checks = next((c for c in checks if c.title == "data"), None)
+        if data_checks is not None and getattr(data_checks, "first_batch", False):
+            # the first batch as it enters the net (R2.10): a view, not a check. Last, so the checks keep
+            # their positions (a checkpoint's child keys) and the data checks' step-0 scan of a stream
+            # still comes before the picture, as when the data checks drew it themselves.
+            children.append(FirstBatchView(input_key=input_key, target_key=target_key))
+        super().__init__(children)
         self.budget_s = float(budget_s)
         self.budget_arg = "budget_s"  # the name the time-limit line gives (``Recipe`` sets its own)
         self.card: list[CardLine] = []

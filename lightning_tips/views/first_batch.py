@@ -5,7 +5,9 @@
 ``tips/first_batch``: a figure of captioned samples (up to 32, ``#i · label y``, one shared value
 range on a colour bar, stated in the caption too, with the labels; :func:`render_first_batch`) for image-like inputs — ``(N, C, H, W)`` with ``C`` in {1, 3}, or ``(N, H, W)``,
 floating point or uint8, ``H, W >= 4`` — and a table (first 16 rows, first 20 columns, plus the label)
-otherwise. :class:`~lightning_tips.checks.data.DataChecks` calls it once, in pre-flight.
+otherwise. :class:`FirstBatchView` calls it once per fit, on the batch the training loop hands over
+at step 0; :class:`~lightning_tips.checks.preflight.Preflight` (and so ``Recipe``) composes that view
+next to its data checks.
 """
 
 from __future__ import annotations
@@ -18,12 +20,21 @@ import numpy as np
 import torch
 
 from lightning_tips._batch import split_batch, unpacked
+from lightning_tips._callback import TipCallback
 from lightning_tips._console import render_table
 from lightning_tips._loggers import log_image, log_table, log_text
 from lightning_tips._render import figure_to_array, new_figure
 from lightning_tips._utils import first_tensor, named_tensors
+from lightning_tips._validate import check_str
 
-__all__ = ["FIELD_COLUMNS", "describe_batch", "is_image_like", "log_first_batch", "render_first_batch"]
+__all__ = [
+    "FIELD_COLUMNS",
+    "FirstBatchView",
+    "describe_batch",
+    "is_image_like",
+    "log_first_batch",
+    "render_first_batch",
+]
 
 FIELD_COLUMNS = ["field", "shape", "dtype", "min", "max"]
 KEY = "tips/first_batch"
@@ -181,3 +192,47 @@ def log_first_batch(trainer: pl.Trainer, batch: Any, step: int | None = None, in
         rows_out = [[*r, lab] for r, lab in zip(rows_out, labels)]
     log_table(trainer, KEY, columns, rows_out, step=step)
     return None
+
+
+class FirstBatchView(TipCallback):
+    """The first batch as it enters the net (tip R2.10): its fields, shapes, dtypes and ranges printed
+    once, and its inputs logged under ``tips/first_batch`` (captioned image panels or a table; see
+    :func:`log_first_batch`).
+
+    Drawn from the batch the training loop hands over at step 0 (``batch_idx`` 0, ``global_step`` 0),
+    once per fit, not when the fit resumes from a checkpoint. Reports ``view-skipped`` (a skipped
+    ``info``) when the batch cannot be drawn (no tensor in it). Observes only: it reads the batch the
+    loop already has, and reads no loader.
+
+    Args:
+        input_key: the batch dict's key holding the model's input (e.g. ``"pixels"``) when it is not
+            one of the recognised keys (see :data:`lightning_tips._batch.LAYOUTS`); for a tuple batch,
+            its position (``"0"``).
+        target_key: the batch dict's key holding the targets (e.g. ``"cls"``), shown as the labels;
+            for a tuple batch, its position (``"1"``).
+
+    Example:
+        >>> from lightning_tips.views.first_batch import FirstBatchView
+        >>> view = FirstBatchView(input_key="pixels")
+        >>> view.input_key, view.target_key
+        ('pixels', None)
+    """
+
+    def __init__(self, input_key: str | None = None, target_key: str | None = None) -> None:
+        super().__init__()
+        self.input_key = check_str("input_key", input_key, optional=True)
+        self.target_key = check_str("target_key", target_key, optional=True)
+        self._drawn = False  # drawn (or skipped) this fit
+
+    def _begin_fit(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._drawn = False
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if self._drawn or batch_idx != 0 or trainer.global_step != 0 or trainer.ckpt_path is not None:
+            return
+        self._drawn = True
+        reason = log_first_batch(trainer, batch, input_key=self.input_key, target_key=self.target_key)
+        if reason is not None:  # the same on every rank
+            self.report(trainer, "view-skipped", "info", f"first batch view: {reason}", module="first_batch",
+                        skipped=True)

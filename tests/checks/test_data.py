@@ -32,6 +32,7 @@ from lightning_tips.checks.data import (
     sampler_balances,
     sampler_shuffles,
 )
+from lightning_tips.views.first_batch import FirstBatchView
 from tests.helpers.data import DigitStream, NoisyDigits, breast_cancer_tensors, digits_tensors
 from tests.helpers.data_bugs import (
     AutoEncoder,
@@ -56,9 +57,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def fit(make_trainer: Callable[..., pl.Trainer], model: pl.LightningModule, train: Any, val: Any = None,
-        checks: DataChecks | None = None, **trainer_kw: Any) -> DataChecks:
+        checks: DataChecks | None = None, view: FirstBatchView | None = None, **trainer_kw: Any) -> DataChecks:
+    """Fit with ``checks`` (and the first-batch ``view`` beside them, as ``Preflight`` composes it)."""
     checks = checks or DataChecks(first_batch=False)
-    kw: dict[str, Any] = {"limit_train_batches": 2, "limit_val_batches": 1, "callbacks": [checks], **trainer_kw}
+    callbacks: list[Any] = [checks] if view is None else [checks, view]
+    kw: dict[str, Any] = {"limit_train_batches": 2, "limit_val_batches": 1, "callbacks": callbacks, **trainer_kw}
     trainer = make_trainer(**kw)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -290,10 +293,11 @@ def test_named_keys_give_the_label_checks_their_targets(make_trainer: Callable[.
     unnamed = fit(make_trainer, KeyedClassifier(mlp(30, 2)), data, checks=CardChecks(first_batch=False))
     assert by_code(unnamed, "class-imbalance") == []  # no target key recognised: labels n/a
     assert "name a dict's with target_key=" in unnamed.lines[0].detail  # the card says how to name them
+    view = FirstBatchView(input_key="feats", target_key="cls")
     named = fit(make_trainer, KeyedClassifier(mlp(30, 2)), data,
-                checks=DataChecks(first_batch=True, input_key="feats", target_key="cls"))
+                checks=DataChecks(first_batch=True, input_key="feats", target_key="cls"), view=view)
     assert [f.severity.value for f in by_code(named, "class-imbalance")] == ["warning"]
-    assert [f.code for f in named.findings if f.code == "view-skipped"] == []
+    assert [f.code for f in [*named.findings, *view.findings] if f.code == "view-skipped"] == []
     with pytest.raises(TypeError, match="target_key"):
         DataChecks(target_key=1)  # type: ignore[arg-type]
 
@@ -302,9 +306,10 @@ def test_hugging_face_style_batches(make_trainer: Callable[..., pl.Trainer]) -> 
     """``{"input_ids", "attention_mask", "labels"}`` batches: labels read, token ids not scaled."""
     from tests.helpers.data_layouts import TinyHFClassifier, TokenDigits
 
+    view = FirstBatchView()
     checks = fit(make_trainer, TinyHFClassifier(), DataLoader(TokenDigits(), batch_size=64, shuffle=True),
-                 checks=DataChecks(first_batch=True))
-    assert [f for f in checks.findings if f.skipped or f.severity.value != "info"] == []
+                 checks=DataChecks(first_batch=True), view=view)
+    assert [f for f in [*checks.findings, *view.findings] if f.skipped or f.severity.value != "info"] == []
 
 
 def test_unnormalized_input(make_trainer: Callable[..., pl.Trainer]) -> None:
@@ -367,8 +372,10 @@ def test_overfit_batches_is_not_unshuffled_data(make_trainer: Callable[..., pl.T
 def test_packed_sequences_are_scanned_per_sample(make_trainer: Callable[..., pl.Trainer]) -> None:
     """``(PackedSequence, labels)`` batches: one row per sample (not per time step), no scan error,
     and a NaN inside a sequence is found (#10 item 7)."""
-    checks = fit(make_trainer, PackedGRUClassifier(), packed_digits_loader(), checks=DataChecks(first_batch=True))
-    assert [f for f in checks.findings if f.skipped or "could not run" in f.message] == []
+    view = FirstBatchView()
+    checks = fit(make_trainer, PackedGRUClassifier(), packed_digits_loader(), checks=DataChecks(first_batch=True),
+                 view=view)
+    assert [f for f in [*checks.findings, *view.findings] if f.skipped or "could not run" in f.message] == []
     assert by_code(checks, "duplicate-data") == [] and by_code(checks, "nonfinite-input") == []
     planted = packed_digits_loader(nan_at=3)
     (f,) = by_code(fit(make_trainer, PackedGRUClassifier(), planted), "nonfinite-input")
@@ -442,9 +449,9 @@ def test_unlabeled_batches(make_trainer: Callable[..., pl.Trainer]) -> None:
 
 def test_integer_inputs(make_trainer: Callable[..., pl.Trainer]) -> None:
     x, y = digit_tokens()
-    checks = DataChecks(first_batch=True)
-    fit(make_trainer, TokenClassifier(), loader(x, y), checks=checks)
-    codes = {f.code for f in checks.findings}
+    checks, view = DataChecks(first_batch=True), FirstBatchView()
+    fit(make_trainer, TokenClassifier(), loader(x, y), checks=checks, view=view)
+    codes = {f.code for f in [*checks.findings, *view.findings]}
     assert "unnormalized-input" not in codes and "view-skipped" not in codes  # token ids: no float stats
 
 
@@ -586,7 +593,7 @@ def test_first_batch_picture_is_readable(make_trainer: Callable[..., pl.Trainer]
     from lightning_tips._loggers import files_dir
 
     (x, y), _ = digits_split()
-    trainer = make_trainer(limit_train_batches=1, limit_val_batches=0, callbacks=[DataChecks(first_batch=True)])
+    trainer = make_trainer(limit_train_batches=1, limit_val_batches=0, callbacks=[FirstBatchView()])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.fit(digits_model(), loader(x, y, shuffle=False))

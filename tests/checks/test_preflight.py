@@ -236,3 +236,57 @@ def test_ddp_ranks_agree(tmp_path: Path) -> None:
     for r in ranks:
         assert "init-loss" in r["codes"], r
         assert r["card"] == ranks[0]["card"]
+
+
+def test_settle_agreed_reports_every_global_verdict_without_collectives(make_trainer, monkeypatch) -> None:
+    """``settle(agreed=True)``: verdicts already the same on every rank are reported as they are, in the
+    order of the check's codes (several per code), without the per-code agreement; an ``info`` leaves
+    the line ``pass``, a new warning makes it ``finding``, a measurement that raises ``skipped``."""
+    from lightning_tips.checks import _preflight
+    from lightning_tips.checks._preflight import Verdict, settle
+
+    def no_agreement(*args: object) -> None:
+        raise AssertionError("settle(agreed=True) must not agree across ranks")
+
+    monkeypatch.setattr(_preflight, "_agreed", no_agreement)
+
+    class Global(PreflightCheck):
+        title = "global"
+        code = "duplicate-data"
+        codes = ("duplicate-data", "no-seed")
+
+    trainer = make_trainer()
+    check = Global()
+    seed = Verdict("no-seed", "info", "no seed")
+    with pytest.warns(Warning, match="no-seed"):
+        assert settle(check, trainer, lambda: ([seed], "figures"), agreed=True).status == "pass"
+    dups = [Verdict("duplicate-data", "warning", "within train", module="train"),
+            Verdict("duplicate-data", "warning", "train/val", module="train/val")]
+    check = Global()
+    with pytest.warns(Warning):
+        line = settle(check, trainer, lambda: ([seed, *dups], "figures"), agreed=True)
+    assert (line.check, line.status, line.detail) == ("global", "finding", "figures")
+    assert [(f.code, f.module) for f in check.findings] == [
+        ("duplicate-data", "train"), ("duplicate-data", "train/val"), ("no-seed", None)]
+
+    def broken() -> tuple[list[Verdict], str]:
+        raise RuntimeError("boom")
+
+    check = Global()
+    with pytest.warns(Warning):
+        line = settle(check, trainer, broken, agreed=True)
+    assert (line.status, line.detail) == ("skipped", "RuntimeError: boom")
+    (f,) = check.findings
+    assert f.skipped and "could not run on this model (RuntimeError: boom)" in f.message
+
+
+def test_data_checks_declare_every_code_they_report() -> None:
+    """settle reports a check's verdicts code by code: every code DataChecks builds a Verdict with is
+    in its ``codes``."""
+    import re
+
+    from lightning_tips.checks import data
+
+    built = set(re.findall(r'Verdict\(\s*"([a-z-]+)"', Path(data.__file__).read_text()))
+    assert built and built <= set(data.DataChecks.codes), built - set(data.DataChecks.codes)
+    assert data.DataChecks.code in data.DataChecks.codes

@@ -1,5 +1,6 @@
 """The first-batch view (R2.10): fields, shapes and dtypes printed once; the inputs as an image grid
-or a table under ``tips/first_batch``; a batch without tensors is skipped with a reason."""
+or a table under ``tips/first_batch``; a batch without tensors is skipped with a reason. ``Preflight``
+composes the view next to its data checks; the data checks alone draw nothing."""
 
 from __future__ import annotations
 
@@ -13,22 +14,24 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
+from lightning_tips import TipWarning
 from lightning_tips._loggers import files_dir
 from lightning_tips.checks.data import DataChecks
-from lightning_tips.views.first_batch import describe_batch, is_image_like, log_first_batch
+from lightning_tips.checks.preflight import Preflight
+from lightning_tips.views.first_batch import FirstBatchView, describe_batch, is_image_like, log_first_batch
 from tests.helpers.data import breast_cancer_tensors
 from tests.helpers.data_bugs import TokenClassifier, digit_tokens, digits_split, loader
 from tests.helpers.models import Classifier, mlp, small_cnn
 
 
 def fit(make_trainer: Callable[..., pl.Trainer], model: pl.LightningModule, train: Any,
-        **trainer_kw: Any) -> tuple[pl.Trainer, DataChecks]:
-    checks = DataChecks(first_batch=True)
-    trainer = make_trainer(callbacks=[checks], limit_train_batches=1, limit_val_batches=0, **trainer_kw)
+        **trainer_kw: Any) -> tuple[pl.Trainer, FirstBatchView]:
+    view = FirstBatchView()
+    trainer = make_trainer(callbacks=[view], limit_train_batches=1, limit_val_batches=0, **trainer_kw)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.fit(model, train)
-    return trainer, checks
+    return trainer, view
 
 
 def test_describe_batch() -> None:
@@ -52,7 +55,7 @@ def test_image_batch_is_a_png_and_fields_are_printed_once(
     make_trainer: Callable[..., pl.Trainer], capsys: pytest.CaptureFixture[str]
 ) -> None:
     (x, y), _ = digits_split()
-    trainer, checks = fit(make_trainer, Classifier(small_cnn()), loader(x, y, shuffle=False))
+    trainer, view = fit(make_trainer, Classifier(small_cnn()), loader(x, y, shuffle=False))
     out = capsys.readouterr().out
     assert out.count("lightning_tips first batch") == 1
     assert "[64, 1, 8, 8]" in out and "float32" in out and "int64" in out
@@ -61,7 +64,7 @@ def test_image_batch_is_a_png_and_fields_are_printed_once(
     caption = pngs[0].with_suffix(".txt").read_text()
     assert "32 of 64 samples" in caption and "labels: " + " ".join(str(v) for v in y[:32].tolist()) in caption
     assert f"[{x[:32].min().item():.4g}, {x[:32].max().item():.4g}]" in caption
-    assert not [f for f in checks.findings if f.code == "view-skipped"]
+    assert not [f for f in view.findings if f.code == "view-skipped"]
 
 
 def test_tabular_batch_is_a_table(make_trainer: Callable[..., pl.Trainer], capsys: pytest.CaptureFixture[str]) -> None:
@@ -87,3 +90,30 @@ def test_batch_without_tensors_is_skipped(make_trainer: Callable[..., pl.Trainer
     trainer = make_trainer()
     assert log_first_batch(trainer, {"text": ["a", "b"]}) == "the batch holds no tensor"
     assert not files_dir(trainer).exists()
+
+
+def test_the_view_reports_a_batch_it_cannot_draw_once(make_trainer: Callable[..., pl.Trainer]) -> None:
+    trainer, view = make_trainer(), FirstBatchView()
+    with pytest.warns(TipWarning, match=r"\[view-skipped\] info: first batch view: the batch holds no tensor"):
+        for batch_idx in (0, 0, 1):  # drawn (or skipped) once per fit, at batch 0 of step 0 only
+            view.on_train_batch_start(trainer, Classifier(mlp(30, 2)), {"text": ["a", "b"]}, batch_idx)
+    (f,) = view.findings
+    assert (f.code, f.severity.value, f.skipped, f.module) == ("view-skipped", "info", True, "first_batch")
+    assert f.message == "first batch view: the batch holds no tensor"
+
+
+def test_preflight_composes_the_view_and_the_data_checks_alone_draw_nothing(
+    make_trainer: Callable[..., pl.Trainer], capsys: pytest.CaptureFixture[str]
+) -> None:
+    names = [type(c).__name__ for c in Preflight(input_key="x", target_key="y").children]
+    assert names[1] == "DataChecks" and names[-1] == "FirstBatchView"
+    (view,) = [c for c in Preflight(input_key="x", target_key="y").children if isinstance(c, FirstBatchView)]
+    assert (view.input_key, view.target_key) == ("x", "y")
+    assert not [c for c in Preflight(data=False).children if isinstance(c, FirstBatchView)]
+    (x, y), _ = digits_split()
+    trainer = make_trainer(callbacks=[DataChecks(first_batch=True)], limit_train_batches=1, limit_val_batches=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(Classifier(small_cnn()), loader(x, y, shuffle=False))
+    assert "lightning_tips first batch" not in capsys.readouterr().out
+    assert not list(files_dir(trainer).glob("tips_first_batch*"))
