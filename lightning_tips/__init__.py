@@ -27,7 +27,6 @@ if TYPE_CHECKING:  # pragma: no cover - the real imports, for type checkers
     from lightning_tips.checks.nonfinite import NonFiniteGuard
     from lightning_tips.checks.output_activation import OutputActivationCheck
     from lightning_tips.checks.overfit_batch import OverfitBatchCheck
-    from lightning_tips.checks.preflight import Preflight
     from lightning_tips.findings import CODES, Finding, Severity, TipError, TipWarning, explain
     from lightning_tips.fixes.clipping import GradientClipping
     from lightning_tips.fixes.early_stopping import EarlyStopping
@@ -36,6 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover - the real imports, for type checkers
     from lightning_tips.fixes.output_bias import OutputBiasInit, OutputBiasInitMixin, init_output_bias_
     from lightning_tips.fixes.sampler import BalancedSampler, balanced_sampler
     from lightning_tips.fixes.snapshot import SnapshotEnsemble
+    from lightning_tips.preflight import Preflight
     from lightning_tips.recipe import Recipe
     from lightning_tips.views.filters import FirstLayerFilters
     from lightning_tips.views.first_batch import FirstBatchView
@@ -60,7 +60,7 @@ _EXPORTS = {
     "NonFiniteGuard": "lightning_tips.checks.nonfinite",
     "OutputActivationCheck": "lightning_tips.checks.output_activation",
     "OverfitBatchCheck": "lightning_tips.checks.overfit_batch",
-    "Preflight": "lightning_tips.checks.preflight",
+    "Preflight": "lightning_tips.preflight",
     "CODES": "lightning_tips.findings",
     "Finding": "lightning_tips.findings",
     "Severity": "lightning_tips.findings",

@@ -13,13 +13,13 @@ from lightning_tips.checks.curves import LearningCurves
 from lightning_tips.checks.gradients import GradientStats
 from lightning_tips.checks.lr_decay import LRDecayGuard
 from lightning_tips.checks.nonfinite import NonFiniteGuard
-from lightning_tips.checks.preflight import Preflight
 from lightning_tips.fixes.clipping import GradientClipping
 from lightning_tips.fixes.early_stopping import EarlyStopping
 from lightning_tips.fixes.forget_gate import ForgetGateBias
 from lightning_tips.fixes.init import WeightInit
 from lightning_tips.fixes.output_bias import OutputBiasInit
 from lightning_tips.fixes.snapshot import SnapshotEnsemble
+from lightning_tips.preflight import Preflight
 from lightning_tips.views.filters import FirstLayerFilters
 from lightning_tips.views.predictions import FixedBatchPredictions
 
@@ -182,7 +182,9 @@ class Recipe(TipComposite):
         if output_bias_init:
             parts.append(OutputBiasInit())
         if preflight:
-            parts.append(Preflight(budget_s=preflight_budget_s, **batch_keys))
+            card = Preflight(budget_s=preflight_budget_s, **batch_keys)
+            card.budget_arg = "preflight_budget_s"  # the time-limit line names the argument the user has
+            parts.append(card)
         # gradient observers see the unclipped gradients, then the clipper acts
         parts.append(
             NonFiniteGuard(action=nonfinite_action, every_n_steps=guard_every, full_every_n_steps=every_n_steps)

@@ -6,7 +6,7 @@
 range on a colour bar, stated in the caption too, with the labels; :func:`render_first_batch`) for image-like inputs — ``(N, C, H, W)`` with ``C`` in {1, 3}, or ``(N, H, W)``,
 floating point or uint8, ``H, W >= 4`` — and a table (first 16 rows, first 20 columns, plus the label)
 otherwise. :class:`FirstBatchView` calls it once per fit, on the batch the training loop hands over
-at step 0; :class:`~lightning_tips.checks.preflight.Preflight` (and so ``Recipe``) composes that view
+at step 0; :class:`~lightning_tips.preflight.Preflight` (and so ``Recipe``) composes that view
 next to its data checks.
 """
 

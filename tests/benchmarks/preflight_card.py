@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_tips.checks.preflight import Preflight
+from lightning_tips.preflight import Preflight
 
 
 class Classifier(pl.LightningModule):

@@ -238,7 +238,7 @@ def test_shuffled_labels_flagged_at_runtime(make_trainer) -> None:
 
 def test_runtime_part_runs_inside_preflight(make_trainer) -> None:
     """Composed (Preflight, hence Recipe), the check's training hooks are forwarded to it."""
-    from lightning_tips.checks.preflight import Preflight
+    from lightning_tips.preflight import Preflight
 
     pre = Preflight(data=False, init_loss=False, output_activation=False, batch_mixing=False, overfit_batch=False,
                     missing_bias=False)

@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
 from lightning_tips.checks._preflight import PreflightCheck, WorkPlan, first_train_batch, run_preflight
-from lightning_tips.checks.preflight import Preflight
+from lightning_tips.preflight import Preflight
 from tests.helpers.data import DigitsDataModule
 from tests.helpers.models import Classifier, small_cnn
 from tests.helpers.preflight_models import ReshapeMixer, big_init, bn_cnn, digits_loader, fit, with_output

@@ -391,7 +391,7 @@ def _ddp_main(out_path: str) -> None:
     import json
     import warnings
 
-    from lightning_tips.checks.preflight import Preflight
+    from lightning_tips.preflight import Preflight
 
     torch.set_num_threads(1)
     pl.seed_everything(0)

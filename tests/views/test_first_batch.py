@@ -17,7 +17,7 @@ import torch
 from lightning_tips import TipWarning
 from lightning_tips._loggers import files_dir
 from lightning_tips.checks.data import DataChecks
-from lightning_tips.checks.preflight import Preflight
+from lightning_tips.preflight import Preflight
 from lightning_tips.views.first_batch import FirstBatchView, describe_batch, is_image_like, log_first_batch
 from tests.helpers.data import breast_cancer_tensors
 from tests.helpers.data_bugs import TokenClassifier, digit_tokens, digits_split, loader

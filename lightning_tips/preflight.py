@@ -143,7 +143,7 @@ class Preflight(_OncePerFit, TipComposite):
             children.append(FirstBatchView(input_key=input_key, target_key=target_key))
         super().__init__(children)
         self.budget_s = float(budget_s)
-        self.budget_arg = "budget_s"  # the name the time-limit line gives (``Recipe`` sets its own)
+        self.budget_arg = "budget_s"  # the argument the time-limit line names (``Recipe`` sets its own)
         self.card: list[CardLine] = []
         self.plan: WorkPlan | None = None  # the last card's work plan
 
@@ -166,11 +166,6 @@ class Preflight(_OncePerFit, TipComposite):
         return self.card
 
     def _budget_arg(self, trainer: pl.Trainer) -> str:
-        from lightning_tips.recipe import Recipe  # recipe imports this module
-
-        for cb in trainer.callbacks:  # type: ignore[attr-defined]
-            if isinstance(cb, Recipe) and cb.child(Preflight) is self:
-                return "preflight_budget_s"
         return self.budget_arg
 
     def _run_card(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[CardLine]:
