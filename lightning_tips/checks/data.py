@@ -613,7 +613,7 @@ class _Local:
     streams: list[str]  # loaders not read ahead
     fields: list[tuple[str, FeatureStats]]  # float input fields with statistics
     dyn: list[tuple[float, int, float]]  # per field: dynamic_range()
-    packed: torch.Tensor  # the fields' FeatureStats.pack() and dynamic-range flags, to sum over ranks
+    packed: dict[str, torch.Tensor]  # per field its FeatureStats.pack(), and the dynamic-range flags: summed over ranks
 
 
 # --- verdicts: pure functions of the rank-summed figures (the same on every rank) ---------------------
@@ -709,15 +709,14 @@ def _order_verdicts(g: Mapping[str, int]) -> list[Verdict]:
 
 
 def _normalization_verdicts(fields: list[tuple[str, FeatureStats]], dyn: list[tuple[float, int, float]],
-                            global_stats: torch.Tensor) -> tuple[list[Verdict], str]:
-    """``unnormalized-input`` (warning) per field from the rank-summed statistics, and the card's figures."""
-    offset, summaries, out = 0, list[str](), list[Verdict]()
-    n_fields = len(fields)
-    flags = global_stats[-n_fields:] if n_fields else global_stats[:0]
+                            global_stats: Mapping[str, torch.Tensor]) -> tuple[list[Verdict], str]:
+    """``unnormalized-input`` (warning) per field from the rank-summed statistics (named by field, with
+    the per-field dynamic-range flags under ``_DYNAMIC``), and the card's figures."""
+    summaries, out = list[str](), list[Verdict]()
+    flags = global_stats[_DYNAMIC]
     for i, (name, stats) in enumerate(fields):
         f = stats.num_features
-        n, mean, std = FeatureStats.unpack(global_stats[offset : offset + 4 * f])
-        offset += 4 * f
+        n, mean, std = FeatureStats.unpack(global_stats[name])
         v = normalization_verdict(mean, std, n)
         per_feature, worst_dyn, pooled = dyn[i]
         dynamic = bool(flags[i] > 0)
@@ -762,6 +761,7 @@ def _normalization_verdicts(fields: list[tuple[str, FeatureStats]], dyn: list[tu
 
 
 # --- the callback ---------------------------------------------------------------------------------
+_DYNAMIC = "dynamic range flags"  # the packed statistics' entry beside the fields (field names are batch[...])
 _META = (
     "train_batches", "train_samples", "val_batches", "val_samples", "val_loaders",
     "nonfinite_train", "nonfinite_val", "dup", "overlap", "scan_errors",
@@ -877,7 +877,8 @@ class DataChecks(PreflightCheck):
             "dup": train.dup_count, "overlap": val.overlap_count, "scan_errors": len(train.errors + val.errors),
             "labeled_ranks": int(labels.numel() > 0), "unlabeled_batches": train.unlabeled_batches,
             "label_size": int(labels.max()) + 1 if labels.numel() else 0,
-            "stats_len": packed.numel(), "stats_len_sq": packed.numel() ** 2,
+            "stats_len": sum(t.numel() for t in packed.values()),
+            "stats_len_sq": sum(t.numel() for t in packed.values()) ** 2,
             # overfit_batches > 0: Lightning itself turned shuffling off (the user's shuffle=True is moot)
             "unshuffled": int(any(s is False for s in shuffles) and not getattr(trainer, "overfit_batches", 0)),
             "balanced": int(any(sampler_balances(loader) for _, loader in train_loaders)),
@@ -894,8 +895,7 @@ class DataChecks(PreflightCheck):
             counts = _ddp.reduce(trainer, {"label_counts": local_counts}, site="DataChecks label counts")["label_counts"]
         global_stats = None
         if g["stats_len"] > 0:  # the per-feature stats' layout must match on every rank, else skipped
-            got = _ddp.reduce(trainer, {"feature_stats": packed}, site="DataChecks feature stats", on_mismatch="skip")
-            global_stats = None if got is None else got["feature_stats"]
+            global_stats = _ddp.reduce(trainer, packed, site="DataChecks feature stats", on_mismatch="skip")
         layout_same = global_stats is not None
 
         # 3. verdicts: pure functions of the global figures (every rank reports the same; rank zero speaks)
@@ -934,7 +934,7 @@ class DataChecks(PreflightCheck):
         streams: list[str] = []
         fields: list[tuple[str, FeatureStats]] = []
         dyn: list[tuple[float, int, float]] = []
-        packed = torch.zeros(0, dtype=torch.float64)
+        packed: dict[str, torch.Tensor] = {}
         try:
             # a stream is never read ahead (it would lose samples to training): its part of the
             # batch the loop handed over stands in for it
@@ -960,10 +960,10 @@ class DataChecks(PreflightCheck):
             if fields:
                 flags = torch.tensor([float(r > DYNAMIC_RANGE or p > DYNAMIC_RANGE) for r, _, p in dyn],
                                      dtype=torch.float64)
-                packed = torch.cat([*(s.pack() for _, s in fields), flags])
+                packed = {**{k: s.pack() for k, s in fields}, _DYNAMIC: flags}
         except Exception as err:
             train.errors.append(f"{type(err).__name__}: {err}")
-            fields, dyn, packed = [], [], torch.zeros(0, dtype=torch.float64)
+            fields, dyn, packed = [], [], {}
         return _Local(train, val, train_loaders, val_loaders, streams, fields, dyn, packed)
 
 
