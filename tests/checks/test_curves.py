@@ -26,13 +26,12 @@ from lightning_tips.checks.curves import (
 from tests.helpers.curves_models import (
     DetachedClassifier,
     LogitsClassifier,
-    ManualClassifier,
     NoValLossClassifier,
     big_mlp,
     noisy_digits_loaders,
 )
 from tests.helpers.data import DigitsDataModule
-from tests.helpers.models import Classifier, mlp
+from tests.helpers.models import Classifier, ManualClassifier, mlp
 
 MakeTrainer = Callable[..., pl.Trainer]
 

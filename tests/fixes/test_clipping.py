@@ -12,8 +12,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_tips.fixes.clipping import GradientClipping, clip_figures, clip_gradients_, percentile_threshold
 from tests.helpers.data import DigitsDataModule
-from tests.helpers.loop_models import GradRecorder, ManualClassifier
-from tests.helpers.models import Classifier, mlp
+from tests.helpers.loop_models import GradRecorder
+from tests.helpers.models import Classifier, ManualClassifier, mlp
 from tests.helpers.probes import file_scalars
 
 
@@ -174,7 +174,7 @@ def test_bf16_mixed_on_cpu(make_trainer):
 
 def test_manual_optimization_is_skipped_with_info(make_trainer):
     clip = GradientClipping(max_norm=0.01)
-    _fit(make_trainer, clip, model=ManualClassifier(mlp(hidden=16)))
+    _fit(make_trainer, clip, model=ManualClassifier(mlp(hidden=16), report_loss=True))
     [finding] = clip.findings
     assert finding.severity.value == "info" and "manual optimization" in finding.message
     assert clip._steps == 0

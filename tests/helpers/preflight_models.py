@@ -91,22 +91,6 @@ class BinaryClassifier(Classifier):
         return self.loss_fn(self(x).squeeze(-1), y.float())
 
 
-class ManualClassifier(Classifier):
-    """Manual optimization (the checks that re-run training_step skip it)."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__(net)
-        self.automatic_optimization = False
-
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:  # type: ignore[override]
-        opt = self.optimizers()
-        x, y = batch
-        loss = F.cross_entropy(self(x), y)
-        opt.zero_grad()  # type: ignore[union-attr]
-        self.manual_backward(loss)
-        opt.step()  # type: ignore[union-attr]
-
-
 class NoLossClassifier(Classifier):
     """training_step returns a dict without a loss (a user bug the checks must survive)."""
 

@@ -34,12 +34,11 @@ from tests.helpers.curves_models import (
     DictBatchModel,
     DictDataset,
     Regressor,
-    TokenClassifier,
     TupleOutputModel,
     bn_dropout_cnn,
 )
 from tests.helpers.data import DigitsDataModule, breast_cancer_tensors, loaders
-from tests.helpers.models import Classifier, mlp, small_cnn
+from tests.helpers.models import Classifier, TokenClassifier, mlp, small_cnn
 
 MakeTrainer = Callable[..., pl.Trainer]
 
@@ -220,7 +219,7 @@ def test_token_ids_get_a_table(make_trainer: MakeTrainer) -> None:
     train, val = loaders(x, y)
     cb = FixedBatchPredictions(every_n_steps=2, num_samples=6)
     trainer = make_trainer(max_epochs=1, limit_train_batches=4, limit_val_batches=1, callbacks=[cb])
-    trainer.fit(TokenClassifier(), train, val)
+    trainer.fit(TokenClassifier(50, 2, bag=True), train, val)
     assert cb.findings == []
     assert images(trainer) == []
     assert len(read_table(trainer)) == 3 * 6  # steps 0, 2, 4
