@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import math
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +15,7 @@ import torch
 from lightning_tips._loggers import files_dir
 from lightning_tips.checks.data import DataChecks
 from lightning_tips.views.first_batch import describe_batch, is_image_like, log_first_batch
+from tests.helpers import fitting
 from tests.helpers.data import breast_cancer_tensors
 from tests.helpers.data_bugs import TokenClassifier, digit_tokens, digits_split, loader
 from tests.helpers.models import Classifier, mlp, small_cnn
@@ -23,11 +23,10 @@ from tests.helpers.models import Classifier, mlp, small_cnn
 
 def fit(make_trainer: Callable[..., pl.Trainer], model: pl.LightningModule, train: Any,
         **trainer_kw: Any) -> tuple[pl.Trainer, DataChecks]:
+    """One train batch, no validation, no seeding, under ``DataChecks(first_batch=True)``; warnings dropped."""
     checks = DataChecks(first_batch=True)
-    trainer = make_trainer(callbacks=[checks], limit_train_batches=1, limit_val_batches=0, **trainer_kw)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer.fit(model, train)
+    trainer = fitting.fit(make_trainer, model, train, callbacks=[checks], seed=None, warns="ignore",
+                          limit_train_batches=1, limit_val_batches=0, **trainer_kw).trainer
     return trainer, checks
 
 
