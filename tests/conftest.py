@@ -6,10 +6,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import tempfile
-import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 _WANDB_TMP = tempfile.mkdtemp(prefix="lt-wandb-")
 os.environ.setdefault("WANDB_MODE", "disabled")
@@ -32,6 +30,8 @@ import lightning.pytorch as pl  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from tests.helpers.fitting import trainer_factory  # noqa: E402
+
 torch.set_num_threads(1)
 
 
@@ -44,21 +44,4 @@ def _clean_seed(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def make_trainer(tmp_path: Path) -> Callable[..., pl.Trainer]:
     """A small CPU Trainer: no logger, no checkpointing, no progress bar, 1 epoch (override any)."""
-
-    def factory(**kwargs: Any) -> pl.Trainer:
-        defaults: dict[str, Any] = {
-            "default_root_dir": tmp_path,
-            "accelerator": "cpu",
-            "devices": 1,
-            "max_epochs": 1,
-            "logger": False,
-            "enable_checkpointing": False,
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-        }
-        defaults.update(kwargs)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return pl.Trainer(**defaults)
-
-    return factory
+    return trainer_factory(tmp_path)

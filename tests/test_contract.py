@@ -39,8 +39,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_tips as lt
 from lightning_tips.checks._preflight import PreflightCheck
-from lightning_tips.findings import Finding, FindingsLog, TipWarning
+from lightning_tips.findings import Finding, FindingsLog
 from tests.helpers.data import digits_tensors
+from tests.helpers.fitting import fit, trainer_factory
 
 
 def _public_callbacks() -> list[type[Callback]]:
@@ -170,23 +171,15 @@ def _fit(
     dataset: str = "tensor",
 ) -> tuple[pl.Trainer, ContractNet, list[str]]:
     """Seed, build, fit 6 train / 2 val batches per epoch; the TipWarnings emitted during the fit."""
-    pl.seed_everything(0, verbose=False)
-    model = ContractNet(**(model_kw or {}))
-    train, val = _loaders(dataset)
+    train, val = _loaders(dataset)  # no global random state: the data sets and the loader have their own
     cbs = list(callbacks)
     if checkpoint_dir is not None:
         cbs.append(ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=0))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer = pl.Trainer(
-            default_root_dir=root, accelerator="cpu", devices=1, max_epochs=max_epochs, limit_train_batches=6,
-            limit_val_batches=2, deterministic=True, logger=False, enable_checkpointing=checkpoint_dir is not None,
-            enable_progress_bar=False, enable_model_summary=False, callbacks=cbs,
-        )
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        trainer.fit(model, train, val, ckpt_path=ckpt_path)
-    return trainer, model, [str(w.message) for w in caught if issubclass(w.category, TipWarning)]
+    run = fit(trainer_factory(root), lambda: ContractNet(**(model_kw or {})), train, val, callbacks=cbs,
+              ckpt_path=ckpt_path, max_epochs=max_epochs, limit_train_batches=6, limit_val_batches=2,
+              deterministic=True, enable_checkpointing=checkpoint_dir is not None)
+    assert isinstance(run.model, ContractNet)
+    return run.trainer, run.model, run.warnings
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -705,13 +698,8 @@ class FrozenContractNet(ContractNet):
 def _fit_once(model: pl.LightningModule, callbacks: list[Callback], root: Path, train_batches: int) -> None:
     """One quiet epoch of ``train_batches`` training batches and one validation batch of the given model."""
     train, val = _loaders()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer = pl.Trainer(default_root_dir=root, accelerator="cpu", devices=1, max_epochs=1,
-                             limit_train_batches=train_batches, limit_val_batches=1, logger=False,
-                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                             callbacks=callbacks)
-        trainer.fit(model, train, val)
+    fit(trainer_factory(root), model, train, val, callbacks=callbacks, seed=None, warns="ignore",
+        limit_train_batches=train_batches, limit_val_batches=1)
 
 
 def test_every_fix_leaves_frozen_parameters_bit_for_bit(tmp_path: Path) -> None:

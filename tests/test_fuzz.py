@@ -27,7 +27,6 @@ the same examples every run. The regression tests at the end pin the crashes the
 from __future__ import annotations
 
 import tempfile
-import warnings
 from typing import Any
 
 import lightning.pytorch as pl
@@ -38,6 +37,7 @@ from hypothesis import strategies as st
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 
 from lightning_tips import CODES, Recipe, TipError
+from tests.helpers.fitting import fit, trainer_factory
 from tests.helpers.fuzz_models import SEQ_ARCHS, Spec, build, valid_spec
 
 EVERY_FIX: dict[str, Any] = {
@@ -125,13 +125,11 @@ def _logger(spec: Spec, root: str) -> Logger | bool:
 
 
 def _fit(spec: Spec, root: str, callbacks: list[pl.Callback], **overrides: Any) -> pl.Trainer:
+    """Build ``spec`` and fit it under ``TRAINER`` (and ``overrides``), no seeding; warnings dropped."""
     model, train, val = build(spec)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer = pl.Trainer(**{**TRAINER, **overrides}, default_root_dir=root, logger=_logger(spec, root),
-                             callbacks=callbacks, precision=spec.precision, accumulate_grad_batches=spec.accumulate)
-        trainer.fit(model, train, val)
-    return trainer
+    return fit(trainer_factory(root, **TRAINER), model, train, val, callbacks=callbacks, seed=None, warns="ignore",
+               logger=_logger(spec, root), precision=spec.precision, accumulate_grad_batches=spec.accumulate,
+               **overrides).trainer
 
 
 def check_never_crashes(spec: Spec, action: str) -> None:

@@ -25,6 +25,7 @@ from lightning_tips._loggers import (
     require,
 )
 from tests.helpers.data import DigitsDataModule
+from tests.helpers.fitting import fit
 from tests.helpers.models import Classifier, small_cnn
 
 GRADIENT = np.linspace(0.0, 1.0, 16 * 16 * 3, dtype=np.float32).reshape(16, 16, 3)
@@ -45,9 +46,9 @@ class EveryView(TipCallback):
 
 def _fit(make_trainer: Any, logger: Any) -> tuple[Any, EveryView]:
     cb = EveryView()
-    trainer = make_trainer(callbacks=[cb], logger=logger, limit_train_batches=3, limit_val_batches=0)
     with pytest.warns(UserWarning):
-        trainer.fit(Classifier(small_cnn()), DigitsDataModule())
+        trainer = fit(make_trainer, lambda: Classifier(small_cnn()), DigitsDataModule(), callbacks=[cb], seed=None,
+                      warns="pass", logger=logger, limit_train_batches=3, limit_val_batches=0).trainer
     return trainer, cb
 
 

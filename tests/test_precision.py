@@ -8,7 +8,6 @@ recipe never syncs there), CUDA ``bf16-mixed``, and Apple MPS.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,9 @@ import lightning_tips as lt
 from examples.digits import DigitsCNN
 from lightning_tips._utils import is_sampled
 from lightning_tips.checks._preflight import CardLine
-from lightning_tips.findings import CODES, TipWarning
+from lightning_tips.findings import CODES
 from tests.helpers.data import DigitsDataModule
+from tests.helpers.fitting import fit, trainer_factory
 from tests.helpers.runif import RunIf
 
 MODEL_CHECKS = ("initial loss", "output activation", "batch independence", "input-independent baseline",
@@ -39,19 +39,12 @@ def _fit(
     limit_train_batches: int = 6,
     data: DigitsDataModule | None = None,
 ) -> tuple[pl.Trainer, pl.LightningModule, list[str]]:
-    pl.seed_everything(0, verbose=False)
-    model = model or DigitsCNN()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer = pl.Trainer(
-            default_root_dir=root, accelerator=accelerator, devices=1, precision=precision,  # type: ignore[arg-type]
-            max_epochs=2, limit_train_batches=limit_train_batches, limit_val_batches=2, logger=False,
-            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks,
-        )
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        trainer.fit(model, datamodule=data or DigitsDataModule(limit=384, val_limit=128))
-    return trainer, model, [str(w.message) for w in caught if issubclass(w.category, TipWarning)]
+    """Seed 0, fit ``model`` (a fresh ``DigitsCNN`` by default) 2 epochs of ``limit_train_batches`` train and
+    2 val batches; the trainer, the model and the TipWarnings emitted during the fit."""
+    run = fit(trainer_factory(root), model or DigitsCNN, datamodule=data or DigitsDataModule(limit=384, val_limit=128),
+              callbacks=callbacks, precision=precision, accelerator=accelerator, max_epochs=2,
+              limit_train_batches=limit_train_batches, limit_val_batches=2)
+    return run.trainer, run.model, run.warnings
 
 
 def _card(recipe: lt.Recipe) -> dict[str, CardLine]:

@@ -35,7 +35,9 @@ from torch import nn
 
 import lightning_tips as lt
 from lightning_tips._loggers import FINDING_COLUMNS
+from tests.helpers import fitting
 from tests.helpers.data import DigitsDataModule
+from tests.helpers.fitting import trainer_factory
 from tests.helpers.models import Classifier, small_cnn
 
 PLANTED = {"dead-activation", "output-activation"}
@@ -60,16 +62,11 @@ def planted_model() -> Classifier:
 
 
 def fit(logger: Logger | list[Logger] | bool, root: Path, **recipe_kwargs: Any) -> lt.Recipe:
+    """Seed 0, fit the planted model 2 epochs of 10 train / 2 val batches under ``Recipe``; warnings dropped."""
     pl.seed_everything(0, verbose=False)
     recipe = lt.Recipe(**{"every_n_steps": 5, "view_every_n_steps": 5, **recipe_kwargs})
-    trainer = pl.Trainer(
-        max_epochs=2, limit_train_batches=10, limit_val_batches=2, logger=logger, callbacks=[recipe],
-        accelerator="cpu", devices=1, default_root_dir=root, enable_progress_bar=False,
-        enable_model_summary=False, enable_checkpointing=False,
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer.fit(planted_model(), DigitsDataModule())
+    fitting.fit(trainer_factory(root), planted_model, DigitsDataModule(), callbacks=[recipe], seed=None,
+                warns="ignore", max_epochs=2, limit_train_batches=10, limit_val_batches=2, logger=logger)
     return recipe
 
 

@@ -32,6 +32,7 @@ from tests.helpers.activation_models import (
     deep_stack,
 )
 from tests.helpers.data import DigitsDataModule
+from tests.helpers.fitting import fit
 from tests.helpers.models import Classifier, mlp
 
 Factory = Callable[..., pl.Trainer]
@@ -39,18 +40,13 @@ Factory = Callable[..., pl.Trainer]
 
 def _fit(make_trainer: Factory, net: nn.Module, cb: pl.Callback | None, *, batches: int = 4, val: int = 0,
          seed: int = 0, extra: list[pl.Callback] | None = None, **trainer_kwargs: Any) -> tuple[pl.Trainer, Classifier]:
-    pl.seed_everything(seed, verbose=False)
-    model = Classifier(net)
-    callbacks = ([cb] if cb is not None else []) + (extra or [])
+    """``batches`` train batches of 64 digits, ``val`` val batches, deterministic; warnings dropped."""
     kwargs: dict[str, Any] = {"limit_train_batches": batches, "limit_val_batches": val, "num_sanity_val_steps": 0,
-                              "callbacks": callbacks, "deterministic": True}
-    ckpt_path = trainer_kwargs.pop("ckpt_path", None)
-    kwargs.update(trainer_kwargs)
-    trainer = make_trainer(**kwargs)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer.fit(model, datamodule=DigitsDataModule(batch_size=64, limit=64 * batches, val_limit=64), ckpt_path=ckpt_path)
-    return trainer, model
+                              "deterministic": True, **trainer_kwargs}
+    model = Classifier(net)
+    run = fit(make_trainer, model, datamodule=DigitsDataModule(batch_size=64, limit=64 * batches, val_limit=64),
+              callbacks=([cb] if cb is not None else []) + (extra or []), seed=seed, warns="ignore", **kwargs)
+    return run.trainer, model
 
 
 def _codes(cb: ActivationStats) -> list[tuple[str, str, str | None]]:

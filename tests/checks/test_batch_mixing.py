@@ -8,9 +8,8 @@ from torch import nn
 
 from lightning_tips.checks._preflight import CheckSkipped
 from lightning_tips.checks.batch_mixing import BatchMixingCheck, batch_mixing, batch_mixing_verdict
-from tests.helpers.models import Classifier, small_cnn
+from tests.helpers.models import Classifier, ManualClassifier, small_cnn
 from tests.helpers.preflight_models import (
-    ManualClassifier,
     PositionalTokens,
     ReshapeMixer,
     RowsLSTM,

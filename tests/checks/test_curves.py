@@ -26,13 +26,13 @@ from lightning_tips.checks.curves import (
 from tests.helpers.curves_models import (
     DetachedClassifier,
     LogitsClassifier,
-    ManualClassifier,
     NoValLossClassifier,
     big_mlp,
     noisy_digits_loaders,
 )
 from tests.helpers.data import DigitsDataModule
-from tests.helpers.models import Classifier, mlp
+from tests.helpers.fitting import fit
+from tests.helpers.models import Classifier, ManualClassifier, mlp
 
 MakeTrainer = Callable[..., pl.Trainer]
 
@@ -262,12 +262,10 @@ def test_checkpoint_round_trip_continues_history_without_duplicates(make_trainer
 
 # --- pure observer -----------------------------------------------------------------------------------
 def _fit_weights(make_trainer: MakeTrainer, callbacks: list) -> dict[str, torch.Tensor]:
-    pl.seed_everything(7)
-    model = LogitsClassifier(mlp(64, 10, hidden=32), lr=1e-2)
-    trainer = make_trainer(max_epochs=2, limit_train_batches=4, limit_val_batches=2, deterministic=True,
-                           callbacks=callbacks)
-    trainer.fit(model, datamodule=digits())
-    return {k: v.clone() for k, v in model.state_dict().items()}
+    """Seed 7, 2 epochs of 4 train / 2 val batches; the final weights."""
+    return fit(make_trainer, lambda: LogitsClassifier(mlp(64, 10, hidden=32), lr=1e-2), datamodule=digits(),
+               callbacks=callbacks, seed=7, warns="pass", max_epochs=2, limit_train_batches=4, limit_val_batches=2,
+               deterministic=True).weights()
 
 
 def test_pure_observer(make_trainer: MakeTrainer) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,6 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_tips import TipWarning
 from lightning_tips.checks import gradients as gradients_mod
 from lightning_tips.checks.gradients import (
     GradientStats,
@@ -26,16 +24,10 @@ from lightning_tips.checks.gradients import (
     vanishing_verdict,
 )
 from tests.helpers.data import digits_tensors
+from tests.helpers.fitting import run_fit
 from tests.helpers.models import Classifier, mlp
 from tests.helpers.probes import SyncSpy
 from tests.helpers.runtime_models import RNNClassifierNet, deep_mlp, sequence_loaders
-
-
-def _fit(trainer: pl.Trainer, model: pl.LightningModule, loader: Any, **kwargs: Any) -> list[str]:
-    with warnings.catch_warnings(record=True) as w:
-        warnings.simplefilter("always")
-        trainer.fit(model, loader, **kwargs)
-    return [str(x.message) for x in w if issubclass(x.category, TipWarning)]
 
 
 def _digits_loader(n: int = 256, batch_size: int = 32) -> DataLoader:
@@ -101,7 +93,7 @@ def test_rnn_with_large_recurrent_init_explodes(make_trainer: Any) -> None:
     pl.seed_everything(0)
     stats = GradientStats(every_n_steps=2)
     trainer = make_trainer(callbacks=[stats], max_steps=4)
-    msgs = _fit(trainer, Classifier(RNNClassifierNet(recurrent_scale=4.0)), sequence_loaders())
+    msgs = run_fit(trainer, Classifier(RNNClassifierNet(recurrent_scale=4.0)), sequence_loaders())
     found = [f for f in stats.findings if f.code == "exploding-gradient"]
     assert found and found[0].step == 0 and found[0].severity.value == "warning"
     assert found[0].figures["total_norm_order"] >= 1e4 and "passed max_norm=10000" in found[0].message
@@ -115,7 +107,7 @@ def test_rnn_with_orthogonal_recurrent_init_is_silent(make_trainer: Any) -> None
     pl.seed_everything(0)
     stats = GradientStats(every_n_steps=1)
     trainer = make_trainer(callbacks=[stats], max_steps=6, max_epochs=2)
-    assert _fit(trainer, Classifier(RNNClassifierNet(orthogonal_gain=0.9)), sequence_loaders()) == []
+    assert run_fit(trainer, Classifier(RNNClassifierNet(orthogonal_gain=0.9)), sequence_loaders()) == []
     assert len(stats.state_dict()["totals"]) == 6 and max(stats.state_dict()["totals"]) < 10
 
 
@@ -129,7 +121,7 @@ def test_growth_over_training_is_exploding(make_trainer: Any) -> None:
     pl.seed_everything(0)
     stats = GradientStats(every_n_steps=2, max_norm=1e9)
     trainer = make_trainer(callbacks=[stats], max_steps=8)
-    _fit(trainer, Growing(mlp(), optimizer="sgd", lr=1e-6), _digits_loader())
+    run_fit(trainer, Growing(mlp(), optimizer="sgd", lr=1e-6), _digits_loader())
     [f] = stats.findings
     assert (f.code, f.step) == ("exploding-gradient", 6)
     assert "x the median of the first 3 samples" in f.message and f.figures["total_norm_order"] == 1000.0  # 429 rounds to 10**3
@@ -139,7 +131,7 @@ def test_deep_sigmoid_mlp_vanishes(make_trainer: Any) -> None:
     pl.seed_everything(0)
     stats = GradientStats(every_n_steps=2)
     trainer = make_trainer(callbacks=[stats], max_steps=6)
-    _fit(trainer, Classifier(deep_mlp(activation="sigmoid")), _digits_loader())
+    run_fit(trainer, Classifier(deep_mlp(activation="sigmoid")), _digits_loader())
     [f] = stats.findings  # concluded on the third sampled step in a row (dense start: 0, 1, 2), not on step 0 alone
     assert (f.code, f.step, f.module) == ("vanishing-gradient", 2, "net.1")
     assert f.figures["ratio_order"] < 1e-4 and "barely learn" in f.message
@@ -184,7 +176,7 @@ def test_zero_initialised_residual_branches_and_head_are_silent(make_trainer: An
     assert vanishing_verdict(names, norms.tolist()) is not None and norms[0] == 0
     stats = GradientStats(every_n_steps=1)
     trainer = make_trainer(callbacks=[stats], max_steps=6)
-    assert _fit(trainer, Classifier(net, lr=1e-2), _digits_loader()) == []
+    assert run_fit(trainer, Classifier(net, lr=1e-2), _digits_loader()) == []
     assert stats.findings == [] and stats.state_dict()["count"] == 6
 
 
@@ -192,7 +184,7 @@ def test_deep_relu_he_mlp_is_silent(make_trainer: Any) -> None:
     pl.seed_everything(0)
     stats = GradientStats(every_n_steps=2)
     trainer = make_trainer(callbacks=[stats], max_steps=8)
-    assert _fit(trainer, Classifier(deep_mlp(activation="relu")), _digits_loader()) == []
+    assert run_fit(trainer, Classifier(deep_mlp(activation="relu")), _digits_loader()) == []
     assert stats.findings == []
 
 
@@ -203,7 +195,7 @@ def test_frozen_layers_are_ignored(make_trainer: Any) -> None:
         p.requires_grad_(False)
     stats = GradientStats(every_n_steps=1)
     trainer = make_trainer(callbacks=[stats], max_steps=3)
-    assert _fit(trainer, Classifier(net), _digits_loader()) == []
+    assert run_fit(trainer, Classifier(net), _digits_loader()) == []
 
 
 # --- logging, cost, state ------------------------------------------------------------------------
@@ -211,7 +203,7 @@ def test_norms_are_logged_and_histograms_when_enabled(make_trainer: Any, tmp_pat
     pl.seed_everything(0)
     stats = GradientStats(every_n_steps=2, log_histograms=True)
     trainer = make_trainer(callbacks=[stats], max_steps=4, logger=CSVLogger(tmp_path, name="run"), log_every_n_steps=1)
-    _fit(trainer, Classifier(mlp()), _digits_loader())
+    run_fit(trainer, Classifier(mlp()), _digits_loader())
     metrics = (Path(trainer.logger.log_dir) / "metrics.csv").read_text()
     assert "tips/grad_norm/total" in metrics and "tips/grad_norm/net.1" in metrics and "tips/grad_norm/net.5" in metrics
     hists = sorted(p.name for p in (Path(trainer.logger.log_dir) / "tips").glob("*histogram.csv"))
@@ -223,7 +215,7 @@ def test_one_host_sync_per_sampled_step(make_trainer: Any, monkeypatch: pytest.M
     spy = SyncSpy(monkeypatch, [gradients_mod.__file__])
     pl.seed_everything(0)
     trainer = make_trainer(callbacks=[spy, GradientStats(every_n_steps=3)], max_steps=8)
-    _fit(trainer, Classifier(mlp()), _digits_loader())
+    run_fit(trainer, Classifier(mlp()), _digits_loader())
     assert spy.calls == [0, 1, 2, 3, 5, 6]  # every 3rd step and the dense start 0, 1, 2, 5
 
 
@@ -232,7 +224,7 @@ def test_pure_observer(make_trainer: Any) -> None:
         pl.seed_everything(0)
         model = Classifier(mlp())
         trainer = make_trainer(callbacks=callbacks, max_steps=6, deterministic=True)
-        _fit(trainer, model, _digits_loader())
+        run_fit(trainer, model, _digits_loader())
         return [p.detach().clone() for p in model.parameters()]
 
     plain, observed = run([]), run([GradientStats(every_n_steps=1, log_histograms=True)])
@@ -244,13 +236,13 @@ def test_history_round_trip_through_a_checkpoint(make_trainer: Any, tmp_path: Pa
     stats = GradientStats(every_n_steps=2)
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=6)
     trainer = make_trainer(callbacks=[stats, ckpt], max_steps=6, enable_checkpointing=True)
-    _fit(trainer, Classifier(mlp()), _digits_loader())
+    run_fit(trainer, Classifier(mlp()), _digits_loader())
     first = stats.state_dict()
     assert first["steps"] == [0, 1, 2, 4, 5] and len(first["baseline"]) == 3 and first["count"] == 5
 
     resumed = GradientStats(every_n_steps=2)
     trainer = make_trainer(callbacks=[resumed], max_steps=10, max_epochs=2)
-    _fit(trainer, Classifier(mlp()), _digits_loader(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    run_fit(trainer, Classifier(mlp()), _digits_loader(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     state = resumed.state_dict()
     assert state["steps"] == [0, 1, 2, 4, 5, 6, 8] and state["baseline"] == first["baseline"] and state["count"] == 7
     assert state["totals"][:5] == first["totals"]
@@ -260,7 +252,7 @@ def test_history_is_bounded_but_the_baseline_is_kept(make_trainer: Any) -> None:
     pl.seed_everything(0)
     stats = GradientStats(every_n_steps=1, history=4)
     trainer = make_trainer(callbacks=[stats], max_steps=7)
-    _fit(trainer, Classifier(mlp()), _digits_loader())
+    run_fit(trainer, Classifier(mlp()), _digits_loader())
     state = stats.state_dict()
     assert state["steps"] == [3, 4, 5, 6] and len(state["baseline"]) == 3 and state["count"] == 7
 
@@ -286,7 +278,7 @@ def test_several_optimizers_are_skipped_with_an_info(make_trainer: Any) -> None:
 
     stats = GradientStats(every_n_steps=1)
     trainer = make_trainer(callbacks=[stats], max_steps=4)
-    _fit(trainer, TwoOpt(), _digits_loader())
+    run_fit(trainer, TwoOpt(), _digits_loader())
     [f] = stats.findings
     assert (f.code, f.severity.value) == ("exploding-gradient", "info") and "2 optimizers" in f.message
     assert stats.state_dict()["totals"] == []
@@ -303,7 +295,7 @@ def test_a_model_without_weight_matrices_is_not_judged_per_layer(make_trainer: A
 
     stats = GradientStats(every_n_steps=1)
     trainer = make_trainer(callbacks=[stats], max_steps=3)
-    assert _fit(trainer, Classifier(BiasOnly()), _digits_loader()) == []
+    assert run_fit(trainer, Classifier(BiasOnly()), _digits_loader()) == []
     assert len(stats.state_dict()["totals"]) == 3  # the total norm is still followed
 
 
@@ -312,7 +304,7 @@ def test_clipping_does_not_hide_the_raw_norms(make_trainer: Any) -> None:
     pl.seed_everything(0)
     stats = GradientStats(every_n_steps=2)
     trainer = make_trainer(callbacks=[stats], max_steps=2, gradient_clip_val=1.0)
-    _fit(trainer, Classifier(RNNClassifierNet(recurrent_scale=4.0)), sequence_loaders())
+    run_fit(trainer, Classifier(RNNClassifierNet(recurrent_scale=4.0)), sequence_loaders())
     assert stats.findings and all(f.code == "exploding-gradient" for f in stats.findings)  # steps 0 and 1
     assert "gradient_clip_val=1 bounds the update" in stats.findings[0].message
 
@@ -323,7 +315,7 @@ def test_gradient_histograms_only_on_their_own_period(make_trainer: Any) -> None
 
     stats = GradientStats(every_n_steps=2, log_histograms=True, histogram_every_n_steps=4)
     trainer = make_trainer(callbacks=[stats], max_steps=8)
-    _fit(trainer, Classifier(mlp(64, 10)), _digits_loader())
+    run_fit(trainer, Classifier(mlp(64, 10)), _digits_loader())
     rows = (files_dir(trainer) / "tips_grad_hist_net.1_histogram.csv").read_text().splitlines()[1:]
     assert sorted({int(r.split(",")[0]) for r in rows}) == [0, 4]
     norms = (files_dir(trainer) / "scalars.csv").read_text()
@@ -340,7 +332,7 @@ def test_histogram_period_none_follows_the_sampling_and_zero_is_never(
 
     stats = GradientStats(every_n_steps=2, log_histograms=True, histogram_every_n_steps=period)
     trainer = make_trainer(callbacks=[stats], max_steps=6)
-    _fit(trainer, Classifier(mlp(64, 10)), _digits_loader())
+    run_fit(trainer, Classifier(mlp(64, 10)), _digits_loader())
     hist = files_dir(trainer) / "tips_grad_hist_net.1_histogram.csv"
     rows = hist.read_text().splitlines()[1:] if hist.exists() else []
     assert {int(r.split(",")[0]) for r in rows} == hist_steps
@@ -353,7 +345,7 @@ def test_a_short_run_that_blows_up_early_is_caught(make_trainer: Any, lr: float,
     pl.seed_everything(0)
     stats = GradientStats(every_n_steps=100)
     trainer = make_trainer(callbacks=[stats], max_steps=60, max_epochs=2)
-    _fit(trainer, Classifier(mlp(), lr=lr, optimizer="sgd"), _digits_loader(n=1024))
+    run_fit(trainer, Classifier(mlp(), lr=lr, optimizer="sgd"), _digits_loader(n=1024))
     assert stats.state_dict()["steps"] == [0, 1, 2, 5, 10, 20, 50]
     found = [f for f in stats.findings if f.severity.value == "warning"]
     if not explodes:

@@ -20,10 +20,9 @@ from lightning_tips.checks.init_loss import (
 from lightning_tips.checks.output_activation import LossCall
 from lightning_tips.fixes.init import WeightInit
 from lightning_tips.fixes.output_bias import OutputBiasInit
-from tests.helpers.models import Classifier, mlp, small_cnn
+from tests.helpers.models import Classifier, ManualClassifier, mlp, small_cnn
 from tests.helpers.preflight_models import (
     BinaryClassifier,
-    ManualClassifier,
     NoLossClassifier,
     Regressor,
     big_init,

@@ -17,6 +17,7 @@ from lightning_tips.checks.input_independence import (
     input_independence_verdict,
     learned_verdict,
 )
+from tests.helpers import fitting
 from tests.helpers.data import digits_tensors
 from tests.helpers.models import Classifier, small_cnn
 from tests.helpers.preflight_models import (
@@ -59,10 +60,9 @@ def _loaders(shuffle_labels: bool, n_train: int = 256, batch_size: int = 32) -> 
 
 
 def _fit_val(make_trainer, model, loaders, check, epochs: int) -> None:
-    torch.manual_seed(0)
+    torch.manual_seed(0)  # torch's generator only, not seed_everything
     train, val = loaders
-    trainer = make_trainer(max_epochs=epochs, callbacks=[check])
-    trainer.fit(model, train_dataloaders=train, val_dataloaders=val)
+    fitting.fit(make_trainer, model, train, val, callbacks=[check], seed=None, warns="pass", max_epochs=epochs)
 
 
 # --- the pre-flight part: does the output follow the input? ----------------------------------------

@@ -19,6 +19,7 @@ from lightning_tips.checks.lr_decay import (
     unsimulatable_reason,
 )
 from tests.helpers.data import DigitsDataModule
+from tests.helpers.fitting import fit
 from tests.helpers.loop_models import LRRecorder, ScheduledClassifier
 from tests.helpers.models import mlp
 
@@ -26,12 +27,11 @@ EPOCHS, BATCHES = 6, 10  # 60 planned optimizer steps
 
 
 def _fit(make_trainer, scheduler=None, *callbacks: Callback, lr=1e-3, optimizer="adam", **kwargs):
-    pl.seed_everything(0)
-    model = ScheduledClassifier(mlp(hidden=16), lr=lr, optimizer=optimizer, scheduler=scheduler)
-    defaults = {"max_epochs": EPOCHS, "limit_train_batches": BATCHES, "limit_val_batches": 0}
-    trainer = make_trainer(callbacks=list(callbacks), **{**defaults, **kwargs})
-    trainer.fit(model, DigitsDataModule(batch_size=32))
-    return trainer, model
+    """Seed 0, fit a scheduled MLP (EPOCHS epochs of BATCHES batches, no validation); warnings pass."""
+    run = fit(make_trainer, lambda: ScheduledClassifier(mlp(hidden=16), lr=lr, optimizer=optimizer, scheduler=scheduler),
+              DigitsDataModule(batch_size=32), callbacks=callbacks, warns="pass",
+              **{"max_epochs": EPOCHS, "limit_train_batches": BATCHES, "limit_val_batches": 0, **kwargs})
+    return run.trainer, run.model
 
 
 def _codes(guard: LRDecayGuard) -> list[tuple[str, str]]:

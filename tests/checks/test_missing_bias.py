@@ -10,6 +10,7 @@ from torch import nn
 from lightning_tips import TipWarning
 from lightning_tips.checks.missing_bias import MissingBiasCheck, layers_without_bias
 from tests.helpers.data import DigitsDataModule
+from tests.helpers.fitting import fit
 from tests.helpers.models import Classifier
 
 
@@ -31,8 +32,10 @@ def test_pure_function_names_only_unnormalised_bias_free_layers() -> None:
 
 
 def _fit(make_trainer: Any, net: nn.Module) -> MissingBiasCheck:
+    """2 train batches, no validation, no seeding; warnings pass (to the test's ``pytest.warns``)."""
     check = MissingBiasCheck()
-    make_trainer(callbacks=[check], limit_train_batches=2, limit_val_batches=0).fit(Classifier(net), DigitsDataModule())
+    fit(make_trainer, Classifier(net), DigitsDataModule(), callbacks=[check], seed=None, warns="pass",
+        limit_train_batches=2, limit_val_batches=0)
     return check
 
 

@@ -15,21 +15,14 @@ from lightning.pytorch.plugins import MixedPrecision
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_tips import TipError, TipWarning
+from lightning_tips import TipError
 from lightning_tips.checks import nonfinite as nonfinite_mod
 from lightning_tips.checks.nonfinite import NonFiniteGuard, first_nonfinite_module, nonfinite_parameters
 from tests.helpers.data import DigitsDataModule, breast_cancer_tensors, digits_tensors
+from tests.helpers.fitting import run_fit
 from tests.helpers.models import Classifier, mlp, small_cnn
 from tests.helpers.probes import SyncSpy
 from tests.helpers.runtime_models import GatedMLP, LogNet, ManualNaN, NaNAtStep
-
-
-def _fit(trainer: pl.Trainer, model: pl.LightningModule, loader: Any) -> list[str]:
-    """Fit and return the TipWarning messages."""
-    with warnings.catch_warnings(record=True) as w:
-        warnings.simplefilter("always")
-        trainer.fit(model, loader)
-    return [str(x.message) for x in w if issubclass(x.category, TipWarning)]
 
 
 def _cancer_loader(normalize: bool, nan_at: tuple[int, int] | None = None, batch_size: int = 32) -> DataLoader:
@@ -120,7 +113,7 @@ def test_lr_far_too_high_stops_at_the_nan_and_names_the_log_layer(make_trainer: 
     model = Classifier(LogNet(), lr=1e6, optimizer="sgd")
     guard, params = NonFiniteGuard(), _Params()
     trainer = make_trainer(callbacks=[guard, params], max_steps=10, deterministic=True)
-    msgs = _fit(trainer, model, _cancer_loader(normalize=False))
+    msgs = run_fit(trainer, model, _cancer_loader(normalize=False))
 
     [f] = guard.findings
     assert (f.code, f.severity.value, f.step, f.module) == ("nonfinite-loss", "error", 1, "net.log")
@@ -139,7 +132,7 @@ def test_sane_lr_on_normalised_data_is_silent(make_trainer: Any) -> None:
     pl.seed_everything(0)
     guard = NonFiniteGuard()
     trainer = make_trainer(callbacks=[guard], max_steps=10)
-    assert _fit(trainer, Classifier(LogNet(), lr=1e-3), _cancer_loader(normalize=True)) == []
+    assert run_fit(trainer, Classifier(LogNet(), lr=1e-3), _cancer_loader(normalize=True)) == []
     assert guard.findings == [] and trainer.global_step == 10
 
 
@@ -147,7 +140,7 @@ def test_nan_in_the_data_names_the_field(make_trainer: Any) -> None:
     pl.seed_everything(0)
     guard = NonFiniteGuard()
     trainer = make_trainer(callbacks=[guard], max_steps=10)
-    _fit(trainer, Classifier(mlp(30, 2)), _cancer_loader(normalize=True, nan_at=(40, 3)))
+    run_fit(trainer, Classifier(mlp(30, 2)), _cancer_loader(normalize=True, nan_at=(40, 3)))
     [f] = guard.findings
     assert (f.code, f.step, f.module) == ("nonfinite-input", 1, "batch[0]")
     assert "`batch[0]` (1 value)" in f.message and "R1" in f.advice
@@ -159,7 +152,7 @@ def test_nan_input_between_full_checks_is_found_through_the_loss(make_trainer: A
     pl.seed_everything(0)
     guard = NonFiniteGuard(full_every_n_steps=100)
     trainer = make_trainer(callbacks=[guard], max_steps=10)
-    _fit(trainer, Classifier(mlp(30, 2)), _cancer_loader(normalize=True, nan_at=(40, 3)))
+    run_fit(trainer, Classifier(mlp(30, 2)), _cancer_loader(normalize=True, nan_at=(40, 3)))
     [f] = guard.findings
     assert (f.code, f.step, f.module) == ("nonfinite-input", 1, "batch[0]")
     assert trainer.global_step == 2  # the bad update was still dropped
@@ -172,7 +165,7 @@ def test_gradients_and_inputs_are_only_reduced_on_full_check_steps(make_trainer:
     monkeypatch.setattr(nonfinite_mod, "grad_norms", lambda grads: calls.append(trainer.global_step) or real(grads))
     guard = NonFiniteGuard(full_every_n_steps=3)
     trainer = make_trainer(callbacks=[guard], max_steps=7)
-    _fit(trainer, Classifier(mlp(64, 10)), _digits_loader())
+    run_fit(trainer, Classifier(mlp(64, 10)), _digits_loader())
     assert calls == [0, 3, 6] and guard.findings == []
 
 
@@ -180,7 +173,7 @@ def test_custom_backward_nan_names_the_parameter(make_trainer: Any) -> None:
     pl.seed_everything(0)
     guard = NonFiniteGuard()
     trainer = make_trainer(callbacks=[guard], max_steps=10)
-    _fit(trainer, Classifier(GatedMLP()), _digits_loader())
+    run_fit(trainer, Classifier(GatedMLP()), _digits_loader())
     [f] = guard.findings
     assert (f.code, f.step, f.module) == ("nonfinite-gradient", 0, "net.gate.gain")
     assert "loss is finite" in f.message and "`net.gate.gain`" in f.message
@@ -192,7 +185,7 @@ def test_healthy_digits_cnn_is_silent(make_trainer: Any) -> None:
     pl.seed_everything(0)
     guard = NonFiniteGuard()
     trainer = make_trainer(callbacks=[guard], max_steps=15)
-    assert _fit(trainer, Classifier(small_cnn(), lr=1e-3), DigitsDataModule(batch_size=32).train_dataloader()) == []
+    assert run_fit(trainer, Classifier(small_cnn(), lr=1e-3), DigitsDataModule(batch_size=32).train_dataloader()) == []
     assert guard.findings == [] and guard.counts == dict.fromkeys(guard.counts, 0)
 
 
@@ -202,7 +195,7 @@ def test_skip_drops_exactly_the_bad_update_and_goes_on(make_trainer: Any) -> Non
     model = NaNAtStep(mlp(), bad_step=3)
     guard, params = NonFiniteGuard(action="skip"), _Params()
     trainer = make_trainer(callbacks=[guard, params], max_steps=8)
-    msgs = _fit(trainer, model, _digits_loader())
+    msgs = run_fit(trainer, model, _digits_loader())
     assert trainer.global_step == 8
     assert all(torch.equal(a, b) for a, b in zip(params.before[3], params.after[3]))  # no update at step 3
     assert not all(torch.equal(a, b) for a, b in zip(params.before[4], params.after[4]))  # updates resume
@@ -221,7 +214,7 @@ def test_warn_changes_nothing_and_reports_once(make_trainer: Any) -> None:
     model = NaNAtStep(mlp(), bad_step=2, optimizer="sgd")
     guard = NonFiniteGuard(action="warn")
     trainer = make_trainer(callbacks=[guard], max_steps=6)
-    msgs = _fit(trainer, model, _digits_loader())
+    msgs = run_fit(trainer, model, _digits_loader())
     assert trainer.global_step == 6
     assert not all(torch.isfinite(p).all() for p in model.parameters())  # the NaN update went through
     assert len(msgs) == 1 and msgs[0].startswith("[nonfinite-loss] error")
@@ -242,7 +235,7 @@ def test_manual_optimization_is_checked(make_trainer: Any) -> None:
     pl.seed_everything(0)
     guard = NonFiniteGuard()
     trainer = make_trainer(callbacks=[guard], max_steps=6)
-    _fit(trainer, ManualNaN(mlp(), bad_step=2), _digits_loader())
+    run_fit(trainer, ManualNaN(mlp(), bad_step=2), _digits_loader())
     assert [(f.code, f.step) for f in guard.findings] == [("nonfinite-loss", 2)]
     assert trainer.global_step == 3
 
@@ -255,7 +248,7 @@ def test_fp16_scaler_overflow_is_not_a_false_alarm(make_trainer: Any) -> None:
     plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=2.0**40))
     guard = NonFiniteGuard()
     trainer = make_trainer(callbacks=[guard], max_steps=8, plugins=[plugin])
-    assert _fit(trainer, Classifier(mlp()), _digits_loader()) == []
+    assert run_fit(trainer, Classifier(mlp()), _digits_loader()) == []
     assert plugin.scaler is not None and plugin.scaler.get_scale() < 2.0**40  # it did skip steps
     assert guard.findings == [] and trainer.global_step == 8
 
@@ -265,7 +258,7 @@ def test_fp16_scaler_still_reports_a_nonfinite_loss(make_trainer: Any) -> None:
     plugin = MixedPrecision("16-mixed", "cpu")
     guard = NonFiniteGuard()
     trainer = make_trainer(callbacks=[guard], max_steps=8, plugins=[plugin])
-    _fit(trainer, NaNAtStep(mlp(), bad_step=2), _digits_loader())
+    run_fit(trainer, NaNAtStep(mlp(), bad_step=2), _digits_loader())
     assert [(f.code, f.step) for f in guard.findings] == [("nonfinite-loss", 2)]
 
 
@@ -273,12 +266,12 @@ def test_bf16_mixed_is_checked_normally(make_trainer: Any) -> None:
     pl.seed_everything(0)
     guard = NonFiniteGuard()
     trainer = make_trainer(callbacks=[guard], max_steps=8, precision="bf16-mixed")
-    _fit(trainer, Classifier(GatedMLP()), _digits_loader())
+    run_fit(trainer, Classifier(GatedMLP()), _digits_loader())
     assert [(f.code, f.module) for f in guard.findings] == [("nonfinite-gradient", "net.gate.gain")]
     pl.seed_everything(0)
     healthy = NonFiniteGuard()
     trainer = make_trainer(callbacks=[healthy], max_steps=8, precision="bf16-mixed")
-    assert _fit(trainer, Classifier(mlp()), _digits_loader()) == [] and healthy.findings == []
+    assert run_fit(trainer, Classifier(mlp()), _digits_loader()) == [] and healthy.findings == []
 
 
 # --- cheapness ---------------------------------------------------------------------------------------
@@ -289,7 +282,7 @@ def test_one_host_sync_per_sampled_step_and_none_otherwise(make_trainer: Any, mo
     pl.seed_everything(0)
     guard = NonFiniteGuard(every_n_steps=4)
     trainer = make_trainer(callbacks=[spy, guard], max_steps=11)
-    _fit(trainer, Classifier(mlp()), _digits_loader(n=384))
+    run_fit(trainer, Classifier(mlp()), _digits_loader(n=384))
     # sampled steps 0, 4, 8, and once at the end for steps 9-10
     assert spy.calls == [0, 4, 8, "end"]
     assert guard.findings == []
@@ -301,7 +294,7 @@ def test_period_zero_is_off_no_sync_nothing_queued(make_trainer: Any, monkeypatc
     pl.seed_everything(0)
     guard = NonFiniteGuard(every_n_steps=0)
     trainer = make_trainer(callbacks=[spy, guard], max_steps=8)
-    _fit(trainer, NaNAtStep(mlp(), bad_step=3, optimizer="sgd"), _digits_loader(n=384))
+    run_fit(trainer, NaNAtStep(mlp(), bad_step=3, optimizer="sgd"), _digits_loader(n=384))
     assert spy.calls == [] and guard._pending == [] and guard.findings == []  # not even the end-of-fit sync
 
 
@@ -309,7 +302,7 @@ def test_late_detection_names_the_first_bad_step(make_trainer: Any) -> None:
     pl.seed_everything(0)
     guard = NonFiniteGuard(every_n_steps=4)
     trainer = make_trainer(callbacks=[guard], max_steps=12)
-    _fit(trainer, NaNAtStep(mlp(), bad_step=5, optimizer="sgd"), _digits_loader(n=384))
+    run_fit(trainer, NaNAtStep(mlp(), bad_step=5, optimizer="sgd"), _digits_loader(n=384))
     f = guard.findings[0]
     assert (f.code, f.step) == ("nonfinite-loss", 5)
     assert "noticed at step 8" in f.message
@@ -322,7 +315,7 @@ def test_pure_observer_on_a_healthy_run(make_trainer: Any) -> None:
         pl.seed_everything(0)
         model = Classifier(small_cnn())
         trainer = make_trainer(callbacks=callbacks, max_steps=6, deterministic=True)
-        _fit(trainer, model, DigitsDataModule(batch_size=32).train_dataloader())
+        run_fit(trainer, model, DigitsDataModule(batch_size=32).train_dataloader())
         return [p.detach().clone() for p in model.parameters()]
 
     plain, guarded = run([]), run([NonFiniteGuard()])
@@ -334,7 +327,7 @@ def test_state_round_trip_through_a_checkpoint(make_trainer: Any, tmp_path: Path
     guard = NonFiniteGuard(action="skip")
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=4)
     trainer = make_trainer(callbacks=[guard, ckpt], max_steps=4, enable_checkpointing=True)
-    _fit(trainer, NaNAtStep(mlp(), bad_step=1), _digits_loader())
+    run_fit(trainer, NaNAtStep(mlp(), bad_step=1), _digits_loader())
     assert guard.counts["nonfinite-loss"] == 1 and guard.skipped_steps == [1]
 
     resumed = NonFiniteGuard(action="skip")
@@ -353,7 +346,7 @@ def test_steps_after_the_last_sample_are_checked_at_the_end(make_trainer: Any) -
     pl.seed_everything(0)
     guard = NonFiniteGuard(every_n_steps=50)
     trainer = make_trainer(callbacks=[guard], max_steps=10)
-    _fit(trainer, NaNAtStep(mlp(), bad_step=7), _digits_loader())
+    run_fit(trainer, NaNAtStep(mlp(), bad_step=7), _digits_loader())
     assert [(f.code, f.step) for f in guard.findings] == [("nonfinite-loss", 7)]
 
 
@@ -377,12 +370,12 @@ def test_dict_batches_with_strings_name_the_key(make_trainer: Any) -> None:
     pl.seed_everything(0)
     guard = NonFiniteGuard()
     trainer = make_trainer(callbacks=[guard], max_steps=4)
-    _fit(trainer, _DictBatches(mlp()), _dict_loader(nan_at=70))
+    run_fit(trainer, _DictBatches(mlp()), _dict_loader(nan_at=70))
     [f] = guard.findings
     assert (f.code, f.step, f.module) == ("nonfinite-input", 2, "batch['x']")
     healthy = NonFiniteGuard()
     trainer = make_trainer(callbacks=[healthy], max_steps=4)
-    assert _fit(trainer, _DictBatches(mlp()), _dict_loader()) == []
+    assert run_fit(trainer, _DictBatches(mlp()), _dict_loader()) == []
 
 
 def test_a_training_step_that_cannot_rerun_on_a_copy_still_reports(make_trainer: Any) -> None:
@@ -394,7 +387,7 @@ def test_a_training_step_that_cannot_rerun_on_a_copy_still_reports(make_trainer:
     pl.seed_everything(0)
     guard = NonFiniteGuard()
     trainer = make_trainer(callbacks=[guard], max_steps=4)
-    _fit(trainer, NeedsTrainer(mlp()), _digits_loader())
+    run_fit(trainer, NeedsTrainer(mlp()), _digits_loader())
     [f] = guard.findings
     assert (f.code, f.step) == ("nonfinite-loss", 1) and "could not re-run the batch" in f.message
     assert trainer.global_step == 2
@@ -406,6 +399,6 @@ def test_locate_false_does_not_copy_the_model(make_trainer: Any, monkeypatch: py
     pl.seed_everything(0)
     guard = NonFiniteGuard(locate=False)
     trainer = make_trainer(callbacks=[guard], max_steps=10)
-    _fit(trainer, Classifier(LogNet(), lr=1e6, optimizer="sgd"), _cancer_loader(normalize=False))
+    run_fit(trainer, Classifier(LogNet(), lr=1e6, optimizer="sgd"), _cancer_loader(normalize=False))
     [f] = guard.findings
     assert (f.code, f.step, f.module) == ("nonfinite-loss", 1, None) and copies == []

@@ -16,10 +16,9 @@ from lightning_tips.checks.output_activation import (
     output_kind,
     trace_training_step,
 )
-from tests.helpers.models import Classifier, small_cnn
+from tests.helpers.models import Classifier, ManualClassifier, small_cnn
 from tests.helpers.preflight_models import (
     BinaryClassifier,
-    ManualClassifier,
     Regressor,
     cancer_mlp,
     codes,

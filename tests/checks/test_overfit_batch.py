@@ -15,11 +15,10 @@ from lightning_tips.checks.overfit_batch import (
     overfit_batch,
     overfit_verdict,
 )
-from tests.helpers.models import Classifier, small_cnn
+from tests.helpers.models import Classifier, ManualClassifier, small_cnn
 from tests.helpers.preflight_models import (
     DetachedHead,
     IgnoresInput,
-    ManualClassifier,
     codes,
     dead_mlp,
     digits_loader,

@@ -12,17 +12,16 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_tips.fixes.clipping import GradientClipping, clip_figures, clip_gradients_, percentile_threshold
 from tests.helpers.data import DigitsDataModule
-from tests.helpers.loop_models import GradRecorder, ManualClassifier
-from tests.helpers.models import Classifier, mlp
+from tests.helpers.fitting import fit
+from tests.helpers.loop_models import GradRecorder
+from tests.helpers.models import Classifier, ManualClassifier, mlp
 from tests.helpers.probes import file_scalars
 
 
 def _fit(make_trainer, *callbacks, model=None, **kwargs) -> pl.Trainer:
-    pl.seed_everything(0)
-    model = model or Classifier(mlp(hidden=32), lr=1e-2)
-    trainer = make_trainer(callbacks=list(callbacks), limit_val_batches=0, **{"limit_train_batches": 12, **kwargs})
-    trainer.fit(model, DigitsDataModule(batch_size=32))
-    return trainer
+    """Seed 0, 12 train batches (override any), no validation; ``model`` by default a fresh MLP classifier."""
+    return fit(make_trainer, model or (lambda: Classifier(mlp(hidden=32), lr=1e-2)), DigitsDataModule(batch_size=32),
+               callbacks=callbacks, warns="pass", limit_val_batches=0, **{"limit_train_batches": 12, **kwargs}).trainer
 
 
 _scalars = file_scalars
@@ -174,7 +173,7 @@ def test_bf16_mixed_on_cpu(make_trainer):
 
 def test_manual_optimization_is_skipped_with_info(make_trainer):
     clip = GradientClipping(max_norm=0.01)
-    _fit(make_trainer, clip, model=ManualClassifier(mlp(hidden=16)))
+    _fit(make_trainer, clip, model=ManualClassifier(mlp(hidden=16), report_loss=True))
     [finding] = clip.findings
     assert finding.severity.value == "info" and "manual optimization" in finding.message
     assert clip._steps == 0

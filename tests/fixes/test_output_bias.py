@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lightning_tips.fixes.output_bias import OutputBiasInit, infer_task, init_output_bias_, target_stats
+from tests.helpers.fitting import fit
 from tests.helpers.fixes_models import (
     BCEModule,
     BiasMixinClassifier,
@@ -37,11 +38,9 @@ from tests.helpers.models import Classifier
 
 
 def _fit(make_trainer, model, train, callbacks, **kw):
-    trainer = make_trainer(max_steps=kw.pop("max_steps", 2), callbacks=callbacks, **kw)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer.fit(model, train_dataloaders=train)
-    return trainer
+    """2 steps (override with max_steps), no seeding; warnings dropped."""
+    return fit(make_trainer, model, train, callbacks=callbacks, seed=None, warns="ignore",
+               **{"max_steps": 2, **kw}).trainer
 
 
 def _codes(cb):

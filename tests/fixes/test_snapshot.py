@@ -9,18 +9,18 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from lightning_tips.fixes.snapshot import EnsembleResult, SnapshotEnsemble, evaluate_snapshots
 from tests.helpers.data import DigitsDataModule
+from tests.helpers.fitting import fit
 from tests.helpers.loop_models import DictOutputClassifier, ValidationRecorder
 from tests.helpers.models import Classifier, mlp
 from tests.helpers.probes import file_scalars
 
 
 def _fit(make_trainer, *callbacks: Callback, model=None, max_epochs=4, **kwargs):
-    pl.seed_everything(0)
-    model = model or Classifier(mlp(hidden=16), lr=3e-3)
-    trainer = make_trainer(callbacks=list(callbacks), max_epochs=max_epochs, limit_train_batches=8, **kwargs)
+    """Seed 0, ``max_epochs`` of 8 train batches; ``model`` by default a fresh MLP classifier."""
     dm = DigitsDataModule(batch_size=64)
-    trainer.fit(model, dm)
-    return trainer, model, dm
+    run = fit(make_trainer, model or (lambda: Classifier(mlp(hidden=16), lr=3e-3)), dm, callbacks=callbacks,
+              warns="pass", max_epochs=max_epochs, limit_train_batches=8, **kwargs)
+    return run.trainer, run.model, dm
 
 
 _scalars = file_scalars

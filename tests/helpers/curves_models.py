@@ -74,22 +74,6 @@ class NoValLossClassifier(Classifier):
         self(batch[0])
 
 
-class ManualClassifier(Classifier):
-    """Manual optimization; training_step returns None (no loss for the curve)."""
-
-    def __init__(self, net: nn.Module, lr: float = 1e-3) -> None:
-        super().__init__(net, lr=lr)
-        self.automatic_optimization = False
-
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:  # type: ignore[override]
-        opt = self.optimizers()
-        x, y = batch
-        loss = F.cross_entropy(self(x), y)
-        opt.zero_grad()  # type: ignore[union-attr]
-        self.manual_backward(loss)
-        opt.step()  # type: ignore[union-attr]
-
-
 def bn_dropout_cnn(num_classes: int = 10) -> nn.Module:
     """A small CNN with BatchNorm and Dropout: an eval-mode forward must change neither."""
     return nn.Sequential(
@@ -129,13 +113,6 @@ class Regressor(pl.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.lr)
-
-
-class TokenClassifier(Classifier):
-    """Integer token ids ``(N, T)`` -> embedding bag -> class logits (inputs are not images)."""
-
-    def __init__(self, vocab: int = 50, num_classes: int = 2) -> None:
-        super().__init__(nn.EmbeddingBag(vocab, num_classes, mode="mean"))
 
 
 class DictBatchModel(Classifier):

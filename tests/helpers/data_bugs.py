@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset, WeightedRandomS
 
 from tests.helpers.data import breast_cancer_tensors, digits_tensors
 from tests.helpers.models import Classifier, mlp
+from tests.helpers.models import TokenClassifier as TokenClassifier  # re-exported: tests import it from here
 
 
 def loader(x: torch.Tensor, y: torch.Tensor | None = None, batch_size: int = 64, shuffle: bool = True,
@@ -113,13 +114,6 @@ class AutoEncoder(pl.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=1e-3)
-
-
-class TokenClassifier(Classifier):
-    """Integer inputs (token ids, vocabulary 17 = the digits' gray levels): embedding + mean pool."""
-
-    def __init__(self) -> None:
-        super().__init__(nn.Sequential(nn.Embedding(17, 8), nn.Flatten(), nn.Linear(64 * 8, 10)))
 
 
 def digit_tokens(n: int = 300) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_tips.fixes.forget_gate import ForgetGateBiasMixin
 from lightning_tips.fixes.output_bias import OutputBiasInitMixin
 from tests.helpers.data import breast_cancer_tensors, digits_tensors
+from tests.helpers.fitting import fit
 from tests.helpers.models import Classifier, mlp
 
 # --- data -----------------------------------------------------------------------------------------
@@ -61,15 +62,10 @@ def loader(x: torch.Tensor, y: torch.Tensor, batch_size: int = 64, shuffle: bool
 
 
 def fit_digits(make_trainer: Any, model: pl.LightningModule, callbacks: list[Callback], **kw: Any) -> pl.Trainer:
-    """Fit ``model`` on 512 flat digits for ``max_steps`` (default 2) steps, warnings silenced."""
-    import warnings
-
+    """Fit ``model`` on 512 flat digits for ``max_steps`` (default 2) steps, unseeded, warnings silenced."""
     x, y = digits_tensors(image=False)
-    trainer = make_trainer(max_steps=kw.pop("max_steps", 2), callbacks=callbacks, **kw)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer.fit(model, train_dataloaders=loader(x[:512], y[:512]))
-    return trainer
+    return fit(make_trainer, model, loader(x[:512], y[:512]), callbacks=callbacks, seed=None, warns="ignore",
+               **{"max_steps": 2, **kw}).trainer
 
 
 def breast_cancer_binary() -> tuple[torch.Tensor, torch.Tensor]:

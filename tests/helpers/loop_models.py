@@ -45,24 +45,6 @@ class ScheduledClassifier(Classifier):
         return {"optimizer": opt, "lr_scheduler": sched}
 
 
-class ManualClassifier(Classifier):
-    """A classifier trained with manual optimization (fixes that need Lightning's loop skip it)."""
-
-    def __init__(self, net: nn.Module, lr: float = 1e-3) -> None:
-        super().__init__(net, lr=lr)
-        self.automatic_optimization = False
-
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        opt = self.optimizers()
-        x, y = batch
-        loss = self.loss_fn(self(x), y)
-        opt.zero_grad()  # type: ignore[union-attr]
-        self.manual_backward(loss)
-        opt.step()  # type: ignore[union-attr]
-        self.log("train_loss", loss, on_step=False, on_epoch=True)
-        return loss
-
-
 class DictOutputClassifier(Classifier):
     """A classifier whose ``forward`` returns a dict (views/evaluators that need tensors skip it)."""
 

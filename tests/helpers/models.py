@@ -71,3 +71,46 @@ def mlp(in_features: int = 64, num_classes: int = 10, hidden: int = 32, depth: i
         width = hidden
     layers.append(nn.Linear(width, num_classes))
     return nn.Sequential(*layers)
+
+
+class ManualClassifier(Classifier):
+    """A classifier trained with manual optimization (fixes and checks that need Lightning's loop skip it).
+
+    ``training_step`` returns None (no loss for the curve, nothing for the checks that re-run it) unless
+    ``report_loss``, which logs ``train_loss`` and returns the loss."""
+
+    def __init__(self, net: nn.Module, lr: float = 1e-3, report_loss: bool = False) -> None:
+        super().__init__(net, lr=lr)
+        self.automatic_optimization = False
+        self.report_loss = report_loss
+
+    def training_step(  # type: ignore[override]
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int,
+    ) -> torch.Tensor | None:
+        opt = self.optimizers()
+        x, y = batch
+        loss = self.loss_fn(self(x), y)
+        opt.zero_grad()  # type: ignore[union-attr]
+        self.manual_backward(loss)
+        opt.step()  # type: ignore[union-attr]
+        if not self.report_loss:
+            return None
+        self.log("train_loss", loss, on_step=False, on_epoch=True)
+        return loss
+
+
+class TokenClassifier(Classifier):
+    """Integer token ids ``(N, T)`` -> class logits (inputs that are not images).
+
+    By default the digits as tokens (vocabulary 17 = the gray levels, ``T = seq_len = 64``): an ``dim``-wide
+    embedding per token, flattened, a linear head. ``bag=True``: an ``EmbeddingBag`` averaging the tokens
+    straight into ``num_classes`` logits (any ``T``)."""
+
+    def __init__(self, vocab: int = 17, num_classes: int = 10, *, bag: bool = False, seq_len: int = 64,
+                 dim: int = 8) -> None:
+        net: nn.Module
+        if bag:
+            net = nn.EmbeddingBag(vocab, num_classes, mode="mean")
+        else:
+            net = nn.Sequential(nn.Embedding(vocab, dim), nn.Flatten(), nn.Linear(seq_len * dim, num_classes))
+        super().__init__(net)

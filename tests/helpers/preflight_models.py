@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from tests.helpers import fitting
 from tests.helpers.data import breast_cancer_tensors, digits_tensors
 from tests.helpers.models import Classifier, small_cnn
 
@@ -89,22 +90,6 @@ class BinaryClassifier(Classifier):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
         return self.loss_fn(self(x).squeeze(-1), y.float())
-
-
-class ManualClassifier(Classifier):
-    """Manual optimization (the checks that re-run training_step skip it)."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__(net)
-        self.automatic_optimization = False
-
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:  # type: ignore[override]
-        opt = self.optimizers()
-        x, y = batch
-        loss = F.cross_entropy(self(x), y)
-        opt.zero_grad()  # type: ignore[union-attr]
-        self.manual_backward(loss)
-        opt.step()  # type: ignore[union-attr]
 
 
 class NoLossClassifier(Classifier):
@@ -365,12 +350,10 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 def fit(make_trainer: Callable[..., pl.Trainer], model: pl.LightningModule, loader: DataLoader,
         callback: pl.Callback, **trainer_kwargs: object) -> pl.Trainer:
-    """A short fit (2 train batches, no validation) with ``callback``."""
-    kwargs: dict = {"limit_train_batches": 2, "limit_val_batches": 0, "callbacks": [callback]}
-    kwargs.update(trainer_kwargs)
-    trainer = make_trainer(**kwargs)
-    trainer.fit(model, train_dataloaders=loader)
-    return trainer
+    """A short fit (2 train batches, no validation) with ``callback`` (or ``callbacks=[...]`` instead); no
+    seeding, warnings pass."""
+    kwargs: dict = {"limit_train_batches": 2, "limit_val_batches": 0, "callbacks": [callback], **trainer_kwargs}
+    return fitting.fit(make_trainer, model, loader, seed=None, warns="pass", **kwargs).trainer
 
 
 def codes(callback: object) -> list[str]:

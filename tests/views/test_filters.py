@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from lightning_tips._render import colorize
 from lightning_tips.views.filters import FirstLayerFilters, filter_grid, first_layer_weights
 from tests.helpers.activation_models import image_mlp
 from tests.helpers.data import DigitsDataModule
+from tests.helpers.fitting import fit
 from tests.helpers.models import Classifier, mlp, small_cnn
 
 Factory = Callable[..., pl.Trainer]
@@ -25,16 +25,13 @@ Factory = Callable[..., pl.Trainer]
 
 def _fit(make_trainer: Factory, net: nn.Module, cb: pl.Callback | None, *, image: bool = True, batches: int = 4,
          seed: int = 0, **trainer_kwargs: Any) -> tuple[pl.Trainer, Classifier]:
-    pl.seed_everything(seed, verbose=False)
-    model = Classifier(net)
+    """``batches`` train batches of 32 digits, no validation, deterministic; warnings dropped."""
     kwargs: dict[str, Any] = {"limit_train_batches": batches, "limit_val_batches": 0, "num_sanity_val_steps": 0,
-                              "callbacks": [cb] if cb is not None else [], "deterministic": True}
-    kwargs.update(trainer_kwargs)
-    trainer = make_trainer(**kwargs)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer.fit(model, datamodule=DigitsDataModule(batch_size=32, image=image, limit=32 * batches))
-    return trainer, model
+                              "deterministic": True, **trainer_kwargs}
+    model = Classifier(net)
+    run = fit(make_trainer, model, datamodule=DigitsDataModule(batch_size=32, image=image, limit=32 * batches),
+              callbacks=[cb] if cb is not None else [], seed=seed, warns="ignore", **kwargs)
+    return run.trainer, model
 
 
 # --- pure functions ------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import math
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +18,7 @@ from lightning_tips._loggers import files_dir
 from lightning_tips.checks.data import DataChecks
 from lightning_tips.preflight import Preflight
 from lightning_tips.views.first_batch import FirstBatchView, describe_batch, is_image_like, log_first_batch
+from tests.helpers import fitting
 from tests.helpers.data import breast_cancer_tensors
 from tests.helpers.data_bugs import TokenClassifier, digit_tokens, digits_split, loader
 from tests.helpers.models import Classifier, mlp, small_cnn
@@ -26,11 +26,10 @@ from tests.helpers.models import Classifier, mlp, small_cnn
 
 def fit(make_trainer: Callable[..., pl.Trainer], model: pl.LightningModule, train: Any,
         **trainer_kw: Any) -> tuple[pl.Trainer, FirstBatchView]:
+    """One train batch, no validation, no seeding, under ``FirstBatchView()``; warnings dropped."""
     view = FirstBatchView()
-    trainer = make_trainer(callbacks=[view], limit_train_batches=1, limit_val_batches=0, **trainer_kw)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer.fit(model, train)
+    trainer = fitting.fit(make_trainer, model, train, callbacks=[view], seed=None, warns="ignore",
+                          limit_train_batches=1, limit_val_batches=0, **trainer_kw).trainer
     return trainer, view
 
 
@@ -111,9 +110,8 @@ def test_preflight_composes_the_view_and_the_data_checks_alone_draw_nothing(
     assert (view.input_key, view.target_key) == ("x", "y")
     assert not [c for c in Preflight(data=False).children if isinstance(c, FirstBatchView)]
     (x, y), _ = digits_split()
-    trainer = make_trainer(callbacks=[DataChecks(first_batch=True)], limit_train_batches=1, limit_val_batches=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer.fit(Classifier(small_cnn()), loader(x, y, shuffle=False))
+    trainer = fitting.fit(make_trainer, Classifier(small_cnn()), loader(x, y, shuffle=False),
+                          callbacks=[DataChecks(first_batch=True)], seed=None, warns="ignore",
+                          limit_train_batches=1, limit_val_batches=0).trainer
     assert "lightning_tips first batch" not in capsys.readouterr().out
     assert not list(files_dir(trainer).glob("tips_first_batch*"))

@@ -34,12 +34,12 @@ from tests.helpers.curves_models import (
     DictBatchModel,
     DictDataset,
     Regressor,
-    TokenClassifier,
     TupleOutputModel,
     bn_dropout_cnn,
 )
 from tests.helpers.data import DigitsDataModule, breast_cancer_tensors, loaders
-from tests.helpers.models import Classifier, mlp, small_cnn
+from tests.helpers.fitting import fit
+from tests.helpers.models import Classifier, TokenClassifier, mlp, small_cnn
 
 MakeTrainer = Callable[..., pl.Trainer]
 
@@ -220,7 +220,7 @@ def test_token_ids_get_a_table(make_trainer: MakeTrainer) -> None:
     train, val = loaders(x, y)
     cb = FixedBatchPredictions(every_n_steps=2, num_samples=6)
     trainer = make_trainer(max_epochs=1, limit_train_batches=4, limit_val_batches=1, callbacks=[cb])
-    trainer.fit(TokenClassifier(), train, val)
+    trainer.fit(TokenClassifier(50, 2, bag=True), train, val)
     assert cb.findings == []
     assert images(trainer) == []
     assert len(read_table(trainer)) == 3 * 6  # steps 0, 2, 4
@@ -296,14 +296,10 @@ def test_checkpoint_round_trip_keeps_the_fixed_batch(make_trainer: MakeTrainer, 
 
 # --- pure observer ---------------------------------------------------------------------------------
 def _fit_state(make_trainer: MakeTrainer, callbacks: list) -> dict[str, torch.Tensor]:
-    pl.seed_everything(11)
-    model = Classifier(bn_dropout_cnn(), lr=1e-2)
-    trainer = make_trainer(max_epochs=2, limit_train_batches=5, limit_val_batches=1, deterministic=True,
-                           callbacks=callbacks)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer.fit(model, datamodule=DigitsDataModule())
-    return {k: v.clone() for k, v in model.state_dict().items()}
+    """Seed 11, 2 epochs of a BatchNorm + Dropout CNN; its final weights and buffers."""
+    return fit(make_trainer, lambda: Classifier(bn_dropout_cnn(), lr=1e-2), datamodule=DigitsDataModule(),
+               callbacks=callbacks, seed=11, warns="ignore", max_epochs=2, limit_train_batches=5,
+               limit_val_batches=1, deterministic=True).weights()
 
 
 def test_pure_observer_with_batchnorm_and_dropout(make_trainer: MakeTrainer) -> None:
