@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import random
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -37,8 +38,12 @@ torch.set_num_threads(1)
 
 @pytest.fixture(autouse=True)
 def _clean_seed(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`lightning.seed_everything` sets PL_GLOBAL_SEED; keep it from leaking between tests."""
+    """`lightning.seed_everything` sets PL_GLOBAL_SEED; keep it from leaking between tests. And start
+    every test from the same random state: this torch build seeds itself randomly in each process, so a
+    test that builds a model without seeding would otherwise see a different init on every run."""
     monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+    torch.manual_seed(0)
+    random.seed(0)
 
 
 @pytest.fixture
