@@ -33,6 +33,7 @@ from lightning_tips.checks.data import (
     sampler_shuffles,
 )
 from lightning_tips.views.first_batch import FirstBatchView
+from tests.helpers import fitting
 from tests.helpers.data import DigitStream, NoisyDigits, breast_cancer_tensors, digits_tensors
 from tests.helpers.data_bugs import (
     AutoEncoder,
@@ -61,11 +62,8 @@ def fit(make_trainer: Callable[..., pl.Trainer], model: pl.LightningModule, trai
     """Fit with ``checks`` (and the first-batch ``view`` beside them, as ``Preflight`` composes it)."""
     checks = checks or DataChecks(first_batch=False)
     callbacks: list[Any] = [checks] if view is None else [checks, view]
-    kw: dict[str, Any] = {"limit_train_batches": 2, "limit_val_batches": 1, "callbacks": callbacks, **trainer_kw}
-    trainer = make_trainer(**kw)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer.fit(model, train, val)
+    kw: dict[str, Any] = {"limit_train_batches": 2, "limit_val_batches": 1, **trainer_kw}
+    fitting.fit(make_trainer, model, train, val, callbacks=callbacks, seed=None, warns="ignore", **kw)
     return checks
 
 
