@@ -1,11 +1,14 @@
 """The pure functions behind the callbacks, in one namespace (torchmetrics' ``functional`` shape):
 measurements on a model, a batch or a history, and the verdicts the callbacks report. Each takes
-plain tensors, modules or lists and returns figures or a verdict; none needs a ``Trainer``.
+plain tensors, modules or lists and returns figures or a verdict; none needs a ``Trainer``. Every
+``*_verdict`` function returns one :class:`~lightning_tips.checks._preflight.Verdict` (code, severity,
+message, figures, module, advice) or ``None`` when the check passes; :func:`activation_verdicts` returns
+a list of them, one per flagged layer.
 
 Example:
     >>> import torch
     >>> from lightning_tips import functional as LF
-    >>> LF.exploding_verdict([0.4, 0.6, 0.5, 0.45, 80.0])["growth"]  # 160x its early median (T8)
+    >>> LF.exploding_verdict([0.4, 0.6, 0.5, 0.45, 80.0]).figures["growth"]  # 160x its early median (T8)
     160.0
     >>> LF.imbalance_ratio(torch.tensor([90, 10]))  # max / min class count (T6)
     9.0
@@ -14,7 +17,12 @@ Example:
 from __future__ import annotations
 
 from lightning_tips.checks._curves import curve_noise, flat_loss_verdict, overfitting_verdict
-from lightning_tips.checks.activations import activation_findings, activation_stats, activations_over_time
+from lightning_tips.checks.activations import (
+    activation_findings,
+    activation_stats,
+    activation_verdicts,
+    activations_over_time,
+)
 from lightning_tips.checks.batch_mixing import batch_mixing, batch_mixing_verdict
 from lightning_tips.checks.data import (
     find_duplicates,
@@ -49,6 +57,7 @@ from lightning_tips.views.filters import filter_grid, first_layer_weights
 __all__ = [
     "activation_findings",
     "activation_stats",
+    "activation_verdicts",
     "activations_over_time",
     "balanced_sampler",
     "batch_mixing",

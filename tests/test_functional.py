@@ -21,3 +21,10 @@ def test_the_verdicts_are_the_callbacks_own_functions() -> None:
 
     assert LF.overfitting_verdict is _curves.overfitting_verdict
     assert LF.exploding_verdict is gradients.exploding_verdict
+
+
+def test_activation_findings_is_the_former_name_of_activation_verdicts() -> None:
+    from lightning_tips.checks import activations
+
+    assert LF.activation_verdicts is activations.activation_verdicts
+    assert LF.activation_findings is LF.activation_verdicts

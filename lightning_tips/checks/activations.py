@@ -57,10 +57,10 @@ from torch import nn
 from lightning_tips import _ddp, _loggers
 from lightning_tips._callback import TipCallback
 from lightning_tips._hooks import forward_hooks, functional_calls
-from lightning_tips._report import report
 from lightning_tips._utils import find_output_layer, histogram_period, is_sampled
 from lightning_tips._validate import check_bool, check_float, check_int
-from lightning_tips.findings import Finding, Severity
+from lightning_tips.checks._preflight import Verdict
+from lightning_tips.checks._verdicts import report_verdict
 
 __all__ = [
     "ActivationSpec",
@@ -69,6 +69,7 @@ __all__ = [
     "activation_findings",
     "activation_spec",
     "activation_stats",
+    "activation_verdicts",
     "activations_over_time",
 ]
 
@@ -408,19 +409,22 @@ def activation_stats(model: nn.Module, *inputs: Any, bins: int = 40) -> dict[str
     return rec.finalize() or {}
 
 
-def activation_findings(
-    stats: Mapping[str, LayerStats], dead_fraction: float = 0.5, saturated_fraction: float = 0.5, step: int | None = None
-) -> list[Finding]:
-    """The ``dead-activation`` / ``saturated-activation`` warnings for per-layer statistics.
+def activation_verdicts(
+    stats: Mapping[str, LayerStats], dead_fraction: float = 0.5, saturated_fraction: float = 0.5
+) -> list[Verdict]:
+    """The ``dead-activation`` / ``saturated-activation`` warnings for per-layer statistics, one per
+    layer that has one (``module``: the layer's key); an empty list when every layer passes.
+
+    Figures: ``dead_fraction`` and ``units`` (dead), ``saturated_fraction`` (saturated).
 
     Example:
         >>> net = nn.Sequential(nn.Linear(4, 8), nn.Sigmoid(), nn.Linear(8, 2))
         >>> with torch.no_grad():
         ...     _ = net[0].weight.fill_(10.0)
-        >>> [f.code for f in activation_findings(activation_stats(net, torch.ones(3, 4)))]
-        ['saturated-activation']
+        >>> [(v.code, v.severity, v.module) for v in activation_verdicts(activation_stats(net, torch.ones(3, 4)))]
+        [('saturated-activation', 'warning', '1')]
     """
-    found: list[Finding] = []
+    found: list[Verdict] = []
     for key, s in stats.items():
         if s.is_output or not (math.isfinite(s.mean) and math.isfinite(s.std)):
             continue  # non-finite activations: the root cause is NonFiniteGuard's nonfinite-* finding
@@ -428,26 +432,30 @@ def activation_findings(
             continue  # too few values per unit: a healthy unit (p ~ 0.5) looks dead over 1 value half the time
         if s.kind == "relu" and s.dead_fraction > dead_fraction:
             dead = round(s.dead_fraction * s.n_units)
-            found.append(Finding(
-                "dead-activation", Severity.WARNING,
+            found.append(Verdict(
+                "dead-activation", "warning",
                 f"{s.dead_fraction:.0%} of the units of `{key}` ({s.module_type}, {dead}/{s.n_units} units) "
                 f"never fired (output <= 0) over {s.n_samples} values per unit ({_evidence(s)}; threshold {dead_fraction:.0%}); "
                 f"mean {s.mean:.3g}, std {s.std:.3g}",
                 advice="dead units get no gradient and stop learning: lower the learning rate (P10), use He init "
                 "(T11, P5), check for very negative biases; consider LeakyReLU (R4.12, P2)",
-                step=step, module=key,
-                figures={"dead_fraction": s.dead_fraction, "units": s.n_units},
+                module=key,
+                figures={"dead_fraction": s.dead_fraction, "units": float(s.n_units)},
             ))
         elif s.kind == "squash" and s.saturated_fraction > saturated_fraction:
-            found.append(Finding(
-                "saturated-activation", Severity.WARNING,
+            found.append(Verdict(
+                "saturated-activation", "warning",
                 f"{s.saturated_fraction:.0%} of the outputs of `{key}` ({s.module_type}) sit in its flat tails "
                 f"({_tails(s)}) where the gradient is ~0 (threshold {saturated_fraction:.0%}); "
                 f"mean {s.mean:.3g}, std {s.std:.3g}",
-                step=step, module=key,
+                module=key,
                 figures={"saturated_fraction": s.saturated_fraction},
             ))
     return found
+
+
+#: The former name of :func:`activation_verdicts` (it returned findings with a ``step``; a verdict has none).
+activation_findings = activation_verdicts
 
 
 def _evidence(s: LayerStats) -> str:
@@ -556,7 +564,7 @@ class ActivationStats(TipCallback):
         >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
         >>> with torch.no_grad():
         ...     _ = net[0].bias.fill_(-10.0)
-        >>> [(f.code, f.module) for f in activation_findings(activation_stats(net, torch.randn(16, 4)), cb.dead_fraction)]
+        >>> [(v.code, v.module) for v in activation_verdicts(activation_stats(net, torch.randn(16, 4)), cb.dead_fraction)]
         [('dead-activation', '1')]
     """
 
@@ -704,8 +712,8 @@ class ActivationStats(TipCallback):
         if not stats:
             return  # hooks ran but measured nothing (a zero-size batch on every rank)
         step = self._sampled_step
-        for finding in activation_findings(stats, self.dead_fraction, self.saturated_fraction, step=step):
-            report(finding, trainer, self._findings_log)
+        for verdict in activation_verdicts(stats, self.dead_fraction, self.saturated_fraction):
+            report_verdict(self, trainer, verdict, step=step)
         scalars: dict[str, float] = {}
         for key, s in stats.items():
             scalars[f"tips/activation_mean/{key}"] = s.mean

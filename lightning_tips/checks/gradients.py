@@ -13,10 +13,12 @@ Example:
     >>> names, norms = layer_grad_norms(net)
     >>> names, norms.shape
     (['0', '2'], torch.Size([2]))
-    >>> exploding_verdict([1.0, 1.2, 0.9, 250.0], growth=100.0, max_norm=1e4)
-    {'total_norm': 250.0, 'baseline': 1.0, 'growth': 250.0, 'max_norm': 10000.0}
-    >>> vanishing_verdict(["0", "2", "4"], [1e-9, 1e-3, 0.5], min_ratio=1e-4, floor=1e-10)
-    {'first_norm': 1e-09, 'last_norm': 0.5, 'ratio': 2e-09, 'min_norm': 1e-09}
+    >>> v = exploding_verdict([1.0, 1.2, 0.9, 250.0], growth=100.0, max_norm=1e4)
+    >>> v.code, v.severity, v.figures
+    ('exploding-gradient', 'warning', {'total_norm': 250.0, 'baseline': 1.0, 'growth': 250.0, 'max_norm': 10000.0, 'total_norm_order': 100.0})
+    >>> v = vanishing_verdict(["0", "2", "4"], [1e-9, 1e-3, 0.5], min_ratio=1e-4, floor=1e-10)
+    >>> v.module, v.figures["ratio"], v.figures["min_norm"]
+    ('0', 2e-09, 1e-09)
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ from lightning_tips._callback import TipCallback
 from lightning_tips._loggers import log_histogram, log_scalars
 from lightning_tips._utils import EARLY_STEPS, histogram_period, is_sampled
 from lightning_tips._validate import check_bool, check_float, check_int
-from lightning_tips.checks.lr_decay import optimizer_defaults_verdict
+from lightning_tips.checks._preflight import Verdict
+from lightning_tips.checks._verdicts import report_verdict
+from lightning_tips.checks.lr_decay import optimizer_defaults_verdict, optimizer_family
 
 __all__ = [
     "GradientStats",
@@ -135,17 +139,37 @@ def layer_grad_norms(
 
 
 def exploding_verdict(
-    totals: Sequence[float], growth: float = 100.0, max_norm: float = 1e4, baseline_samples: int = 3
-) -> dict[str, float] | None:
-    """Figures when the latest total gradient norm passes ``max_norm``, or is more than ``growth`` x
-    the median of the first ``baseline_samples`` sampled norms (judged once more samples exist);
-    else ``None`` (T8, P15).
+    totals: Sequence[float],
+    growth: float = 100.0,
+    max_norm: float = 1e4,
+    baseline_samples: int = 3,
+    *,
+    step: int | None = None,
+    names: Sequence[str] = (),
+    norms: Sequence[float] = (),
+    clip_val: float | None = None,
+    optimizers: Sequence[torch.optim.Optimizer] = (),
+) -> Verdict | None:
+    """The ``exploding-gradient`` warning when the latest total gradient norm passes ``max_norm``, or is
+    more than ``growth`` x the median of the first ``baseline_samples`` sampled norms (judged once more
+    samples exist); else ``None`` (T8, P15).
+
+    The rest only shapes the message and ``module``: ``step`` (the step of the latest norm), the per-layer
+    ``names`` and ``norms`` (the three largest are named; the largest is the ``module``), ``clip_val``
+    (Lightning's ``gradient_clip_val``: these raw norms are pre-clipping) and ``optimizers`` (within the
+    first 50 steps, an lr above its family's usual range is named as the likely root cause, R3.2).
+
+    Figures: ``total_norm``, ``baseline``, ``growth``, ``max_norm``, and ``total_norm_order`` (the total
+    norm rounded to its power of ten: the one figure ``GradientStats`` reports, so that the finding is
+    new again only when the norm moves by 10x or more).
 
     Example:
-        >>> exploding_verdict([0.4, 0.6, 0.5, 0.45, 80.0])["growth"]
+        >>> exploding_verdict([0.4, 0.6, 0.5, 0.45, 80.0]).figures["growth"]
         160.0
         >>> exploding_verdict([0.4, 0.6, 0.5, 0.45, 0.5]) is None
         True
+        >>> exploding_verdict([2e4], step=7, names=["0", "2"], norms=[2e4, 3.0]).message
+        'total gradient norm 2e+04 at step 7 passed max_norm=10000; largest layer norms: `0` 2e+04, `2` 3'
     """
     finite = [t for t in totals if math.isfinite(t)]
     if not finite or not math.isfinite(totals[-1]):
@@ -153,36 +177,86 @@ def exploding_verdict(
     latest = totals[-1]
     base = statistics.median(finite[:baseline_samples]) if len(finite) > baseline_samples else math.nan
     grew = math.isfinite(base) and base > 0 and latest > growth * base
-    if latest > max_norm or grew:
-        return {
-            "total_norm": latest,
-            "baseline": base,
-            "growth": latest / base if math.isfinite(base) and base > 0 else math.nan,
-            "max_norm": max_norm,
-        }
-    return None
+    if not (latest > max_norm or grew):
+        return None
+    figures = {
+        "total_norm": latest,
+        "baseline": base,
+        "growth": latest / base if math.isfinite(base) and base > 0 else math.nan,
+        "max_norm": max_norm,
+        "total_norm_order": _order(latest),
+    }
+    why = (
+        f"passed max_norm={max_norm:g}" if latest > max_norm
+        else f"is {figures['growth']:.3g}x the median of the first {baseline_samples} samples ({base:.3g})"
+    )
+    clipped = (
+        f"; gradient_clip_val={clip_val:g} bounds the update, but these raw (pre-clipping) gradients explode"
+        if clip_val else ""
+    )
+    at = f" at step {step}" if step is not None else ""
+    return Verdict(
+        "exploding-gradient", "warning",
+        f"total gradient norm {latest:.4g}{at} {why}" + _largest(names, norms) + clipped + _lr_cause(optimizers, step),
+        figures=figures,
+        module=names[max(range(len(norms)), key=norms.__getitem__)] if norms else None,
+    )  # fmt: skip
 
 
 def vanishing_verdict(
-    names: Sequence[str], norms: Sequence[float], min_ratio: float = MIN_RATIO, floor: float = 1e-10
-) -> dict[str, float] | None:
-    """Figures when the first layer's gradient norm is below ``min_ratio`` x the last layer's, or any
-    layer's norm is below ``floor``; else ``None`` (P11, P15). Non-finite norms are not judged.
+    names: Sequence[str],
+    norms: Sequence[float],
+    min_ratio: float = MIN_RATIO,
+    floor: float = 1e-10,
+    *,
+    step: int | None = None,
+    run: Sequence[int] = (),
+) -> Verdict | None:
+    """The ``vanishing-gradient`` warning when the first layer's gradient norm is below ``min_ratio`` x the
+    last layer's, or any layer's norm is below ``floor``; else ``None`` (P11, P15). Non-finite norms are
+    not judged. The ``module`` is the first layer (a low ratio) or the layer with the lowest norm.
+
+    One step is not training dynamics: ``GradientStats`` reports it only on several sampled steps in a
+    row; ``run`` (those steps, this one included) and ``step`` only shape the message.
+
+    Figures: ``first_norm``, ``last_norm``, ``ratio`` (first / last), ``min_norm``, and ``ratio_order`` /
+    ``min_norm_order`` (rounded to their power of ten: the figures ``GradientStats`` reports).
 
     Example:
-        >>> vanishing_verdict(["net.0", "net.2", "net.4"], [1e-9, 1e-3, 0.3])["first_norm"]
+        >>> vanishing_verdict(["net.0", "net.2", "net.4"], [1e-9, 1e-3, 0.3]).figures["first_norm"]
         1e-09
         >>> vanishing_verdict(["net.0", "net.2", "net.4"], [0.1, 0.2, 0.3]) is None
         True
+        >>> vanishing_verdict(["net.0", "net.2"], [0.1, 0.0], step=20, run=[5, 10, 20]).message
+        'layer `net.2` has a gradient norm of 0 at step 20, below floor=1e-10; on 3 sampled steps in a row (5, 10, 20): it does not learn'
     """
     if not norms or not all(math.isfinite(n) for n in norms):
         return None
     first, last = norms[0], norms[-1]
     ratio = first / last if last > 0 else math.nan
     low = min(norms)
-    if (len(norms) > 1 and last > 0 and ratio < min_ratio) or low < floor:
-        return {"first_norm": first, "last_norm": last, "ratio": ratio, "min_norm": low}
-    return None
+    if not ((len(norms) > 1 and last > 0 and ratio < min_ratio) or low < floor):
+        return None
+    figures = {
+        "first_norm": first, "last_norm": last, "ratio": ratio, "min_norm": low,
+        "ratio_order": _order(ratio), "min_norm_order": _order(low),
+    }  # fmt: skip
+    at = f" at step {step}" if step is not None else ""
+    persist = f"; on {len(run)} sampled steps in a row ({', '.join(map(str, run[-VANISHING_PERSIST:]))})" if run else ""
+    if len(norms) > 1 and last > 0 and ratio < min_ratio:
+        message = (
+            f"the first layer `{names[0]}` gets a gradient norm of {first:.3g}, {ratio:.2g}x that of the last layer "
+            f"`{names[-1]}` ({last:.3g}){at} (threshold {min_ratio:g}){persist}: the early layers barely learn"
+        )
+        where = names[0]
+    else:
+        i = min(range(len(norms)), key=norms.__getitem__)
+        message = (
+            f"layer `{names[i]}` has a gradient norm of {norms[i]:.3g}{at}, below floor={floor:g}{persist}: "
+            "it does not learn"
+        )
+        where = names[i]
+    return Verdict("vanishing-gradient", "warning", message, figures=figures, module=where or None)
 
 
 class GradientStats(TipCallback):
@@ -334,52 +408,20 @@ class GradientStats(TipCallback):
                     log_histogram(trainer, f"tips/grad_hist/{name or 'root'}", torch.cat(gs), step=step)
         # the first 3 samples (kept beyond `history`) and the latest one
         series = [*self._baseline, total] if self._count > len(self._baseline) else list(self._baseline)
-        exploding = exploding_verdict(series, self.growth, self.max_norm)
+        exploding = exploding_verdict(
+            series, self.growth, self.max_norm, step=step, names=names, norms=norms,
+            clip_val=trainer.gradient_clip_val, optimizers=trainer.optimizers,
+        )
         if exploding is not None:
-            why = (
-                f"passed max_norm={self.max_norm:g}" if total > self.max_norm
-                else f"is {exploding['growth']:.3g}x the median of the first 3 samples ({exploding['baseline']:.3g})"
-            )
-            clip = trainer.gradient_clip_val
-            clipped = (
-                f"; gradient_clip_val={clip:g} bounds the update, but these raw (pre-clipping) gradients explode"
-                if clip else ""
-            )
-            self.report(
-                trainer, "exploding-gradient", "warning",
-                f"total gradient norm {total:.4g} at step {step} {why}" + _largest(names, norms) + clipped
-                + _lr_cause(trainer, step),
-                # orders of magnitude: reported again only when the norm moves by 10x or more
-                figures={"total_norm_order": _order(total)},
-                module=names[max(range(len(norms)), key=norms.__getitem__)] if norms else None,
-                step=step,
-            )
-        vanishing = vanishing_verdict(names, norms, self.min_ratio, self.floor)
+            # orders of magnitude: reported again only when the norm moves by 10x or more
+            report_verdict(self, trainer, exploding, step=step, figures=_orders(exploding))
+        run = [*self._vanishing_steps, step]
+        vanishing = vanishing_verdict(names, norms, self.min_ratio, self.floor, step=step, run=run)
         # a training-dynamics verdict needs more than one step: zero-initialised heads and residual
         # branches (timm's zero_init_last, torchvision's ViT head) give exactly-zero gradients at step 0
-        self._vanishing_steps = [*self._vanishing_steps, step] if vanishing is not None else []
-        if vanishing is not None and len(self._vanishing_steps) >= VANISHING_PERSIST:
-            seen = self._vanishing_steps
-            persist = f"; on {len(seen)} sampled steps in a row ({', '.join(map(str, seen[-VANISHING_PERSIST:]))})"
-            low = min(range(len(norms)), key=norms.__getitem__)
-            if len(norms) > 1 and norms[-1] > 0 and vanishing["ratio"] < self.min_ratio:
-                msg = (
-                    f"the first layer `{names[0]}` gets a gradient norm of {norms[0]:.3g}, "
-                    f"{vanishing['ratio']:.2g}x that of the last layer `{names[-1]}` ({norms[-1]:.3g}) at step {step} "
-                    f"(threshold {self.min_ratio:g}){persist}: the early layers barely learn"
-                )
-                where = names[0]
-            else:
-                msg = (
-                    f"layer `{names[low]}` has a gradient norm of {norms[low]:.3g} at step {step}, "
-                    f"below floor={self.floor:g}{persist}: it does not learn"
-                )
-                where = names[low]
-            self.report(
-                trainer, "vanishing-gradient", "warning", msg,
-                figures={"ratio_order": _order(vanishing["ratio"]), "min_norm_order": _order(vanishing["min_norm"])},
-                module=where or None, step=step,
-            )
+        self._vanishing_steps = run if vanishing is not None else []
+        if vanishing is not None and len(run) >= VANISHING_PERSIST:
+            report_verdict(self, trainer, vanishing, step=step, figures=_orders(vanishing))
 
     # --- state -----------------------------------------------------------------------------------
     def _extra_state(self) -> dict[str, Any]:
@@ -403,20 +445,26 @@ class GradientStats(TipCallback):
         self._vanishing_steps = [int(s) for s in state_dict.get("vanishing_steps", [])]
 
 
-def _lr_cause(trainer: pl.Trainer, step: int) -> str:
-    """When the blow-up comes in the first steps and the optimizer starts with an lr far above its
+def _lr_cause(optimizers: Sequence[torch.optim.Optimizer], step: int | None) -> str:
+    """When the blow-up comes in the first steps and an optimizer starts with an lr far above its
     family's usual range, the lr is the root cause: say so (the range is ``LRDecayGuard``'s, R3.2)."""
-    if step > max(EARLY_STEPS):
+    if step is None or step > max(EARLY_STEPS):
         return ""
-    for opt in trainer.optimizers:
+    for opt in optimizers:
         bad = optimizer_defaults_verdict(opt)
-        if bad is not None and bad["lr"] > bad["high"]:
+        if bad is not None and bad.figures["lr"] > bad.figures["high"]:
+            lr, low, high = bad.figures["lr"], bad.figures["low"], bad.figures["high"]
             return (
-                f"; the root cause is likely the learning rate: {type(opt).__name__} starts with lr {bad['lr']:.3g}, "
-                f"{bad['lr'] / bad['high']:.3g}x the top of the usual {bad['family']} range ({bad['low']:g}–{bad['high']:g}): "
+                f"; the root cause is likely the learning rate: {type(opt).__name__} starts with lr {lr:.3g}, "
+                f"{lr / high:.3g}x the top of the usual {optimizer_family(opt)} range ({low:g}–{high:g}): "
                 "lower it (R3.2)"
             )
     return ""
+
+
+def _orders(verdict: Verdict) -> dict[str, float]:
+    """The ``*_order`` figures of ``verdict``: the ones reported (a finding is new again at 10x)."""
+    return {k: v for k, v in verdict.figures.items() if k.endswith("_order")}
 
 
 def _order(x: float) -> float:

@@ -22,8 +22,10 @@ Example:
     >>> sched = torch.optim.lr_scheduler.StepLR(opt, step_size=30, gamma=0.1)  # meant: every 30 epochs
     >>> lrs = simulate_lrs(opt, [(sched, "step", 1)], steps=1000, batches_per_epoch=100)  # but stepped per batch
     >>> verdict = decay_verdict([row[0] for row in lrs], planned_steps=1000)
-    >>> verdict["crossed_step"], verdict["crossed_fraction"]  # below 1e-3 x 0.1 after 4 drops: step 120 of 1000
+    >>> verdict.figures["crossed_step"], verdict.figures["crossed_fraction"]  # below 1e-3 x 0.1 after 4 drops
     (120.0, 0.12)
+    >>> verdict.message
+    'the lr of param group 0 is 1e-05, below 0.001 x its peak 0.1, at step 120 of 1000 planned (12% of training)'
     >>> opt.param_groups[0]["lr"], sched.last_epoch  # the real optimizer and scheduler are untouched
     (0.1, 0)
 """
@@ -46,8 +48,17 @@ from torch.optim import Optimizer
 from lightning_tips._callback import TipCallback
 from lightning_tips._utils import is_sampled, preserved_rng
 from lightning_tips._validate import check_float, check_int
+from lightning_tips.checks._preflight import Verdict
+from lightning_tips.checks._verdicts import report_verdict
 
-__all__ = ["LRDecayGuard", "decay_verdict", "optimizer_defaults_verdict", "simulate_lrs", "unsimulatable_reason"]
+__all__ = [
+    "LRDecayGuard",
+    "decay_verdict",
+    "optimizer_defaults_verdict",
+    "optimizer_family",
+    "simulate_lrs",
+    "unsimulatable_reason",
+]
 
 _MAX_SIMULATED_STEPS = 1_000_000  # ~4 s of scheduler steps at worst; beyond it the runtime re-check covers
 _STATEFUL_OPS = {"STORE_DEREF", "STORE_GLOBAL", "STORE_ATTR", "DELETE_DEREF", "DELETE_GLOBAL", "DELETE_ATTR"}
@@ -167,15 +178,29 @@ def decay_verdict(
     by_fraction: float = 0.5,
     start_step: int = 0,
     peak: float = 0.0,
-) -> dict[str, float] | None:
-    """Figures when the lr (``lrs[t]`` at step ``start_step + t``) falls below ``min_ratio`` x its largest
-    value so far (at least ``peak``) before ``by_fraction`` x ``planned_steps``; else ``None``.
+    *,
+    optimizer_index: int = 0,
+    group: int = 0,
+    schedule: str | None = None,
+    hint: str = "",
+) -> Verdict | None:
+    """The ``lr-decay`` warning when the lr (``lrs[t]`` at step ``start_step + t``) falls below ``min_ratio`` x
+    its largest value so far (at least ``peak``) before ``by_fraction`` x ``planned_steps``; else ``None``.
+
+    ``optimizer_index`` and ``group`` name the param group (the verdict's ``module``). With ``schedule``
+    (the replayed schedulers, e.g. ``"StepLR (interval='step')"``) the message says that schedule drives
+    the lr there, followed by ``hint``; without it, it states the lr read at that step.
+
+    Figures: ``crossed_step``, ``crossed_fraction``, ``planned_steps``, ``lr_at_cross``, ``peak_lr``.
 
     Example:
         >>> decay_verdict([0.0, 0.5, 1.0, 0.5, 0.1], planned_steps=5) is None  # warm-up from 0, mild decay
         True
-        >>> decay_verdict([1.0, 1.0, 1e-4, 1e-4], planned_steps=8)["crossed_step"]
-        2.0
+        >>> v = decay_verdict([1.0, 1.0, 1e-4, 1e-4], planned_steps=8, schedule="StepLR (interval='step')")
+        >>> v.severity, v.module, v.figures["crossed_step"]
+        ('warning', 'optimizer[0].param_groups[0]', 2.0)
+        >>> v.message
+        "StepLR (interval='step') drives the lr of param group 0 from 1 to 0.0001 (< 0.001 x peak) at step 2 of 8 planned (25% of training)"
     """
     for t, lr in enumerate(lrs):
         step = start_step + t
@@ -183,39 +208,80 @@ def decay_verdict(
             return None
         peak = max(peak, lr)
         if peak > 0 and lr < min_ratio * peak:
-            return {
+            figures = {
                 "crossed_step": float(step),
                 "crossed_fraction": round(step / planned_steps, 4),
                 "planned_steps": float(planned_steps),
                 "lr_at_cross": lr,
                 "peak_lr": peak,
             }
+            if schedule is not None:
+                message = (
+                    f"{schedule} drives the lr of param group {group} from {peak:.3g} to {lr:.3g} "
+                    f"(< {min_ratio:g} x peak) at step {step} of {planned_steps} planned "
+                    f"({100 * figures['crossed_fraction']:.0f}% of training){hint}"
+                )
+            else:
+                message = (
+                    f"the lr of param group {group} is {lr:.3g}, below {min_ratio:g} x its peak {peak:.3g}, "
+                    f"at step {step} of {planned_steps} planned ({100 * step / planned_steps:.0f}% of training)"
+                )
+            return Verdict(
+                "lr-decay", "warning", message, figures=figures, module=f"optimizer[{optimizer_index}].param_groups[{group}]"
+            )
     return None
 
 
-def optimizer_defaults_verdict(optimizer: Optimizer) -> dict[str, Any] | None:
-    """``{"family", "lr", "low", "high"}`` when the optimizer's starting lr (a scheduler's ``initial_lr``
-    if present) is outside its family's usual range (R3.2); ``None`` otherwise or for other optimizers.
+def optimizer_family(optimizer: Optimizer) -> str | None:
+    """``"Adam-family"`` or ``"SGD"`` (the families with a usual lr range, R3.2), else ``None``.
+
+    Example:
+        >>> optimizer_family(torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))]))
+        'Adam-family'
+    """
+    if isinstance(optimizer, _ADAM_FAMILY):
+        return "Adam-family"
+    if isinstance(optimizer, torch.optim.SGD):
+        return "SGD"
+    return None
+
+
+def optimizer_defaults_verdict(optimizer: Optimizer, index: int = 0) -> Verdict | None:
+    """The ``optimizer-defaults`` info when the optimizer's starting lr (a scheduler's ``initial_lr`` if
+    present) is outside its family's usual range (R3.2); ``None`` otherwise or for other optimizers.
+    ``index`` is the optimizer's position in ``trainer.optimizers`` (the verdict's ``module``).
+
+    Figures: ``lr`` (the first group's lr outside the range), ``low``, ``high`` (the range).
 
     Example:
         >>> p = [torch.nn.Parameter(torch.zeros(1))]
-        >>> optimizer_defaults_verdict(torch.optim.Adam(p, lr=0.1))
-        {'family': 'Adam-family', 'lr': 0.1, 'low': 1e-05, 'high': 0.01}
+        >>> v = optimizer_defaults_verdict(torch.optim.Adam(p, lr=0.1))
+        >>> v.severity, v.module, v.figures
+        ('info', 'optimizer[0]', {'lr': 0.1, 'low': 1e-05, 'high': 0.01})
+        >>> v.message.split(";")[0]
+        'Adam starts with lr 0.1, 10x above the usual [1e-05, 0.01] for Adam-family optimizers'
         >>> optimizer_defaults_verdict(torch.optim.Adam(p, lr=3e-4)) is None
         True
     """
-    if isinstance(optimizer, _ADAM_FAMILY):
-        family = "Adam-family"
-    elif isinstance(optimizer, torch.optim.SGD):
-        family = "SGD"
-    else:
+    family = optimizer_family(optimizer)
+    if family is None:
         return None
     low, high = _LR_RANGES[family]
     for group in optimizer.param_groups:
         lr = group.get("initial_lr", group["lr"])
         lr = float(lr.detach().cpu()) if isinstance(lr, torch.Tensor) else float(lr)
         if not low <= lr <= high:
-            return {"family": family, "lr": lr, "low": low, "high": high}
+            # an info at the start: an unusual lr is not yet evidence of harm. When the loss or the
+            # gradients blow up in the first steps, GradientStats' `exploding-gradient` warning names
+            # this lr as the root cause (it reads the same verdict)
+            side = f"{lr / high:.3g}x above" if lr > high else (f"{low / lr:.3g}x below" if lr > 0 else "below")
+            return Verdict(
+                "optimizer-defaults", "info",
+                f"{type(optimizer).__name__} starts with lr {lr:.3g}, {side} the usual [{low:g}, {high:g}] for "
+                f"{family} optimizers; if the loss or the gradients blow up in the first steps, `exploding-gradient` "
+                "names this lr as the cause",
+                figures={"lr": lr, "low": low, "high": high}, module=f"optimizer[{index}]",
+            )  # fmt: skip
     return None
 
 
@@ -320,24 +386,9 @@ class LRDecayGuard(TipCallback):
                 initial = group.get("initial_lr", lr)  # a resumed run keeps the initial lr it restored
                 initial = float(initial.detach().cpu()) if isinstance(initial, torch.Tensor) else float(initial)
                 self._initial.setdefault((i, g), initial)
-            bad = optimizer_defaults_verdict(opt)
+            bad = optimizer_defaults_verdict(opt, i)
             if bad is not None:
-                # an info at the start: an unusual lr is not yet evidence of harm. When the loss or the
-                # gradients blow up in the first steps, GradientStats' `exploding-gradient` warning names
-                # this lr as the root cause (it reads the same optimizer_defaults_verdict)
-                side = f"{bad['lr'] / bad['high']:.3g}x above" if bad["lr"] > bad["high"] else (
-                    f"{bad['low'] / bad['lr']:.3g}x below" if bad["lr"] > 0 else "below"
-                )
-                self.report(
-                    trainer,
-                    "optimizer-defaults",
-                    "info",
-                    f"{type(opt).__name__} starts with lr {bad['lr']:.3g}, {side} the usual "
-                    f"[{bad['low']:g}, {bad['high']:g}] for {bad['family']} optimizers; if the loss or the "
-                    "gradients blow up in the first steps, `exploding-gradient` names this lr as the cause",
-                    module=f"optimizer[{i}]",
-                    figures={"lr": bad["lr"], "low": bad["low"], "high": bad["high"]},
-                )
+                report_verdict(self, trainer, bad)
         try:
             planned = trainer.estimated_stepping_batches
         except Exception as err:  # a guard never crashes training
@@ -393,27 +444,18 @@ class LRDecayGuard(TipCallback):
             for g in range(len(opt.param_groups)):
                 if (i, g) in self._flagged:  # already reported (a resumed run restored it)
                     continue
-                verdict = decay_verdict(
-                    [row[g] for row in lrs], self._planned, self.min_ratio, self.by_fraction,
-                    start_step=trainer.global_step, peak=self._peaks.get((i, g), 0.0),
-                )
-                if verdict is None:
-                    continue
                 hint = "".join(
                     _epoch_unit_hint(s, iv, trainer.max_epochs, steps_per_epoch) for s, iv, _ in schedules
                 )
-                self._flagged.add((i, g))
-                self.report(
-                    trainer,
-                    "lr-decay",
-                    "warning",
-                    f"{names} drives the lr of param group {g} from {verdict['peak_lr']:.3g} to "
-                    f"{verdict['lr_at_cross']:.3g} (< {self.min_ratio:g} x peak) at step "
-                    f"{int(verdict['crossed_step'])} of {self._planned} planned "
-                    f"({100 * verdict['crossed_fraction']:.0f}% of training){hint}",
-                    module=f"optimizer[{i}].param_groups[{g}]",
-                    figures=verdict,
+                verdict = decay_verdict(
+                    [row[g] for row in lrs], self._planned, self.min_ratio, self.by_fraction,
+                    start_step=trainer.global_step, peak=self._peaks.get((i, g), 0.0),
+                    optimizer_index=i, group=g, schedule=names, hint=hint,
                 )
+                if verdict is None:
+                    continue
+                self._flagged.add((i, g))
+                report_verdict(self, trainer, verdict)
 
     # --- during training -------------------------------------------------------------------------
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
@@ -460,24 +502,14 @@ class LRDecayGuard(TipCallback):
                 lr = _lr(group)
                 peak = max(self._peaks.get(key, 0.0), lr)
                 self._peaks[key] = peak
-                if key in self._flagged or not (peak > 0 and lr < self.min_ratio * peak):
+                if key in self._flagged:
+                    continue
+                verdict = decay_verdict([lr], self._planned, self.min_ratio, self.by_fraction, start_step=step,
+                                        peak=peak, optimizer_index=i, group=g)
+                if verdict is None:
                     continue
                 self._flagged.add(key)
-                self.report(
-                    trainer,
-                    "lr-decay",
-                    "warning",
-                    f"the lr of param group {g} is {lr:.3g}, below {self.min_ratio:g} x its peak {peak:.3g}, "
-                    f"at step {step} of {self._planned} planned ({100 * step / self._planned:.0f}% of training)",
-                    module=f"optimizer[{i}].param_groups[{g}]",
-                    figures={
-                        "crossed_step": float(step),
-                        "crossed_fraction": round(step / self._planned, 4),
-                        "planned_steps": float(self._planned),
-                        "lr_at_cross": lr,
-                        "peak_lr": peak,
-                    },
-                )
+                report_verdict(self, trainer, verdict)
 
     # --- state -----------------------------------------------------------------------------------
     def _extra_state(self) -> dict[str, Any]:

@@ -230,7 +230,7 @@ def _grad_ratio(model: nn.Module) -> tuple[float, float]:
     if len(norms) < 2 or not finite or norms[-1] <= 0:
         return math.nan, finite
     v = vanishing_verdict(names, norms, min_ratio=MIN_RATIO)
-    return (v["ratio"] if v is not None else norms[0] / norms[-1]), finite
+    return (v.figures["ratio"] if v is not None else norms[0] / norms[-1]), finite
 
 
 def overfit_batch(
@@ -253,7 +253,9 @@ def overfit_batch(
     fig = fit_batch(copy, small, opt, steps, deadline)
     fig["lr"] = _lr(opt)
     # the top of the family's usual range when the copy's lr is above it, else NaN
-    fig["lr_range_high"] = float(bad["high"]) if bad is not None and bad["lr"] > bad["high"] else math.nan
+    fig["lr_range_high"] = (
+        bad.figures["high"] if bad is not None and bad.figures["lr"] > bad.figures["high"] else math.nan
+    )
     fig["scheduled"] = float(getattr(make_optimizer, "peaks", None) is not None)
     fig["samples"] = float(k)
     fig["ratio"] = fig["end"] / fig["start"] if fig["start"] > 0 else float("nan")

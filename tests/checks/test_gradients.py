@@ -63,9 +63,14 @@ def test_layer_grad_norms_against_reference_and_skip_layers_without_grad() -> No
 def test_exploding_verdict() -> None:
     assert exploding_verdict([1.0, 2.0, 3.0, 150.0]) is None  # 150 < 100 x median 2
     v = exploding_verdict([1.0, 2.0, 3.0, 250.0])
-    assert v is not None and v["growth"] == 125.0
-    assert exploding_verdict([2e4]) == {"total_norm": 2e4, "baseline": pytest.approx(math.nan, nan_ok=True),
-                                        "growth": pytest.approx(math.nan, nan_ok=True), "max_norm": 1e4}
+    assert v is not None and (v.code, v.severity) == ("exploding-gradient", "warning") and v.figures["growth"] == 125.0
+    assert "is 125x the median of the first 3 samples (2)" in v.message
+    v = exploding_verdict([2e4])
+    assert v is not None and v.figures == {
+        "total_norm": 2e4, "baseline": pytest.approx(math.nan, nan_ok=True),
+        "growth": pytest.approx(math.nan, nan_ok=True), "max_norm": 1e4, "total_norm_order": 1e4,
+    }
+    assert v.message == "total gradient norm 2e+04 passed max_norm=10000" and v.module is None
     assert exploding_verdict([1.0, 500.0]) is None  # no baseline yet, under max_norm
     assert exploding_verdict([1.0, 1.0, 1.0, math.inf]) is None  # non-finite: NonFiniteGuard's job
 
@@ -73,7 +78,8 @@ def test_exploding_verdict() -> None:
 def test_vanishing_verdict() -> None:
     assert vanishing_verdict(["a", "b"], [1e-3, 1.0]) is None
     v = vanishing_verdict(["a", "b"], [1e-6, 1.0])
-    assert v is not None and v["ratio"] == pytest.approx(1e-6)
+    assert v is not None and v.figures["ratio"] == pytest.approx(1e-6) and v.module == "a"
+    assert (v.code, v.severity) == ("vanishing-gradient", "warning") and "barely learn" in v.message
     assert vanishing_verdict(["a", "b"], [0.5, 1.0, 0.0][:2]) is None
     assert vanishing_verdict(["a", "b", "c"], [0.5, 0.0, 1.0]) is not None  # a dead middle layer: floor
     assert vanishing_verdict([], []) is None

@@ -82,10 +82,13 @@ def test_simulate_lrs_chained_schedulers_share_the_shadow_optimizer():
 
 def test_decay_verdict_cases():
     assert decay_verdict([1.0] * 10, 10) is None
-    assert decay_verdict([1.0, 0.5, 1e-4], 100)["crossed_step"] == 2.0
+    v = decay_verdict([1.0, 0.5, 1e-4], 100)
+    assert v is not None and v.code == "lr-decay" and v.severity == "warning" and v.figures["crossed_step"] == 2.0
     assert decay_verdict([1.0, 1.0, 1e-4], 4) is None  # crossing at 2 of 4 is not before half
     assert decay_verdict([0.0, 0.0, 1.0, 0.9], 10) is None  # warm-up from zero is not a decay
-    assert decay_verdict([1e-5], 100, start_step=3, peak=1.0)["crossed_step"] == 3.0
+    v = decay_verdict([1e-5], 100, start_step=3, peak=1.0, optimizer_index=1, group=2)
+    assert v is not None and v.figures["crossed_step"] == 3.0 and v.module == "optimizer[1].param_groups[2]"
+    assert v.message.startswith("the lr of param group 2 is 1e-05, below 0.001 x its peak 1, at step 3 of 100")
 
 
 def test_unsimulatable_reason():
@@ -106,8 +109,11 @@ def test_unsimulatable_reason():
 
 def test_optimizer_defaults_verdict():
     p = [torch.nn.Parameter(torch.zeros(1))]
-    assert optimizer_defaults_verdict(torch.optim.AdamW(p, lr=0.05))["family"] == "Adam-family"
-    assert optimizer_defaults_verdict(torch.optim.SGD(p, lr=1e-5))["family"] == "SGD"
+    v = optimizer_defaults_verdict(torch.optim.AdamW(p, lr=0.05), 1)
+    assert v is not None and (v.code, v.severity, v.module) == ("optimizer-defaults", "info", "optimizer[1]")
+    assert "for Adam-family optimizers" in v.message and v.figures == {"lr": 0.05, "low": 1e-5, "high": 1e-2}
+    v = optimizer_defaults_verdict(torch.optim.SGD(p, lr=1e-5))
+    assert v is not None and "10x below the usual [0.0001, 1] for SGD optimizers" in v.message
     assert optimizer_defaults_verdict(torch.optim.SGD(p, lr=0.1)) is None
     assert optimizer_defaults_verdict(torch.optim.RMSprop(p, lr=10.0)) is None  # no rule for it
 
