@@ -1,7 +1,7 @@
 """The pure functions behind the callbacks, in one namespace (torchmetrics' ``functional`` shape):
 measurements on a model, a batch or a history, and the verdicts the callbacks report. Each takes
 plain tensors, modules or lists and returns figures or a verdict; none needs a ``Trainer``. Every
-``*_verdict`` function returns one :class:`~lightning_tips.checks._preflight.Verdict` (code, severity,
+``*_verdict`` function returns one :class:`~lightning_tips.functional.Verdict` (code, severity,
 message, figures, module, advice) or ``None`` when the check passes; :func:`activation_verdicts` returns
 a list of them, one per flagged layer.
 
@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 from lightning_tips.checks._curves import curve_noise, flat_loss_verdict, overfitting_verdict
+from lightning_tips.checks._verdicts import Verdict
 from lightning_tips.checks.activations import (
     activation_findings,
     activation_stats,
@@ -55,6 +56,7 @@ from lightning_tips.fixes.snapshot import evaluate_snapshots
 from lightning_tips.views.filters import filter_grid, first_layer_weights
 
 __all__ = [
+    "Verdict",
     "activation_findings",
     "activation_stats",
     "activation_verdicts",

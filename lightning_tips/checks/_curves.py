@@ -43,7 +43,7 @@ import math
 import statistics
 from collections.abc import Sequence
 
-from lightning_tips.checks._preflight import Verdict
+from lightning_tips.checks._verdicts import Verdict
 
 __all__ = ["curve_noise", "flat_loss_verdict", "overfitting_verdict"]
 

@@ -24,7 +24,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import closing
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal
 
 import lightning.pytorch as pl
@@ -45,6 +45,7 @@ from lightning_tips._utils import (
     step_loss,
 )
 from lightning_tips._validate import check_float
+from lightning_tips.checks._verdicts import Verdict
 
 __all__ = [
     "CardLine",
@@ -302,23 +303,6 @@ def run_preflight(
 
 class CheckSkipped(Exception):
     """Raised by a check's measurement when the check cannot apply; the message says why."""
-
-
-@dataclass
-class Verdict:
-    """One rank's conclusion for one finding code, before the ranks agree (see :func:`settle`).
-
-    ``severity=None`` means the check passed for this code; ``skipped`` marks an ``info`` saying
-    the check could not apply.
-    """
-
-    code: str
-    severity: Literal["info", "warning", "error"] | None = None
-    message: str = ""
-    figures: dict[str, float] = field(default_factory=dict)
-    module: str | None = None
-    advice: str = ""
-    skipped: bool = False
 
 
 _RANK = {"info": 0, "warning": 1, "error": 2}

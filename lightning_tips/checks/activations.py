@@ -59,8 +59,7 @@ from lightning_tips._callback import TipCallback
 from lightning_tips._hooks import forward_hooks, functional_calls
 from lightning_tips._utils import find_output_layer, histogram_period, is_sampled
 from lightning_tips._validate import check_bool, check_float, check_int
-from lightning_tips.checks._preflight import Verdict
-from lightning_tips.checks._verdicts import report_verdict
+from lightning_tips.checks._verdicts import Verdict, report_verdict
 
 __all__ = [
     "ActivationSpec",

@@ -39,8 +39,7 @@ from lightning_tips._callback import TipCallback
 from lightning_tips._loggers import log_histogram, log_scalars
 from lightning_tips._utils import EARLY_STEPS, histogram_period, is_sampled
 from lightning_tips._validate import check_bool, check_float, check_int
-from lightning_tips.checks._preflight import Verdict
-from lightning_tips.checks._verdicts import report_verdict
+from lightning_tips.checks._verdicts import Verdict, report_verdict
 from lightning_tips.checks.lr_decay import optimizer_defaults_verdict, optimizer_family
 
 __all__ = [

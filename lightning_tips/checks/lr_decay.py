@@ -48,8 +48,7 @@ from torch.optim import Optimizer
 from lightning_tips._callback import TipCallback
 from lightning_tips._utils import is_sampled, preserved_rng
 from lightning_tips._validate import check_float, check_int
-from lightning_tips.checks._preflight import Verdict
-from lightning_tips.checks._verdicts import report_verdict
+from lightning_tips.checks._verdicts import Verdict, report_verdict
 
 __all__ = [
     "LRDecayGuard",
