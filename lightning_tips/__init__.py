@@ -10,7 +10,9 @@ Example:
     >>> callbacks = [lt.Recipe()]
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from lightning_tips._lazy import lazy_exports
 
 if TYPE_CHECKING:  # pragma: no cover - the real imports, for type checkers
     from lightning_tips._callback import TipCallback, TipComposite
@@ -87,19 +89,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'lightning_tips' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports("lightning_tips", _EXPORTS, globals())
 
 __version__ = "0.1.0"
 

@@ -7,7 +7,9 @@
 Imported lazily, like the package's top level: importing one view does not import the others.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from lightning_tips._lazy import lazy_exports
 
 if TYPE_CHECKING:  # pragma: no cover - the real imports, for type checkers
     from lightning_tips.views.filters import FirstLayerFilters
@@ -23,16 +25,4 @@ _EXPORTS = {
 __all__ = ["FirstBatchView", "FirstLayerFilters", "FixedBatchPredictions"]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'lightning_tips.views' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports("lightning_tips.views", _EXPORTS, globals())
