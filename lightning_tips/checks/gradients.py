@@ -359,7 +359,7 @@ class GradientStats(TipCallback):
                 trainer, "exploding-gradient", "info",
                 f"gradient statistics skipped: the model has {len(trainer.optimizers)} optimizers; GradientStats "
                 "follows one optimizer's gradients",
-                advice="none needed; attach GradientStats to a model with one optimizer",
+                skipped=True,
             )
 
     def on_before_optimizer_step(

@@ -281,9 +281,9 @@ class EarlyStopping(TipCallback, _LightningEarlyStopping):
                     "overfitting",
                     "info",
                     f"overfitting verdict skipped: `{self.train_loss_key}` is not in trainer.callback_metrics "
-                    f"(available: {available})",
-                    advice=f"log the training loss with self.log({self.train_loss_key!r}, loss, on_epoch=True) "
-                    f"or pass EarlyStopping(train_loss_key=...)",
+                    f"(available: {available}); log the training loss with self.log({self.train_loss_key!r}, loss, "
+                    f"on_epoch=True) or pass EarlyStopping(train_loss_key=...) to get it",
+                    skipped=True,
                 )
             return
         self._val_history.append(current)

@@ -131,15 +131,15 @@ class ForgetGateBias(TipCallback):
         if not lstms:
             self.report(trainer, "forget-gate-bias", "info",
                         f"skipped: {type(pl_module).__name__} has no nn.LSTM/nn.LSTMCell, no forget gate to set",
-                        advice="none needed; remove ForgetGateBias or add it to a model with LSTMs (T17)")
+                        skipped=True)
             return
         without_bias = [n for n, m in lstms if not m.bias]
         if without_bias:
             names = ", ".join(f"`{n}`" for n in without_bias)
             self.report(trainer, "forget-gate-bias", "info",
-                        f"skipped {names}: built with bias=False, so there is no forget-gate bias to set",
-                        advice="build the LSTM with bias=True to use a forget-gate bias of 1 (T17)",
-                        module=without_bias[0], figures={"modules_skipped": len(without_bias)})
+                        f"skipped {names}: built with bias=False, so there is no forget-gate bias to set "
+                        "(build the LSTM with bias=True to use a forget-gate bias of 1, T17)",
+                        module=without_bias[0], figures={"modules_skipped": len(without_bias)}, skipped=True)
         frozen = [n for n, m in lstms if m.bias and any(not p.requires_grad for p in m.parameters())]
         if frozen:  # a frozen (pretrained) LSTM is never changed
             names = ", ".join(f"`{n}`" for n in frozen)
