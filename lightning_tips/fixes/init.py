@@ -230,8 +230,10 @@ def init_weights_(module: nn.Module, scheme: Scheme = "auto", keep: Collection[s
     ``auto``: He (normal, fan_in, ReLU/leaky gain) when a ReLU-family module follows the layer,
     Xavier (uniform, gain 5/3 for tanh, 1 for sigmoid) for tanh/sigmoid, LeCun normal for SELU;
     "follows" means the first activation module registered after the layer (``named_modules``
-    order) and before the next layer. A layer followed by no activation module (e.g. an activation
-    called functionally in ``forward``, or the output layer) gets He. Recurrent modules:
+    order) and before the next layer. The output layer (the last Linear/1x1 conv, no activation after
+    it) gets LeCun normal — unit gain, so the initial logits stay small and the initial loss near
+    ``log C`` (T9); any other layer followed by no activation module (e.g. an activation called
+    functionally in ``forward``) gets He. Recurrent modules:
     ``weight_hh`` orthogonal (per gate block; any ``scheme``), ``weight_ih`` Xavier (He for a ReLU
     RNN; ``scheme`` when forced). Biases are zeroed, except the output layer's (the last
     Linear/1x1 conv, the one :class:`~lightning_tips.fixes.output_bias.OutputBiasInit` sets).
@@ -245,7 +247,7 @@ def init_weights_(module: nn.Module, scheme: Scheme = "auto", keep: Collection[s
     Example:
         >>> net = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2))
         >>> init_weights_(net)
-        {'0': 'xavier', '2': 'he', '4': 'he'}
+        {'0': 'xavier', '2': 'he', '4': 'lecun'}
         >>> float(net[0].bias.abs().max())
         0.0
     """
@@ -268,7 +270,10 @@ def init_weights_(module: nn.Module, scheme: Scheme = "auto", keep: Collection[s
             continue
         act = following.get(name)
         if scheme == "auto":
-            used, gain = _activation_scheme(act) if act is not None else ("he", math.sqrt(2.0))
+            if m is output_layer and act is None:  # linear logits: unit gain keeps the initial loss near log C (T9)
+                used, gain = "lecun", 1.0
+            else:
+                used, gain = _activation_scheme(act) if act is not None else ("he", math.sqrt(2.0))
         else:
             used, gain = scheme, _gain(scheme, act)
         with torch.no_grad():

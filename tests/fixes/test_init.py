@@ -48,7 +48,7 @@ def test_xavier_for_tanh_and_sigmoid():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(512, 256), nn.Tanh(), nn.Linear(256, 256), nn.Sigmoid(), nn.Linear(256, 2))
     applied = init_weights_(net)
-    assert applied == {"0": "xavier", "2": "xavier", "4": "he"}
+    assert applied == {"0": "xavier", "2": "xavier", "4": "lecun"}  # the output layer: unit gain (T9)
     assert _std(net[0].weight) == pytest.approx(5 / 3 * math.sqrt(2 / (512 + 256)), rel=0.03)
     assert _std(net[2].weight) == pytest.approx(math.sqrt(2 / (256 + 256)), rel=0.03)
     assert float(net[0].weight.detach().abs().max()) <= 5 / 3 * math.sqrt(6 / (512 + 256)) + 1e-6  # uniform
@@ -129,7 +129,7 @@ def test_forced_schemes_and_unrecognised_activations():
 
 def test_lazy_layers_left_alone_and_bad_scheme():
     net = nn.Sequential(nn.LazyLinear(4), nn.ReLU(), nn.Linear(4, 2))
-    assert init_weights_(net) == {"2": "he"}
+    assert init_weights_(net) == {"2": "lecun"}
     with pytest.raises(ValueError, match="Expected scheme"):
         init_weights_(net, "kaiming")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="Expected scheme"):
@@ -157,8 +157,8 @@ def test_callback_equals_function_and_keeps_the_rng(make_trainer):
     assert cb.applied == {f"net.{k}": v for k, v in applied.items()}
     f = cb.findings[0]
     assert (f.code, f.severity.value) == ("weight-init", "info")
-    assert f.figures == {"he": 2.0, "xavier": 1.0, "orthogonal": 0.0, "lecun": 0.0, "kept": 0.0}
-    assert "he 2, xavier 1" in f.message
+    assert f.figures == {"he": 1.0, "xavier": 1.0, "orthogonal": 0.0, "lecun": 1.0, "kept": 0.0}
+    assert "he 1, xavier 1, lecun 1" in f.message
 
 
 def test_weight_init_then_forget_gate_bias(make_trainer):
@@ -249,7 +249,7 @@ def test_frozen_layer_is_never_touched_by_recipe(make_trainer):
     assert torch.equal(snap.at_train_start["net.0.bias"], before["0.bias"])
     assert not torch.equal(snap.at_train_start["net.2.weight"], before["2.weight"])  # the trainable layer is
     init = recipe.child(WeightInit)
-    assert init.applied == {"net.2": "he"}
+    assert init.applied == {"net.2": "lecun"}
     [f] = [f for f in recipe.findings if f.code == "weight-init"]
     assert "initialised 1 weight tensor(s)" in f.message and "`net.0` frozen" in f.message
 
@@ -262,7 +262,7 @@ def test_force_does_not_touch_frozen_layers_either(make_trainer):
     cb, snap = WeightInit(force=True), Snapshot()
     _fit(make_trainer, Classifier(net), [cb, snap])
     assert torch.equal(snap.at_fit_start["net.0.weight"], before["0.weight"])
-    assert cb.applied == {"net.2": "he"}
+    assert cb.applied == {"net.2": "lecun"}
 
 
 def test_pretrained_model_is_untouched_by_default_and_force_reinitialises_it(make_trainer):
@@ -318,5 +318,21 @@ def test_custom_inits_are_kept_unless_forced():
     assert set(layers_to_keep(net)) == {"0", "2"}
     assert layers_to_keep(net, fresh_only=False) == {}
     before = _state(net)
-    assert init_weights_(net, keep=layers_to_keep(net)) == {"4": "he"}
+    assert init_weights_(net, keep=layers_to_keep(net)) == {"4": "lecun"}
     assert torch.equal(net[0].weight, before["0.weight"]) and torch.equal(net[2].weight, before["2.weight"])
+
+
+def test_the_output_layer_gets_unit_gain_so_the_initial_loss_is_near_log_c():
+    """T9: He (gain sqrt 2) on the logits layer doubled their variance: initial loss 3.8 vs log 10 = 2.3 on
+    the digits CNN under Recipe(weight_init="auto"). The output layer now gets LeCun normal (gain 1)."""
+    from tests.helpers.data import digits_tensors
+
+    x, y = digits_tensors()
+    losses = []
+    for seed in range(5):
+        torch.manual_seed(seed)
+        net = nn.Sequential(nn.Flatten(), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10))
+        assert init_weights_(net)["5"] == "lecun"
+        assert _std(net[5].weight) == pytest.approx(1 / math.sqrt(128), rel=0.1)
+        losses.append(float(torch.nn.functional.cross_entropy(net(x[:256]), y[:256])))
+    assert max(losses) < 2.0 * math.log(10), losses
