@@ -160,13 +160,10 @@ class Preflight(_OncePerFit, TipComposite):
         """Run the checks on ``batch`` (default: the first training batch) within the budget; the card lines."""
         if batch is None:
             batch = first_train_batch(trainer, pl_module)
-        self.card = run_preflight(trainer, pl_module, self.checks, self.budget_s, batch, self._budget_arg(trainer))
+        self.card = run_preflight(trainer, pl_module, self.checks, self.budget_s, batch, self.budget_arg)
         self.plan = self.checks[0]._plan if self.checks else None
         self._done = True
         return self.card
-
-    def _budget_arg(self, trainer: pl.Trainer) -> str:
-        return self.budget_arg
 
     def _run_card(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[CardLine]:
         return self.run(trainer, pl_module)

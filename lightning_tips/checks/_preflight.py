@@ -45,7 +45,8 @@ from lightning_tips._utils import (
     step_loss,
 )
 from lightning_tips._validate import check_float
-from lightning_tips.checks._verdicts import Verdict
+from lightning_tips.checks._verdicts import Verdict, report_verdict
+from lightning_tips.findings import Finding
 
 __all__ = [
     "CardLine",
@@ -379,10 +380,7 @@ def settle(
         chosen, src = common
         if src != trainer.global_rank:
             detail += f"; rank {src}: `{code}`"
-        assert chosen.severity is not None
-        check._limit_hit = check._limit_hit or chosen.message.startswith(_LIMIT)
-        check.report(trainer, code, chosen.severity, chosen.message, advice=chosen.advice,
-                     module=chosen.module, figures=chosen.figures, skipped=chosen.skipped)
+        _report(check, trainer, chosen)
         reported = True
         flagged = flagged or not chosen.skipped
         skipped = skipped or chosen.skipped
@@ -401,11 +399,15 @@ def _report_global(check: PreflightCheck, trainer: pl.Trainer, verdicts: Sequenc
     for v in sorted(verdicts, key=lambda v: order.get(v.code, len(order))):
         if v.severity is None:
             continue
-        check._limit_hit = check._limit_hit or v.message.startswith(_LIMIT)
-        f = check.report(trainer, v.code, v.severity, v.message, advice=v.advice, module=v.module,
-                         figures=v.figures, skipped=v.skipped)
+        f = _report(check, trainer, v)
         flagged = flagged or (f is not None and v.severity != "info")
     return "skipped" if failed else "finding" if flagged else "pass"
+
+
+def _report(check: PreflightCheck, trainer: pl.Trainer, verdict: Verdict) -> Finding | None:
+    """Report one settled verdict (noting when it is the safety net's "time limit" line)."""
+    check._limit_hit = check._limit_hit or verdict.message.startswith(_LIMIT)
+    return report_verdict(check, trainer, verdict)
 
 
 class _OncePerFit(TipCallback):
