@@ -766,7 +766,7 @@ _META = (
     "train_batches", "train_samples", "val_batches", "val_samples", "val_loaders",
     "nonfinite_train", "nonfinite_val", "dup", "overlap", "scan_errors",
     "labeled_ranks", "unlabeled_batches", "label_size",
-    "stats_len", "stats_len_sq", "unshuffled", "balanced", "no_seed",
+    "stats_len", "unshuffled", "balanced", "no_seed",
 )  # fmt: skip
 
 
@@ -877,8 +877,7 @@ class DataChecks(PreflightCheck):
             "dup": train.dup_count, "overlap": val.overlap_count, "scan_errors": len(train.errors + val.errors),
             "labeled_ranks": int(labels.numel() > 0), "unlabeled_batches": train.unlabeled_batches,
             "label_size": int(labels.max()) + 1 if labels.numel() else 0,
-            "stats_len": sum(t.numel() for t in packed.values()),
-            "stats_len_sq": sum(t.numel() for t in packed.values()) ** 2,
+            "stats_len": sum(t.numel() for t in packed.values()),  # 0 on every rank: no float inputs anywhere
             # overfit_batches > 0: Lightning itself turned shuffling off (the user's shuffle=True is moot)
             "unshuffled": int(any(s is False for s in shuffles) and not getattr(trainer, "overfit_batches", 0)),
             "balanced": int(any(sampler_balances(loader) for _, loader in train_loaders)),
