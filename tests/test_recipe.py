@@ -10,6 +10,7 @@ import lightning.pytorch as pl
 import pytest
 
 import lightning_tips as lt
+from tests.helpers import fitting
 from tests.helpers.data import DigitsDataModule
 from tests.helpers.models import Classifier, small_cnn
 from tests.helpers.runtime_models import NaNAtStep
@@ -65,12 +66,10 @@ def test_period_zero_turns_off_every_periodic_part_and_keeps_the_start_and_end(m
     pictures; the pre-flight card, the start pictures and the first and last curve charts remain."""
     from lightning_tips._loggers import files_dir
 
-    pl.seed_everything(0)
     recipe = lt.Recipe(every_n_steps=0, view_every_n_steps=0)
-    trainer = make_trainer(callbacks=[recipe], max_epochs=2, limit_train_batches=6, limit_val_batches=2)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer.fit(NaNAtStep(small_cnn(), bad_step=3), DigitsDataModule())
+    trainer = fitting.fit(make_trainer, lambda: NaNAtStep(small_cnn(), bad_step=3), datamodule=DigitsDataModule(),
+                          callbacks=[recipe], warns="ignore", max_epochs=2, limit_train_batches=6,
+                          limit_val_batches=2).trainer
     assert trainer.global_step == 12  # the guard is off: a NaN at step 3 does not stop training
     grads, guard = recipe.child(lt.GradientStats), recipe.child(lt.NonFiniteGuard)
     assert isinstance(grads, lt.GradientStats) and grads._steps == []

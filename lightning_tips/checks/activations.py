@@ -672,8 +672,7 @@ class ActivationStats(TipCallback):
 
     def _end_fit(self, trainer: pl.Trainer, pl_module: pl.LightningModule, error: BaseException | None) -> None:
         self._detach()
-        if error is not None:
-            self._recorder = None
+        self._recorder = None  # only a step interrupted by an exception leaves one behind
 
     # --- work ------------------------------------------------------------------------------------
     def _detach(self) -> None:
